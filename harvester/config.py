@@ -112,6 +112,8 @@ def load_config(
     path: Path | None,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, object] | None = None,
+    *,
+    search_default: bool = True,
 ) -> Config:
     """Build the run's Config.
 
@@ -122,7 +124,7 @@ def load_config(
     raw: dict[str, Any] = {}
     if path is not None:
         raw = _read_toml(path)
-    elif DEFAULT_CONFIG_PATH.is_file():
+    elif search_default and DEFAULT_CONFIG_PATH.is_file():
         raw = _read_toml(DEFAULT_CONFIG_PATH)
     for dotted, value in (overrides or {}).items():
         section, key = dotted.split(".", 1)
