@@ -1,0 +1,313 @@
+"""HTTP transport policy: pacing, retries, and the one place aiohttp errors become ApiErrors.
+
+    request_json(method, url)
+      1. wait for the shared limiter (every attempt, auth requests included)
+      2. send with Peloton-Platform and User-Agent, per-attempt timeout
+      3. classify: status / exception / body  ->  JsonObject or an ApiError subclass
+      4. TransientApiError -> back off (Retry-After, else full jitter) and repeat,
+         up to api.max_attempts attempts; anything else is raised at once
+
+Messages name the method, the path (never the query string) and the status;
+they never hold request bodies, headers, cookies or tokens.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import aiohttp
+import anyio
+import orjson
+
+from harvester import __version__
+from harvester.config import ApiConfig
+from harvester.errors import (
+    ApiError,
+    NotFoundError,
+    PermanentApiError,
+    RateLimitedError,
+    TransientApiError,
+)
+from harvester.limiter import AdaptiveLimiter
+
+JsonObject = dict[str, object]
+
+DEFAULT_USER_AGENT = (
+    f"peloton-harvester/{__version__} (+https://github.com/peloton-harvester/peloton-harvester)"
+)
+DEFAULT_BACKOFF_BASE_S = 0.5
+DEFAULT_BACKOFF_CAP_S = 30.0
+DEFAULT_MAX_RETRY_AFTER_S = 600.0  # honour Retry-After, but never park a run for hours
+BASE_HEADERS: Mapping[str, str] = {
+    "Peloton-Platform": "web",  # needed by /overview; adds GPS to performance graphs
+    "User-Agent": DEFAULT_USER_AGENT,
+    "Accept": "application/json",
+}
+
+# Retry policy as data. 429 is here for completeness; it becomes RateLimitedError.
+# 52x are Cloudflare's "origin unreachable/timed out" family.
+RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524})
+# Statuses that are permanent for a known reason; every other 4xx is too.
+NOT_FOUND_STATUS = 404
+UNAUTHORIZED_STATUS = 401
+_REASON_KEYS = ("error", "message", "error_description")
+_MAX_REASON_CHARS = 120
+
+
+class RejectedError(PermanentApiError):
+    """A 4xx (other than 404); ``reason`` is the server's short error code or message."""
+
+    def __init__(self, message: str, *, status: int, url: str, reason: str) -> None:
+        super().__init__(message, status=status, url=url)
+        self.reason = reason
+
+
+class UnauthorizedError(RejectedError):
+    """401: the credentials sent are missing, invalid or expired."""
+
+
+@dataclass
+class RequestStats:
+    """Counters for one run (one event loop: no locks)."""
+
+    requests: int = 0  # attempts sent, retries included
+    retries: int = 0
+    throttled: int = 0  # 429 answers
+    reauths: int = 0  # logins/refreshes after the first
+    failures: int = 0  # request_json calls that ended in an ApiError
+    by_endpoint: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Which errors are retried (by class), how often, and how long to wait."""
+
+    max_attempts: int
+    backoff_base: float = DEFAULT_BACKOFF_BASE_S
+    backoff_cap: float = DEFAULT_BACKOFF_CAP_S
+    retry_on: tuple[type[ApiError], ...] = (TransientApiError,)
+
+    def should_retry(self, exc: ApiError, attempt: int) -> bool:
+        return isinstance(exc, self.retry_on) and attempt < self.max_attempts
+
+    def delay(self, exc: ApiError, attempt: int, rng: random.Random) -> float:
+        """Seconds to wait after failed ``attempt`` (1-based)."""
+        if isinstance(exc, RateLimitedError) and exc.retry_after is not None:
+            return min(max(exc.retry_after, 0.0), DEFAULT_MAX_RETRY_AFTER_S)
+        ceiling = min(self.backoff_cap, self.backoff_base * 2 ** (attempt - 1))
+        return rng.uniform(0.0, ceiling)  # "full jitter"
+
+
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    status: int
+    body: bytes
+    retry_after: str | None
+    location: str | None
+
+
+class HttpClient:
+    """JSON over one shared ClientSession, with pacing, retries and error translation."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        api: ApiConfig,
+        limiter: AdaptiveLimiter,
+        stats: RequestStats,
+        *,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+        rng: random.Random | None = None,
+        backoff_base: float = DEFAULT_BACKOFF_BASE_S,
+        backoff_cap: float = DEFAULT_BACKOFF_CAP_S,
+    ) -> None:
+        self._session = session
+        self._timeout = aiohttp.ClientTimeout(total=api.timeout_s)
+        self._limiter = limiter
+        self.stats = stats
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self.policy = RetryPolicy(api.max_attempts, backoff_base, backoff_cap)
+
+    async def request_json(
+        self,
+        method: str,
+        url: str,
+        *,
+        endpoint: str,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        json: object = None,
+        data: Mapping[str, str] | None = None,
+    ) -> JsonObject:
+        """Send until a JSON object comes back or the policy gives up."""
+        send = {**BASE_HEADERS, **(headers or {})}
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await self._attempt(method, url, endpoint, params, send, json, data)
+            except ApiError as exc:
+                if not self.policy.should_retry(exc, attempt):
+                    self.stats.failures += 1
+                    raise
+                self.stats.retries += 1
+                await self._sleep(self.policy.delay(exc, attempt, self._rng))
+
+    async def _attempt(
+        self,
+        method: str,
+        url: str,
+        endpoint: str,
+        params: Mapping[str, str] | None,
+        headers: Mapping[str, str],
+        json: object,
+        data: Mapping[str, str] | None,
+    ) -> JsonObject:
+        async with self._limiter:
+            self.stats.requests += 1
+            self.stats.by_endpoint[endpoint] = self.stats.by_endpoint.get(endpoint, 0) + 1
+            reply = await self._send(method, url, params, headers, json, data)
+        where = f"{method} {_path(url)}"
+        if reply.status == 429:
+            self.stats.throttled += 1
+            self._limiter.on_throttled()
+        result = interpret(where, url, reply.status, reply.body, reply.retry_after, reply.location)
+        self._limiter.on_success()
+        return result
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        params: Mapping[str, str] | None,
+        headers: Mapping[str, str],
+        json: object,
+        data: Mapping[str, str] | None,
+    ) -> _Reply:
+        try:
+            async with self._session.request(
+                method, url, params=params, headers=headers, json=json, data=data,
+                timeout=self._timeout, allow_redirects=False,
+            ) as resp:
+                body = await resp.read()
+                return _Reply(
+                    resp.status, body, resp.headers.get("Retry-After"), resp.headers.get("Location")
+                )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise translate_exception(exc, method, url, self._timeout.total) from exc
+
+
+def translate_exception(
+    exc: aiohttp.ClientError | TimeoutError, method: str, url: str, timeout_s: float | None
+) -> ApiError:
+    """The boundary: an aiohttp/timeout exception becomes a Transient or Permanent ApiError."""
+    host = urlsplit(url).hostname or url
+    where, path = f"{method} {_path(url)}", _path(url)
+    if isinstance(exc, aiohttp.ClientSSLError):  # incl. certificate errors: retrying won't help
+        return PermanentApiError(
+            f"TLS failure talking to {host}: {_os_reason(exc)}; check the system's CA "
+            "certificates, proxy or api.base_url", url=path)
+    if isinstance(exc, TimeoutError):  # aiohttp's ServerTimeoutError is one too
+        return TransientApiError(f"{where}: no complete answer within {timeout_s:g} s", url=path)
+    if isinstance(exc, aiohttp.ClientConnectorError):  # DNS failure, refused, unreachable
+        return TransientApiError(f"cannot connect to {host}: {_os_reason(exc)}", url=path)
+    if isinstance(exc, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError):
+        return TransientApiError(f"{where}: connection failed: {type(exc).__name__}", url=path)
+    return PermanentApiError(f"{where}: request failed: {type(exc).__name__}", url=path)
+
+
+def interpret(
+    where: str, url: str, status: int, body: bytes, retry_after: str | None,
+    location: str | None = None,
+) -> JsonObject:
+    """Map one HTTP answer to a JSON object or the ApiError that describes it."""
+    path = _path(url)
+    if 200 <= status < 300:
+        return _decode_object(where, path, status, body)
+    if status == 429:
+        wait = parse_retry_after(retry_after)
+        hint = f" (Retry-After {wait:g} s)" if wait is not None else ""
+        raise RateLimitedError(f"{where}: HTTP 429 rate limited{hint}", retry_after=wait, url=path)
+    if status in RETRY_STATUSES or status >= 500:
+        raise TransientApiError(f"{where}: HTTP {status} server error", status=status, url=path)
+    if 300 <= status < 400:
+        target = _path(location) if location else "?"
+        raise PermanentApiError(
+            f"{where}: unexpected HTTP {status} redirect to {target}; check api.base_url",
+            status=status, url=path)
+    reason = _reason(body)
+    detail = f" {reason}" if reason else ""
+    if status == NOT_FOUND_STATUS:
+        raise NotFoundError(f"{where}: HTTP 404 not found{detail}", status=status, url=path)
+    cls = UnauthorizedError if status == UNAUTHORIZED_STATUS else RejectedError
+    raise cls(f"{where}: HTTP {status}{detail}", status=status, url=path, reason=reason)
+
+
+def _decode_object(where: str, path: str, status: int, body: bytes) -> JsonObject:
+    if not body.strip():
+        raise TransientApiError(f"{where}: empty response body", status=status, url=path)
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise TransientApiError(
+            f"{where}: truncated or invalid JSON ({len(body)} bytes)", status=status, url=path
+        ) from None
+    if not isinstance(value, dict):
+        raise PermanentApiError(
+            f"{where}: expected a JSON object, got {type(value).__name__}", status=status, url=path
+        )
+    return value
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Retry-After as seconds from now: delta-seconds or an HTTP date; None if absent/garbled."""
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        return max(float(text), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    current = time.time() if now is None else now
+    return max(when.timestamp() - current, 0.0)
+
+
+def _reason(body: bytes) -> str:
+    """The server's short error code/message from a JSON error body, else ''."""
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return ""
+    if not isinstance(value, dict):
+        return ""
+    for key in _REASON_KEYS:
+        text = value.get(key)
+        if isinstance(text, str) and text:
+            return "".join(c if c.isprintable() else " " for c in text)[:_MAX_REASON_CHARS]
+    return ""
+
+
+def _os_reason(exc: aiohttp.ClientError) -> str:
+    os_error = getattr(exc, "os_error", None)
+    if isinstance(os_error, OSError) and os_error.strerror:
+        return os_error.strerror
+    return type(exc).__name__
+
+
+def _path(url: str) -> str:
+    """The URL without query string or fragment, where secrets could hide."""
+    parts = urlsplit(url)
+    if not parts.hostname:
+        return parts.path
+    port = f":{parts.port}" if parts.port else ""  # never userinfo: it may hold a password
+    return f"{parts.scheme}://{parts.hostname}{port}{parts.path}"
