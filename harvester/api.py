@@ -1,0 +1,219 @@
+"""Peloton endpoints: validated ids in, JSON objects and typed refs out.
+
+Every id is checked before it is put into a URL; a bad one is a PermanentApiError
+so the pipeline can quarantine the item. A 401 triggers one shared
+re-authentication and one more try; a second 401 is an AuthError.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import anyio
+
+from harvester.auth import Authenticator, make_authenticator
+from harvester.client import (
+    DEFAULT_BACKOFF_BASE_S,
+    HttpClient,
+    JsonObject,
+    RequestStats,
+    UnauthorizedError,
+)
+from harvester.config import Config
+from harvester.errors import AuthError, PermanentApiError
+from harvester.limiter import AdaptiveLimiter
+
+HEX32 = re.compile(r"^[0-9a-f]{32}$")
+UUID_RE = re.compile(
+    r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE
+)
+NULL_RIDE_ID = "0" * 32  # Just Ride / outdoor / Lanebreak: no class behind it
+WORKOUT_JOINS = "ride,ride.instructor"
+WORKOUT_SORT = "-created"
+EXTRA_CONNECTIONS = 4  # beyond concurrency: the producer's page, auth, a spare
+
+
+def is_hex32(s: object) -> bool:
+    # fullmatch: "$" alone would accept a trailing newline
+    return isinstance(s, str) and HEX32.fullmatch(s) is not None
+
+
+def is_ride_id(s: object) -> bool:
+    """A class id: hex32, or the UUID form Peloton Gym uses."""
+    return is_hex32(s) or (isinstance(s, str) and UUID_RE.fullmatch(s) is not None)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkoutRef:
+    """What the pipeline needs to schedule a workout; the raw item stays as returned."""
+
+    id: str
+    created_at: int | None
+    status: str | None
+    ride_id: str | None  # None for the all-zero id or a missing ride
+
+
+@dataclass(frozen=True, slots=True)
+class WorkoutPage:
+    """One page of a paged list (workouts, instructors), items as returned."""
+
+    items: list[JsonObject]
+    total: int | None
+    page_count: int | None
+    show_next: bool | None
+
+
+def workout_ref(item: JsonObject) -> WorkoutRef:
+    """Typed view of a list item; PermanentApiError when its id is not hex32."""
+    workout_id = item.get("id")
+    if not isinstance(workout_id, str) or not is_hex32(workout_id):
+        raise PermanentApiError(f"workout list item has an invalid id {_shown(workout_id)}")
+    created = item.get("created_at")
+    status = item.get("status")
+    return WorkoutRef(
+        id=workout_id,
+        created_at=_as_int(created),
+        status=status if isinstance(status, str) else None,
+        ride_id=_ride_id(item),
+    )
+
+
+def _ride_id(item: JsonObject) -> str | None:
+    ride = item.get("ride")
+    ride_id = ride.get("id") if isinstance(ride, dict) else None
+    if ride_id is None:
+        ride_id = item.get("peloton_id")
+    if not isinstance(ride_id, str) or ride_id in ("", NULL_RIDE_ID):
+        return None
+    return ride_id  # kept even if malformed: ride_details() rejects it visibly
+
+
+def _as_int(value: object) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return int(value)
+
+
+def _shown(value: object) -> str:
+    return repr(value)[:60]
+
+
+def _require_id(kind: str, value: str, valid: Callable[[object], bool] = is_hex32) -> str:
+    if not valid(value):
+        raise PermanentApiError(f"refusing to request {kind} with invalid id {_shown(value)}")
+    return value
+
+
+class PelotonApi:
+    """The endpoints the harvester reads, over one HttpClient and one Authenticator."""
+
+    def __init__(self, http: HttpClient, auth: Authenticator, config: Config) -> None:
+        self._http = http
+        self._auth = auth
+        self._base = config.api.base_url.rstrip("/")
+        self._user_id: str | None = None
+
+    async def me(self) -> JsonObject:
+        return await self._get("/api/me", "me")
+
+    async def user_id(self) -> str:
+        """The account's id: from the session login if known, else /api/me."""
+        if self._user_id is None:
+            await self._auth.headers()  # a session login tells us the id for free
+            candidate: object = self._auth.user_id or (await self.me()).get("id")
+            if not isinstance(candidate, str) or not is_hex32(candidate):
+                raise PermanentApiError(f"/api/me returned an invalid user id {_shown(candidate)}")
+            self._user_id = candidate
+        return self._user_id
+
+    async def overview(self, user_id: str) -> JsonObject:
+        uid = _require_id("a user", user_id)
+        return await self._get(f"/api/user/{uid}/overview", "overview", {"version": "1"})
+
+    async def workouts_page(self, user_id: str, page: int, limit: int) -> WorkoutPage:
+        uid = _require_id("a user", user_id)
+        params = {"joins": WORKOUT_JOINS, "limit": str(limit), "page": str(page),
+                  "sort_by": WORKOUT_SORT}
+        return _page(await self._get(f"/api/user/{uid}/workouts", "workouts", params),
+                     "GET /api/user/{id}/workouts")
+
+    async def workout(self, workout_id: str) -> JsonObject:
+        wid = _require_id("a workout", workout_id)
+        return await self._get(f"/api/workout/{wid}", "workout")
+
+    async def performance_graph(self, workout_id: str, every_n: int) -> JsonObject:
+        wid = _require_id("a workout", workout_id)
+        if not isinstance(every_n, int) or every_n < 1:
+            raise ValueError(f"every_n must be a positive integer, got {every_n!r}")
+        return await self._get(f"/api/workout/{wid}/performance_graph", "performance_graph",
+                               {"every_n": str(every_n)})
+
+    async def ride_details(self, ride_id: str) -> JsonObject:
+        if ride_id == NULL_RIDE_ID:
+            raise ValueError("the all-zero ride id has no details; do not ask for it")
+        rid = _require_id("a ride", ride_id, is_ride_id)
+        return await self._get(f"/api/ride/{rid}/details", "ride_details")
+
+    async def instructors_page(self, page: int, limit: int) -> WorkoutPage:
+        params = {"limit": str(limit), "page": str(page)}
+        return _page(await self._get("/api/instructor", "instructors", params),
+                     "GET /api/instructor")
+
+    async def _get(self, path: str, endpoint: str,
+                   params: Mapping[str, str] | None = None) -> JsonObject:
+        """GET with auth; after a 401 one shared re-authentication and one more try."""
+        url = f"{self._base}{path}"
+        sent = await self._auth.headers()
+        try:
+            return await self._http.request_json("GET", url, endpoint=endpoint, params=params,
+                                                 headers=sent)
+        except UnauthorizedError:
+            await self._auth.handle_unauthorized(sent)
+        sent = await self._auth.headers()
+        try:
+            return await self._http.request_json("GET", url, endpoint=endpoint, params=params,
+                                                 headers=sent)
+        except UnauthorizedError as exc:
+            raise AuthError(
+                "Peloton rejected the credentials again right after re-authenticating (HTTP 401); "
+                "run again or check PELOTON_* variables") from exc
+
+
+def _page(body: JsonObject, where: str) -> WorkoutPage:
+    data = body.get("data")
+    if not isinstance(data, list):
+        raise PermanentApiError(f"{where}: response has no 'data' list")
+    items: list[JsonObject] = []
+    for item in data:
+        if not isinstance(item, dict):
+            raise PermanentApiError(f"{where}: 'data' holds a {type(item).__name__}, not objects")
+        items.append(item)
+    total, page_count, show_next = (body.get(k) for k in ("total", "page_count", "show_next"))
+    return WorkoutPage(items, _as_int(total), _as_int(page_count),
+                       show_next if isinstance(show_next, bool) else None)
+
+
+@asynccontextmanager
+async def open_api(
+    config: Config,
+    stats: RequestStats,
+    *,
+    sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+    backoff_base: float = DEFAULT_BACKOFF_BASE_S,
+    cache_path: Path | None = None,
+) -> AsyncIterator[PelotonApi]:
+    """One ClientSession, one limiter, one authenticator for the whole run; all closed on exit."""
+    limiter = AdaptiveLimiter(config.harvest.requests_per_second)
+    connector = aiohttp.TCPConnector(limit=config.harvest.concurrency + EXTRA_CONNECTIONS)
+    # Cookies are sent explicitly by SessionAuth; a jar would resend edge cookies unasked.
+    async with aiohttp.ClientSession(connector=connector,
+                                     cookie_jar=aiohttp.DummyCookieJar()) as session:
+        http = HttpClient(session, config.api, limiter, stats, sleep=sleep,
+                          backoff_base=backoff_base)
+        auth = make_authenticator(config, http, cache_path=cache_path)
+        yield PelotonApi(http, auth, config)
