@@ -1,0 +1,403 @@
+"""The lake: Hive-partitioned JSONL files, merged atomically, one file per account and partition.
+
+Layout (SPEC "The lake")::
+
+    <root>/<dataset>/date=YYYY-MM-DD/<user_id>.jsonl[.gz]
+    <root>/instructors/<user_id>.jsonl[.gz]
+    <root>/_harvester/                       state.py's; never read or written here
+
+A commit rewrites only the partition files its rows touch. For each one it
+reads the existing rows (both compression variants), merges by primary key with
+the new rows winning, writes the result sorted by key to a dot-prefixed
+temporary name in the same directory, fsyncs it, renames it into place, removes
+the other compression variant and fsyncs the directory. A reader therefore only
+ever sees whole files, and the ``*.jsonl`` glob never matches a temporary file.
+
+The code is blocking: the pipeline calls it from a worker thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import math
+import os
+import re
+import secrets
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import orjson
+
+from harvester.errors import LakeError
+
+Row = dict[str, object]
+
+DATASETS = ("workouts", "performance_graphs", "rides", "instructors", "profiles")
+# Workouts last: a workout row in the lake implies its graph and ride were committed before it.
+COMMIT_ORDER = ("performance_graphs", "rides", "instructors", "profiles", "workouts")
+SUFFIXES = {"none": ".jsonl", "gzip": ".jsonl.gz"}
+STATE_DIR = "_harvester"
+DEFAULT_RIDE_DATE = "1970-01-01"  # rides without an air time still get a real partition
+DEFAULT_GZIP_LEVEL = 6
+
+_KEY_FIELDS = {"workouts": "id", "performance_graphs": "workout_id", "rides": "ride_id",
+               "instructors": "id"}
+_UNPARTITIONED = frozenset({"instructors"})
+_HEX32 = re.compile(r"[0-9a-f]{32}")
+_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+_TEMP = re.compile(r"\..+\.tmp-\d+-[0-9a-f]+")
+
+
+# -- keys and partitions (pure) ------------------------------------------------
+
+
+def primary_key(dataset: str, row: Row) -> str:
+    """The row's primary key: profiles are keyed by ``user_id|run date``."""
+    if dataset == "profiles":
+        return f"{_text(dataset, row, 'user_id')}|{_run_day(row)}"
+    field = _KEY_FIELDS.get(dataset)
+    if field is None:
+        raise LakeError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
+    return _text(dataset, row, field)
+
+
+def partition_date(dataset: str, row: Row) -> str | None:
+    """The UTC ``YYYY-MM-DD`` of the row's ``date=`` partition; None for instructors."""
+    if dataset in ("workouts", "performance_graphs"):
+        day = utc_day(row.get("created_at"))
+        if day is None:
+            key = primary_key(dataset, row)
+            raise LakeError(f"{dataset} row {key} has no epoch-seconds created_at")
+        return day
+    if dataset == "rides":
+        ride = row.get("ride")
+        aired = ride.get("original_air_time") if isinstance(ride, dict) else None
+        return utc_day(aired) or DEFAULT_RIDE_DATE
+    if dataset == "profiles":
+        return _run_day(row)
+    if dataset == "instructors":
+        return None
+    raise LakeError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
+
+
+def utc_day(epoch_s: object) -> str | None:
+    """``YYYY-MM-DD`` in UTC of an epoch-seconds number, or None if it is not one."""
+    if isinstance(epoch_s, bool) or not isinstance(epoch_s, int | float):
+        return None
+    if not math.isfinite(epoch_s):
+        return None
+    try:
+        return datetime.fromtimestamp(epoch_s, UTC).date().isoformat()
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def _run_day(row: Row) -> str:
+    stamp = row.get("_harvested_at")
+    day = stamp[:10] if isinstance(stamp, str) else ""
+    try:
+        if _DAY.fullmatch(day):
+            date.fromisoformat(day)
+            return day
+    except ValueError:
+        pass
+    raise LakeError(f"profiles row has no ISO-8601 _harvested_at (got {type(stamp).__name__})")
+
+
+def _text(dataset: str, row: Row, field: str) -> str:
+    value = row.get(field)
+    if not isinstance(value, str) or not value:
+        raise LakeError(f"{dataset} row has no string {field!r} (got {type(value).__name__})")
+    return value
+
+
+def check_user_id(user_id: str) -> str:
+    """The id, if it is 32 lower-case hex digits (safe in a path); else LakeError."""
+    if not isinstance(user_id, str) or not _HEX32.fullmatch(user_id):
+        raise LakeError(f"user id {user_id!r:.60} is not 32 lower-case hex digits")
+    return user_id
+
+
+# -- the lake ------------------------------------------------------------------
+
+
+class Lake:
+    """Partitioned JSONL datasets under ``root``; see the module docstring."""
+
+    def __init__(self, root: Path, compression: str = "none") -> None:
+        if compression not in SUFFIXES:
+            raise LakeError(f"compression must be 'none' or 'gzip', got {compression!r}")
+        self.root = Path(root)
+        self.compression = compression
+        self._suffix = SUFFIXES[compression]
+
+    def check_writable(self) -> None:
+        """Create the root if needed and prove a file can be created in it."""
+        probe = self.root / _temp_name("probe")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            os.unlink(probe)
+        except OSError as exc:
+            raise LakeError(
+                f"output root {self.root} is not writable: {exc.strerror or exc}; "
+                "fix its permissions or choose another --out"
+            ) from None
+
+    def commit(self, user_id: str, batch: Mapping[str, Sequence[Row]]) -> dict[str, int]:
+        """Merge ``batch`` into the account's partition files; rows written per dataset.
+
+        Every row is validated and serialised before the first write, so a bad
+        row fails the commit without touching the lake.
+        """
+        check_user_id(user_id)
+        unknown = sorted(set(batch) - set(DATASETS))
+        if unknown:
+            raise LakeError(f"unknown dataset(s) {unknown}; expected one of {', '.join(DATASETS)}")
+        plan: list[tuple[str, Path, dict[str, bytes]]] = []
+        counts: dict[str, int] = {}
+        for dataset in COMMIT_ORDER:
+            groups = self._group(dataset, batch.get(dataset) or ())
+            for part in sorted(groups, key=lambda p: p or ""):
+                plan.append((dataset, self._partition_dir(dataset, part), groups[part]))
+            written = sum(len(lines) for lines in groups.values())
+            if written:
+                counts[dataset] = written
+        for dataset, directory, lines in plan:
+            self._merge(dataset, directory, user_id, lines)
+        return counts
+
+    def workout_ids(self, user_id: str) -> dict[str, int]:
+        """``id -> created_at`` of every committed workout of the account."""
+        check_user_id(user_id)
+        ids: dict[str, int] = {}
+        for path in self._files("workouts", user_id):
+            # One file (one day of one account) in memory at a time; rows are dropped at once.
+            for row in _rows(path):
+                workout_id, created = row.get("id"), row.get("created_at")
+                if isinstance(workout_id, str) and isinstance(created, int | float):
+                    ids[workout_id] = int(created)
+        return ids
+
+    def ride_ids(self) -> set[str]:
+        """Every ``ride_id`` in the lake, whichever account wrote it."""
+        found: set[str] = set()
+        for path in self._files("rides", None):
+            for row in _rows(path):
+                ride_id = row.get("ride_id")
+                if isinstance(ride_id, str):
+                    found.add(ride_id)
+        return found
+
+    def row_counts(self, user_id: str | None = None) -> dict[str, int]:
+        """Rows per dataset, of one account or (None) of all."""
+        if user_id is not None:
+            check_user_id(user_id)
+        return {
+            dataset: sum(_read(path).count(b"\n") for path in self._files(dataset, user_id))
+            for dataset in DATASETS
+        }
+
+    def clean_temp_files(self) -> int:
+        """Delete temporary files left by killed runs; returns how many.
+
+        Also settles a partition a kill left holding both compression variants
+        (between the rename and the removal of the other variant), so no reader
+        sees a row twice. Call it only while holding the run lock.
+        """
+        removed = 0
+        for dataset, directory in self._directories():
+            names = set()
+            for entry in os.scandir(directory):
+                if entry.is_file(follow_symlinks=False) and _TEMP.fullmatch(entry.name):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+                    removed += 1
+                else:
+                    names.add(entry.name)
+            if dataset is None:
+                continue
+            for name in sorted(names):
+                if name.endswith(".jsonl") and not name.startswith(".") and f"{name}.gz" in names:
+                    self._merge(dataset, directory, name.removesuffix(".jsonl"), {})
+        return removed
+
+    # -- internals -------------------------------------------------------------
+
+    def _group(self, dataset: str, rows: Sequence[Row]) -> dict[str | None, dict[str, bytes]]:
+        """Serialised rows by partition then key; a later row of the same key wins."""
+        latest: dict[str, tuple[str | None, Row]] = {}
+        for row in rows:
+            latest[primary_key(dataset, row)] = (partition_date(dataset, row), row)
+        groups: dict[str | None, dict[str, bytes]] = {}
+        for key, (part, row) in latest.items():
+            try:
+                line = orjson.dumps(row) + b"\n"
+            except (TypeError, orjson.JSONEncodeError) as exc:
+                raise LakeError(f"{dataset} row {key} cannot be written as JSON: {exc}") from None
+            groups.setdefault(part, {})[key] = line
+        return groups
+
+    def _partition_dir(self, dataset: str, part: str | None) -> Path:
+        base = self.root / dataset
+        return base if part is None else base / f"date={part}"
+
+    def _merge(self, dataset: str, directory: Path, stem: str, new: dict[str, bytes]) -> None:
+        """Rewrite ``directory/stem`` with its rows and ``new`` merged (new wins)."""
+        variants = _variants(directory, stem, self._suffix)
+        merged: dict[str, bytes] = {}
+        for path in variants:
+            for line, row in _lines(path):
+                merged[_stored_key(dataset, row, path)] = line
+        merged.update(new)
+        data = b"".join(merged[key] for key in sorted(merged))
+        if self.compression == "gzip":
+            data = gzip.compress(data, compresslevel=DEFAULT_GZIP_LEVEL, mtime=0)
+        target = directory / f"{stem}{self._suffix}"
+        try:
+            _make_dirs(directory)
+            _atomic_write(target, data)
+            for path in variants:
+                if path != target:
+                    path.unlink(missing_ok=True)
+            _fsync_dir(directory)
+        except OSError as exc:
+            raise LakeError(f"cannot write lake file {target}: {exc.strerror or exc}") from None
+
+    def _files(self, dataset: str, user_id: str | None) -> Iterator[Path]:
+        """The dataset's files, of one account or of all; never temporary files."""
+        base = self.root / dataset
+        if not base.is_dir():
+            return
+        dirs = [base] if dataset in _UNPARTITIONED else sorted(base.glob("date=*"))
+        stem = user_id or "*"
+        for directory in dirs:
+            for suffix in SUFFIXES.values():
+                for path in sorted(directory.glob(stem + suffix)):
+                    if not path.name.startswith("."):
+                        yield path
+
+    def _directories(self) -> Iterator[tuple[str | None, Path]]:
+        """The root and every dataset and partition directory (never ``_harvester``)."""
+        if not self.root.is_dir():
+            return
+        yield None, self.root
+        for dataset in DATASETS:
+            base = self.root / dataset
+            if not base.is_dir():
+                continue
+            yield dataset, base
+            if dataset not in _UNPARTITIONED:
+                for directory in sorted(base.glob("date=*")):
+                    if directory.is_dir():
+                        yield dataset, directory
+
+
+# -- file helpers --------------------------------------------------------------
+
+
+def _variants(directory: Path, stem: str, current: str) -> list[Path]:
+    """Existing files of ``stem`` in any compression, oldest first (the newest wins a merge).
+
+    Only a kill between rename and unlink leaves two; the one written last holds
+    the merge of both. On equal mtimes the configured compression counts as newer.
+    """
+    found: list[tuple[int, bool, Path]] = []
+    for suffix in SUFFIXES.values():
+        path = directory / f"{stem}{suffix}"
+        try:
+            mtime = path.stat().st_mtime_ns
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise LakeError(f"cannot read lake file {path}: {exc.strerror or exc}") from None
+        found.append((mtime, suffix == current, path))
+    return [path for _, _, path in sorted(found)]
+
+
+def _read(path: Path) -> bytes:
+    """The file's decompressed bytes; LakeError naming the file if it cannot be read."""
+    try:
+        data = path.read_bytes()
+        return gzip.decompress(data) if path.name.endswith(".gz") else data
+    except FileNotFoundError:
+        return b""  # removed by a merge since it was listed
+    except (OSError, EOFError, zlib.error) as exc:
+        raise LakeError(
+            f"cannot read lake file {path}: {exc}; move it aside and run backfill"
+        ) from None
+
+
+def _lines(path: Path) -> Iterator[tuple[bytes, Row]]:
+    """Each line (with its newline) and its parsed row."""
+    data = _read(path)
+    if data and not data.endswith(b"\n"):
+        raise LakeError(f"lake file {path} ends in a partial line; move it aside and run backfill")
+    start = 0
+    number = 0
+    while start < len(data):
+        end = data.index(b"\n", start) + 1
+        number += 1
+        try:
+            row = orjson.loads(data[start:end])
+        except orjson.JSONDecodeError as exc:
+            raise LakeError(f"lake file {path} line {number} is not JSON: {exc}") from None
+        if not isinstance(row, dict):
+            raise LakeError(f"lake file {path} line {number} is not a JSON object")
+        yield data[start:end], row
+        start = end
+
+
+def _rows(path: Path) -> Iterator[Row]:
+    for _, row in _lines(path):
+        yield row
+
+
+def _stored_key(dataset: str, row: Row, path: Path) -> str:
+    try:
+        return primary_key(dataset, row)
+    except LakeError as exc:
+        raise LakeError(f"lake file {path}: {exc}") from None
+
+
+def _temp_name(name: str) -> str:
+    # Dot-prefixed and not ending in .jsonl: invisible to `*.jsonl` globs and to Spark/DuckDB.
+    return f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _atomic_write(target: Path, data: bytes) -> None:
+    tmp = target.with_name(_temp_name(target.name))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _make_dirs(directory: Path) -> None:
+    """Create missing directories and make their entries durable."""
+    missing: list[Path] = []
+    current = directory
+    while not current.is_dir():
+        missing.append(current)
+        current = current.parent
+    for path in reversed(missing):
+        path.mkdir(exist_ok=True)
+        _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
