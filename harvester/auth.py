@@ -162,6 +162,7 @@ class _OAuth(Authenticator):
         self._clock = clock
         self._lock = anyio.Lock()
         self._tokens: Tokens | None = None  # what headers() hands out; None until first use
+        self._generation = 0  # bumped by every renewal, so lock waiters can tell one happened
 
     async def headers(self) -> dict[str, str]:
         tokens = self._tokens
@@ -171,10 +172,13 @@ class _OAuth(Authenticator):
         return _bearer(tokens)
 
     async def handle_unauthorized(self, sent: Mapping[str, str]) -> None:
+        generation = self._generation
         async with self._lock:
             current = self._tokens
-            if current is None or sent.get("Authorization") != _bearer(current)["Authorization"]:
-                return  # someone renewed already since `sent` was built
+            if generation != self._generation or current is None:
+                return  # renewed while we waited for the lock
+            if sent.get("Authorization") != _bearer(current)["Authorization"]:
+                return  # `sent` predates an earlier renewal
             await self._store(await self._renew(current, rejected=True))
 
     async def _current_or_renewed(self) -> Tokens:
@@ -191,6 +195,7 @@ class _OAuth(Authenticator):
         if self._tokens is not None:
             self._http.stats.reauths += 1
         self._tokens = tokens
+        self._generation += 1
         if self._cache is not None:
             await self._cache.save(tokens)
 
@@ -300,6 +305,7 @@ class SessionAuth(Authenticator):
         self._password = password
         self._lock = anyio.Lock()
         self._cookie: str | None = None  # the Cookie header value in use
+        self._generation = 0  # bumped by every login, so lock waiters can tell one happened
 
     async def headers(self) -> dict[str, str]:
         if self._cookie is None:
@@ -310,7 +316,10 @@ class SessionAuth(Authenticator):
         return {"Cookie": self._cookie}
 
     async def handle_unauthorized(self, sent: Mapping[str, str]) -> None:
+        generation = self._generation
         async with self._lock:
+            if generation != self._generation:
+                return  # logged in again while we waited (the id may even be unchanged)
             if self._cookie is not None and sent.get("Cookie") != self._cookie:
                 return
             await self._login()
@@ -327,6 +336,7 @@ class SessionAuth(Authenticator):
         if not isinstance(session_id, str) or not _HEADER_SAFE.fullmatch(session_id):
             raise AuthError("the Peloton login response has no usable session_id")
         self._cookie = f"{SESSION_COOKIE}={session_id}"
+        self._generation += 1
         self.user_id = user_id if isinstance(user_id, str) else None
 
 
