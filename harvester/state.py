@@ -1,0 +1,360 @@
+"""The harvester's own state under ``<root>/_harvester/``: nothing a table reads.
+
+    _harvester/lock                      RunLock: flock'ed by the running harvest; names holder
+    _harvester/state/<user_id>.json      AccountState: watermark, daily snapshots, failures, resume
+    _harvester/failures/<user_id>.json   the items the last run could not fetch, for people to read
+    _harvester/runs/<UTC stamp>-<run_id>.json   one manifest per run
+
+Every file is written atomically (temporary name, fsync, rename) with mode 0600,
+in directories of mode 0700: state can name the account and its history.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import secrets
+import socket
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import TypedDict, TypeVar
+
+import orjson
+
+from harvester.errors import LockedError, StateError
+
+STATE_DIR = "_harvester"
+STATE_VERSION = 1
+FAILURE_KINDS = ("workout", "performance_graph", "ride", "profile", "instructors", "list",
+                 "quarantine")
+_HEX32 = re.compile(r"[0-9a-f]{32}")
+_RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_TEMP = re.compile(r"\..+\.tmp-\d+-[0-9a-f]+")
+T = TypeVar("T")
+
+
+class FailedItemDict(TypedDict):
+    kind: str
+    id: str
+    endpoint: str
+    error: str
+    attempts: int
+
+
+@dataclass(slots=True)
+class FailedItem:
+    """One item a run could not fetch or store; the next run retries it."""
+
+    kind: str  # one of FAILURE_KINDS
+    id: str
+    endpoint: str
+    error: str  # the last error's one-line message (never holds a secret)
+    attempts: int = 1
+
+    def to_dict(self) -> FailedItemDict:
+        return {"kind": self.kind, "id": self.id, "endpoint": self.endpoint,
+                "error": self.error, "attempts": self.attempts}
+
+    @classmethod
+    def from_dict(cls, data: object) -> FailedItem:
+        if not isinstance(data, dict):
+            raise ValueError("a failure is not an object")
+        return cls(kind=_get(data, "kind", str), id=_get(data, "id", str),
+                   endpoint=_get(data, "endpoint", str), error=_get(data, "error", str),
+                   attempts=_get(data, "attempts", int))
+
+
+@dataclass(slots=True)
+class AccountState:
+    """What one account's runs remember between runs."""
+
+    user_id: str
+    watermark: int | None = None  # newest created_at (epoch s) below which all is committed
+    daily: dict[str, str] = field(default_factory=dict)  # dataset -> UTC day last fetched
+    failures: list[FailedItem] = field(default_factory=list)  # retried first next run
+    in_progress: list[str] = field(default_factory=list)  # workout ids IN_PROGRESS last run
+    missing_rides: list[str] = field(default_factory=list)  # ride ids that answered 404
+    backfill_complete: bool = False  # a run has listed the whole history once
+    last_run: dict[str, object] | None = None  # run_id, command, times, outcome, exit_code
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "version": STATE_VERSION,
+            "user_id": self.user_id,
+            "watermark": self.watermark,
+            "daily": dict(self.daily),
+            "failures": [f.to_dict() for f in self.failures],
+            "in_progress": list(self.in_progress),
+            "missing_rides": list(self.missing_rides),
+            "backfill_complete": self.backfill_complete,
+            "last_run": self.last_run,
+        }
+
+    @classmethod
+    def from_dict(cls, data: object) -> AccountState:
+        """Raises ValueError on a wrong shape; unknown keys are ignored (newer versions)."""
+        if not isinstance(data, dict):
+            raise ValueError("state is not a JSON object")
+        watermark = data.get("watermark")
+        if watermark is not None and (
+            isinstance(watermark, bool) or not isinstance(watermark, int)
+        ):
+            raise ValueError("watermark is not an integer")
+        daily = data.get("daily", {})
+        if not isinstance(daily, dict) or not all(isinstance(v, str) for v in daily.values()):
+            raise ValueError("daily is not an object of strings")
+        last_run = data.get("last_run")
+        if last_run is not None and not isinstance(last_run, dict):
+            raise ValueError("last_run is not an object")
+        backfill_complete = data.get("backfill_complete", False)
+        if not isinstance(backfill_complete, bool):
+            raise ValueError("backfill_complete is not true or false")
+        return cls(
+            user_id=_get(data, "user_id", str),
+            watermark=watermark,
+            daily={str(k): v for k, v in daily.items()},
+            failures=[FailedItem.from_dict(f) for f in _list(data, "failures")],
+            in_progress=_strings(data, "in_progress"),
+            missing_rides=_strings(data, "missing_rides"),
+            backfill_complete=backfill_complete,
+            last_run=last_run,
+        )
+
+
+class StateStore:
+    """Reads and writes the files under ``<root>/_harvester``."""
+
+    def __init__(self, root: Path, *, now: Callable[[], float] = time.time) -> None:
+        self.root = Path(root)
+        self.dir = self.root / STATE_DIR
+        self.now = now
+
+    def load(self, user_id: str) -> AccountState:
+        """The account's state; a fresh one if it has none yet."""
+        path = self._state_path(user_id)
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return AccountState(user_id=user_id)
+        except OSError as exc:
+            raise StateError(f"cannot read state file {path}: {exc.strerror or exc}") from None
+        try:
+            state = AccountState.from_dict(orjson.loads(raw))
+        except (orjson.JSONDecodeError, ValueError) as exc:
+            raise StateError(
+                f"state file {path} is unreadable ({_one_line(exc)}); "
+                "move it aside to start this account's state afresh"
+            ) from None
+        if state.user_id != user_id:
+            raise StateError(f"state file {path} belongs to account {state.user_id!r:.40}")
+        return state
+
+    def save(self, state: AccountState) -> None:
+        """Replace the account's state file atomically."""
+        self._write(self._state_path(state.user_id), state.to_dict())
+
+    def accounts(self) -> list[str]:
+        """User ids with a state file, sorted."""
+        directory = self.dir / "state"
+        if not directory.is_dir():
+            return []
+        return sorted(p.stem for p in directory.glob("*.json") if _HEX32.fullmatch(p.stem))
+
+    def write_manifest(self, manifest: Mapping[str, object]) -> Path:
+        """Write a run's manifest as ``runs/<UTC yyyymmddThhmmssZ>-<run_id>.json``."""
+        run_id = manifest.get("run_id")
+        if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
+            raise StateError(f"manifest run_id {run_id!r:.40} is not a short word")
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self.now()))
+        path = self.dir / "runs" / f"{stamp}-{run_id}.json"
+        self._write(path, dict(manifest))
+        return path
+
+    def latest_manifest(self, user_id: str) -> dict[str, object] | None:
+        """The newest manifest of the account's runs, or None."""
+        _check_user_id(user_id)
+        directory = self.dir / "runs"
+        if not directory.is_dir():
+            return None
+        # Names start with the UTC time, so name order is time order.
+        for path in sorted(directory.glob("*.json"), reverse=True):
+            if path.name.startswith("."):
+                continue
+            manifest = _read_json(path)
+            if isinstance(manifest, dict) and manifest.get("user_id") == user_id:
+                return {str(k): v for k, v in manifest.items()}
+        return None
+
+    def write_failures(self, user_id: str, failures: Sequence[FailedItem]) -> None:
+        """The account's outstanding failures, pretty-printed for people to read."""
+        path = self.dir / "failures" / f"{_check_user_id(user_id)}.json"
+        updated = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.now()))
+        document = {"user_id": user_id, "updated_at": updated,
+                    "failures": [f.to_dict() for f in failures]}
+        self._write(path, document, pretty=True)
+
+    def clean_temp_files(self) -> int:
+        """Delete temporary files a killed run left here; call it holding the lock."""
+        removed = 0
+        for directory in (self.dir, *(self.dir / d for d in ("state", "failures", "runs"))):
+            if directory.is_dir():
+                for path in directory.iterdir():
+                    if _TEMP.fullmatch(path.name) and path.is_file():
+                        path.unlink(missing_ok=True)
+                        removed += 1
+        return removed
+
+    def _state_path(self, user_id: str) -> Path:
+        return self.dir / "state" / f"{_check_user_id(user_id)}.json"
+
+    def _write(self, path: Path, document: Mapping[str, object], *, pretty: bool = False) -> None:
+        option = orjson.OPT_INDENT_2 if pretty else 0
+        try:
+            data = orjson.dumps(document, option=option) + b"\n"
+        except (TypeError, orjson.JSONEncodeError) as exc:
+            raise StateError(f"cannot encode {path.name}: {exc}") from None
+        try:
+            _private_dirs(self.dir, path.parent)
+            _atomic_write(path, data)
+        except OSError as exc:
+            raise StateError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+class RunLock:
+    """The lake's run lock: an ``flock`` on ``_harvester/lock``, freed by the kernel on death.
+
+    The file is never deleted (deleting a flock'ed file lets two runs lock two
+    different inodes); the holder's pid, host, command and start time are written
+    into it only to name the holder in the refusal message.
+    """
+
+    def __init__(self, root: Path, command: str) -> None:
+        self.root = Path(root)
+        self.path = self.root / STATE_DIR / "lock"
+        self.command = command
+        self._fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        try:
+            _private_dirs(self.root / STATE_DIR, self.path.parent)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            raise StateError(f"cannot open lock file {self.path}: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _describe_holder(fd)
+            os.close(fd)
+            raise LockedError(
+                f"the lake at {self.root} is in use by another run ({holder}); "
+                "wait for it to finish"
+            ) from None
+        except OSError as exc:
+            os.close(fd)
+            raise StateError(f"cannot lock {self.path}: {exc.strerror or exc}") from None
+        self._fd = fd
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
+                "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, orjson.dumps(info) + b"\n", 0)
+        os.fsync(fd)
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        try:
+            os.ftruncate(fd, 0)  # no stale holder info for the next reader
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+
+# -- helpers -------------------------------------------------------------------
+
+
+def _describe_holder(fd: int) -> str:
+    """``pid N on host H, `command`, since T`` from the lock file, as far as it says."""
+    try:
+        info = orjson.loads(os.pread(fd, 4096, 0))
+    except (OSError, orjson.JSONDecodeError):
+        info = None
+    if not isinstance(info, dict):
+        return "a process that has not yet written its details"  # it is between lock and write
+    return (f"pid {info.get('pid', '?')} on host {info.get('host', '?')}, "
+            f"`{info.get('command', '?')}`, since {info.get('started_at', '?')}")
+
+
+def _check_user_id(user_id: str) -> str:
+    if not isinstance(user_id, str) or not _HEX32.fullmatch(user_id):
+        raise StateError(f"user id {user_id!r:.60} is not 32 lower-case hex digits")
+    return user_id
+
+
+def _read_json(path: Path) -> object:
+    try:
+        return orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise StateError(f"cannot read {path}: {_one_line(exc)}") from None
+
+
+def _get(data: dict[str, object], key: str, kind: type[T]) -> T:
+    value = data.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool) != (kind is bool):
+        raise ValueError(f"{key} is not a {kind.__name__}")
+    return value
+
+
+def _list(data: dict[str, object], key: str) -> list[object]:
+    value = data.get(key, [])
+    if not isinstance(value, list):
+        raise ValueError(f"{key} is not a list")
+    return value
+
+
+def _strings(data: dict[str, object], key: str) -> list[str]:
+    values = _list(data, key)
+    if not all(isinstance(v, str) for v in values):
+        raise ValueError(f"{key} is not a list of strings")
+    return [str(v) for v in values]
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _private_dirs(top: Path, directory: Path) -> None:
+    """Create ``directory`` (inside ``top``) and ``top`` with mode 0700."""
+    for path in (top, directory):
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if path.stat().st_mode & 0o777 != 0o700:
+            path.chmod(0o700)
+
+
+def _atomic_write(target: Path, data: bytes) -> None:
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
