@@ -1,0 +1,223 @@
+"""PelotonApi: id validation before URLs, envelopes, the 401 -> refresh -> retry-once rule."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import pytest
+from aiohttp import web
+from test_auth import USER_ID, FakePeloton, config_for, peloton
+from test_client import json_reply
+
+from harvester.api import (
+    NULL_RIDE_ID,
+    PelotonApi,
+    WorkoutRef,
+    is_hex32,
+    is_ride_id,
+    open_api,
+    workout_ref,
+)
+from harvester.auth import make_authenticator
+from harvester.client import RequestStats
+from harvester.config import Config
+from harvester.errors import AuthError, NotFoundError, PermanentApiError
+
+WORKOUT_ID = "3a5af153444941c0aa54c52aee4726fa"
+RIDE_ID = "fbd71d16462c473d8c7aae32b440a775"
+GYM_RIDE_ID = "301aabb0-7139-42cb-b44e-786182646316"
+
+
+@asynccontextmanager
+async def api_on(tmp_path: Path, method: str = "password",
+                 **knobs: object) -> AsyncIterator[tuple[FakePeloton, PelotonApi]]:
+    async with peloton(**knobs) as (fake, http):
+        config = config_for(fake.srv.url, tmp_path, method)
+        yield fake, PelotonApi(http, make_authenticator(config, http), config)
+
+
+@pytest.mark.parametrize(
+    ("value", "hex32", "ride"),
+    [
+        (WORKOUT_ID, True, True),
+        (NULL_RIDE_ID, True, True),
+        (GYM_RIDE_ID, False, True),
+        (WORKOUT_ID.upper(), False, False),
+        (WORKOUT_ID + "\n", False, False),
+        (WORKOUT_ID[:31], False, False),
+        ("../../api/me" + "0" * 20, False, False),
+        (GYM_RIDE_ID + "/details", False, False),
+        (None, False, False),
+        (123, False, False),
+    ],
+)
+def test_id_shapes(value: object, hex32: bool, ride: bool) -> None:
+    """hex32 means exactly 32 lower-case hex digits; ride ids also accept the gym UUID form."""
+    assert is_hex32(value) is hex32
+    assert is_ride_id(value) is ride
+
+
+def test_workout_ref_reads_the_list_item() -> None:
+    """A class workout yields id, created_at, status and the ride id."""
+    item: dict[str, object] = {"id": WORKOUT_ID, "created_at": 1670191449, "status": "COMPLETE",
+                               "ride": {"id": RIDE_ID}, "new_field": [1]}
+    assert workout_ref(item) == WorkoutRef(WORKOUT_ID, 1670191449, "COMPLETE", RIDE_ID)
+
+
+@pytest.mark.parametrize(
+    ("ride", "expected"),
+    [({"id": NULL_RIDE_ID, "title": "20 min Just Ride"}, None), (None, None),
+     ({"id": GYM_RIDE_ID}, GYM_RIDE_ID)],
+)
+def test_workout_ref_ride_id(ride: object, expected: str | None) -> None:
+    """Just Ride's all-zero id and a missing ride give None; a gym UUID is kept."""
+    ref = workout_ref({"id": WORKOUT_ID, "ride": ride, "created_at": None, "status": 7})
+    assert ref.ride_id == expected
+    assert ref.created_at is None and ref.status is None
+
+
+@pytest.mark.parametrize("bad", [None, "", "XYZ", WORKOUT_ID.upper(), 42, "../etc/passwd"])
+def test_workout_ref_rejects_invalid_ids(bad: object) -> None:
+    """An item whose id is not hex32 is PermanentApiError, for the pipeline to quarantine."""
+    with pytest.raises(PermanentApiError, match="invalid id"):
+        workout_ref({"id": bad})
+
+
+async def test_invalid_ids_are_rejected_before_any_request(tmp_path: Path) -> None:
+    """No malformed id ever reaches a URL: PermanentApiError and zero requests."""
+    async with api_on(tmp_path) as (fake, api):
+        calls = [api.workout("../me"), api.performance_graph("x" * 32, 5),
+                 api.ride_details(RIDE_ID + "/../x"), api.overview("me"),
+                 api.workouts_page(WORKOUT_ID + "?page=9", 0, 10)]
+        for call in calls:
+            with pytest.raises(PermanentApiError, match="invalid id"):
+                await call
+        with pytest.raises(ValueError, match="all-zero ride id"):
+            await api.ride_details(NULL_RIDE_ID)
+    assert fake.srv.seen == []
+
+
+async def test_workouts_page_sends_the_documented_query(tmp_path: Path) -> None:
+    """The list is asked newest first with rides joined, and its envelope is read."""
+    async with api_on(tmp_path) as (fake, api):
+        fake.srv.script(f"/api/user/{USER_ID}/workouts", json_reply(200, {
+            "data": [{"id": WORKOUT_ID}], "total": 1234, "page_count": 13, "show_next": True,
+            "limit": 100, "page": 2}))
+        page = await api.workouts_page(USER_ID, 2, 100)
+    assert page.items == [{"id": WORKOUT_ID}]
+    assert (page.total, page.page_count, page.show_next) == (1234, 13, True)
+    seen = fake.srv.seen[-1]
+    assert seen.query == {"joins": "ride,ride.instructor", "limit": "100", "page": "2",
+                          "sort_by": "-created"}
+    assert seen.headers["Authorization"].startswith("Bearer ")
+
+
+@pytest.mark.parametrize("body", [{"detail": "x"}, {"data": None}, {"data": {"a": 1}},
+                                  {"data": [1, 2]}])
+async def test_page_without_a_data_list_is_permanent(tmp_path: Path,
+                                                     body: dict[str, object]) -> None:
+    """A 200 page lacking a 'data' list of objects is PermanentApiError, not retried."""
+    async with api_on(tmp_path) as (fake, api):
+        fake.srv.script("/api/instructor", json_reply(200, body))
+        with pytest.raises(PermanentApiError, match="'data'"):
+            await api.instructors_page(0, 100)
+    assert fake.srv.count("/api/instructor") == 1
+
+
+async def test_endpoints_use_documented_paths_and_stats_names(tmp_path: Path) -> None:
+    """Each call hits its documented path and counts under its endpoint name."""
+    async with api_on(tmp_path) as (fake, api):
+        for path in (f"/api/user/{USER_ID}/overview", f"/api/workout/{WORKOUT_ID}",
+                     f"/api/workout/{WORKOUT_ID}/performance_graph",
+                     f"/api/ride/{GYM_RIDE_ID}/details"):
+            fake.srv.script(path, json_reply(200, {"path": path}))
+        assert (await api.overview(USER_ID))["path"] == f"/api/user/{USER_ID}/overview"
+        await api.workout(WORKOUT_ID)
+        await api.performance_graph(WORKOUT_ID, 5)
+        await api.ride_details(GYM_RIDE_ID)
+        stats = api._http.stats
+    queries = {s.path: s.query for s in fake.srv.seen}
+    assert queries[f"/api/user/{USER_ID}/overview"] == {"version": "1"}
+    assert queries[f"/api/workout/{WORKOUT_ID}/performance_graph"] == {"every_n": "5"}
+    assert stats.by_endpoint == {"token": 1, "overview": 1, "workout": 1,
+                                 "performance_graph": 1, "ride_details": 1}
+
+
+async def test_unknown_ride_is_not_found(tmp_path: Path) -> None:
+    """A gym ride whose details are 404 raises NotFoundError once, for the pipeline to record."""
+    async with api_on(tmp_path) as (fake, api):
+        fake.srv.script(f"/api/ride/{GYM_RIDE_ID}/details",
+                        json_reply(404, {"status": 404, "message": "Ride not found"}))
+        with pytest.raises(NotFoundError, match="Ride not found"):
+            await api.ride_details(GYM_RIDE_ID)
+    assert fake.srv.count(f"/api/ride/{GYM_RIDE_ID}/details") == 1
+
+
+async def test_user_id_comes_from_me_and_is_cached(tmp_path: Path) -> None:
+    """With OAuth the user id is read from /api/me once."""
+    async with api_on(tmp_path) as (fake, api):
+        assert await api.user_id() == USER_ID
+        assert await api.user_id() == USER_ID
+    assert fake.srv.count("/api/me") == 1
+
+
+async def test_user_id_comes_free_with_a_session_login(tmp_path: Path) -> None:
+    """With the legacy session the login response's user id is used; /api/me is not called."""
+    async with api_on(tmp_path, "session") as (fake, api):
+        assert await api.user_id() == USER_ID
+    assert fake.srv.count("/api/me") == 0
+
+
+async def test_invalid_user_id_from_me_is_permanent(tmp_path: Path) -> None:
+    """/api/me answering a malformed id is PermanentApiError, never used in a URL."""
+    async with api_on(tmp_path) as (fake, api):
+        fake.srv.script("/api/me", json_reply(200, {"id": "../../x"}))
+        with pytest.raises(PermanentApiError, match="invalid user id"):
+            await api.user_id()
+
+
+async def test_32_concurrent_401s_cause_one_refresh_then_each_retries(tmp_path: Path) -> None:
+    """All 32 workers get 401, one refresh grant happens, and every request succeeds."""
+    async with api_on(tmp_path) as (fake, api):
+        await api.me()
+        fake.access.clear()  # the server forgets the access token
+        results: list[dict[str, object]] = []
+
+        async def call() -> None:
+            results.append(await api.me())
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(32):
+                tg.start_soon(call)
+    assert len(results) == 32 and all(r["id"] == USER_ID for r in results)
+    assert fake.grants == {"password": 1, "refresh_token": 1}
+    assert fake.srv.count("/api/me") == 1 + 32 + 32
+
+
+async def test_second_401_is_an_auth_error(tmp_path: Path) -> None:
+    """401 again after the shared refresh: AuthError telling the user what to do."""
+    async def always_401(request: web.Request) -> web.StreamResponse:
+        return json_reply(401, {"status": 401, "message": "Not logged in"})
+
+    async with api_on(tmp_path) as (fake, api):
+        fake.srv.routes["/api/me"] = always_401
+        with pytest.raises(AuthError, match="run again or check PELOTON_"):
+            await api.me()
+    assert fake.srv.count("/api/me") == 2
+    assert fake.grants == {"password": 1, "refresh_token": 1}
+
+
+async def test_open_api_shares_one_session_and_closes_it(tmp_path: Path) -> None:
+    """open_api wires client, limiter and auth; token and data requests count in one stats."""
+    stats = RequestStats()
+    async with peloton() as (fake, _):
+        config: Config = config_for(fake.srv.url, tmp_path)
+        async with open_api(config, stats) as api:
+            assert await api.user_id() == USER_ID
+            session = api._http._session
+            assert session.connector is not None and session.connector.limit == 8 + 4
+        assert session.closed
+    assert stats.by_endpoint == {"token": 1, "me": 1} and stats.requests == 2
