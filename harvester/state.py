@@ -257,12 +257,15 @@ class RunLock:
         except OSError as exc:
             os.close(fd)
             raise StateError(f"cannot lock {self.path}: {exc.strerror or exc}") from None
-        self._fd = fd
         info = {"pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
                 "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, orjson.dumps(info) + b"\n", 0)
-        os.fsync(fd)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, orjson.dumps(info) + b"\n", 0)
+        except OSError as exc:
+            os.close(fd)  # closing the last descriptor releases the flock
+            raise StateError(f"cannot write lock file {self.path}: {exc.strerror or exc}") from None
+        self._fd = fd
         return self
 
     def __exit__(
