@@ -50,11 +50,14 @@ class Tokens:
     access_token: str | None = field(repr=False)
     refresh_token: str | None = field(repr=False)
     expires_at: float | None = None
+    # Refresh this long before expiry; shorter for short-lived tokens, or every
+    # request would refresh a token that lives less than a minute.
+    margin: float = DEFAULT_REFRESH_MARGIN_S
 
-    def expiring(self, now: float, margin: float = DEFAULT_REFRESH_MARGIN_S) -> bool:
+    def expiring(self, now: float) -> bool:
         if self.access_token is None:
             return True
-        return self.expires_at is not None and self.expires_at - now <= margin
+        return self.expires_at is not None and self.expires_at - now <= self.margin
 
 
 def jwt_expiry(token: str) -> float | None:
@@ -219,12 +222,17 @@ class _OAuth(Authenticator):
         access, refresh = reply.get("access_token"), reply.get("refresh_token")
         if not isinstance(access, str) or not _HEADER_SAFE.fullmatch(access):
             raise AuthError("the Peloton token endpoint answered without a usable access_token")
+        now = self._clock()
         expires_at = jwt_expiry(access)
-        lifetime = reply.get("expires_in")
-        if expires_at is None and isinstance(lifetime, int | float):
-            expires_at = self._clock() + float(lifetime)
+        expires_in = reply.get("expires_in")
+        if expires_at is None and isinstance(expires_in, int | float):
+            expires_at = now + float(expires_in)
+        margin = DEFAULT_REFRESH_MARGIN_S
+        if expires_at is not None and expires_at > now:
+            margin = min(margin, (expires_at - now) / 2)
         # A refresh grant may not return a new refresh token: keep the old one.
-        return Tokens(access, refresh if isinstance(refresh, str) else keep_refresh, expires_at)
+        keep = refresh if isinstance(refresh, str) else keep_refresh
+        return Tokens(access, keep, expires_at, margin)
 
     async def _refresh(self, refresh_token: str) -> Tokens:
         body = {"grant_type": "refresh_token", "refresh_token": refresh_token}

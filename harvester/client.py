@@ -79,7 +79,7 @@ class RequestStats:
     retries: int = 0
     throttled: int = 0  # 429 answers
     reauths: int = 0  # logins/refreshes after the first
-    failures: int = 0  # request_json calls that ended in an ApiError
+    failures: int = 0  # request_json calls that ended in an ApiError other than 401
     by_endpoint: dict[str, int] = field(default_factory=dict)
 
 
@@ -154,7 +154,8 @@ class HttpClient:
                 return await self._attempt(method, url, endpoint, params, send, json, data)
             except ApiError as exc:
                 if not self.policy.should_retry(exc, attempt):
-                    self.stats.failures += 1
+                    if not isinstance(exc, UnauthorizedError):  # the api layer recovers those
+                        self.stats.failures += 1
                     raise
                 self.stats.retries += 1
                 await self._sleep(self.policy.delay(exc, attempt, self._rng))
