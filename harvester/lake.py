@@ -3,7 +3,7 @@
 Layout (SPEC "The lake")::
 
     <root>/<dataset>/date=YYYY-MM-DD/<user_id>.jsonl[.gz]
-    <root>/instructors/<user_id>.jsonl[.gz]
+    <root>/instructors/instructors.jsonl[.gz]   (shared by all accounts)
     <root>/_harvester/                       state.py's; never read or written here
 
 A commit rewrites only the partition files its rows touch. For each one it
@@ -46,6 +46,9 @@ DEFAULT_GZIP_LEVEL = 6
 _KEY_FIELDS = {"workouts": "id", "performance_graphs": "workout_id", "rides": "ride_id",
                "instructors": "id"}
 _UNPARTITIONED = frozenset({"instructors"})
+# Instructors are the same for every account: one shared file keeps each id once
+# in a lake that several accounts share (runs on one lake never overlap: the lock).
+SHARED_FILES = {"instructors": "instructors"}
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 _TEMP = re.compile(r"\..+\.tmp-\d+-[0-9a-f]+")
@@ -167,7 +170,7 @@ class Lake:
             if written:
                 counts[dataset] = written
         for dataset, directory, lines in plan:
-            self._merge(dataset, directory, user_id, lines)
+            self._merge(dataset, directory, SHARED_FILES.get(dataset, user_id), lines)
         return counts
 
     def workout_ids(self, user_id: str) -> dict[str, int]:
@@ -273,7 +276,7 @@ class Lake:
         if not base.is_dir():
             return
         dirs = [base] if dataset in _UNPARTITIONED else sorted(base.glob("date=*"))
-        stem = user_id or "*"
+        stem = SHARED_FILES.get(dataset) or user_id or "*"
         for directory in dirs:
             for suffix in SUFFIXES.values():
                 for path in sorted(directory.glob(stem + suffix)):

@@ -96,7 +96,7 @@ def test_rows_without_key_or_created_at_are_refused() -> None:
 
 
 def test_commit_writes_hive_partitioned_files_per_account(tmp_path: Path) -> None:
-    """Files land at <dataset>/date=YYYY-MM-DD/<user_id>.jsonl, instructors unpartitioned."""
+    """Files land at <dataset>/date=YYYY-MM-DD/<user_id>.jsonl, instructors in one shared unpartitioned file."""
     lake = Lake(tmp_path)
     counts = lake.commit(USER, {
         "workouts": [workout(1, MIDNIGHT), workout(2, MIDNIGHT - 1)],
@@ -107,7 +107,7 @@ def test_commit_writes_hive_partitioned_files_per_account(tmp_path: Path) -> Non
     assert (tmp_path / "workouts/date=2024-01-01" / f"{USER}.jsonl").is_file()
     assert (tmp_path / "workouts/date=2023-12-31" / f"{USER}.jsonl").is_file()
     assert (tmp_path / "performance_graphs/date=2024-01-01" / f"{USER}.jsonl").is_file()
-    assert (tmp_path / "instructors" / f"{USER}.jsonl").is_file()
+    assert (tmp_path / "instructors" / "instructors.jsonl").is_file()
 
 
 def test_merge_new_row_wins_and_keeps_one_row_per_key(tmp_path: Path) -> None:
