@@ -1,0 +1,29 @@
+"""A faithful emulator of the Peloton API (PELOTON_API.md), for tests, demos and benchmarks.
+
+It imports nothing from the rest of the harvester: it models the remote API
+independently, so the client cannot shape the server it is tested against.
+
+Default login: demo@example.com / peloton-demo. Sessions from /auth/login never
+expire; bearer tokens expire after `token_ttl`.
+"""
+
+from __future__ import annotations
+
+from harvester.emulator.app import make_app
+from harvester.emulator.server import Emulator, serve
+from harvester.emulator.settings import (
+    EmulatorSettings,
+    SettingsError,
+    add_arguments,
+    settings_from_args,
+)
+
+__all__ = [
+    "Emulator",
+    "EmulatorSettings",
+    "SettingsError",
+    "add_arguments",
+    "make_app",
+    "serve",
+    "settings_from_args",
+]

@@ -1,0 +1,439 @@
+"""The HTTP face of the emulator: routes, auth checks, and the misbehaviour middleware."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from harvester.emulator import admin
+from harvester.emulator.catalog import instructor_json, metadata_mappings, ride_json
+from harvester.emulator.faults import retry_after_value
+from harvester.emulator.render import (
+    instructor_page,
+    me,
+    overview,
+    page_envelope,
+    public_profile,
+    workout_detail,
+)
+from harvester.emulator.series import performance_graph, ride_details
+from harvester.emulator.settings import CLIENT_ID, EmulatorSettings
+from harvester.emulator.state import STATE, CacheKey, EmulatorState
+
+DEFAULT_LIMIT = 20
+MAX_LIMIT = 100
+DEFAULT_EVERY_N = 5
+SESSION_COOKIE = "peloton_session_id"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+NOT_LOGGED_IN = {
+    "status": 401,
+    "error_code": 3020,
+    "subcode": None,
+    "message": "Not logged in",
+    "details": None,
+}
+LOGIN_FAILED = {
+    "status": 401,
+    "error_code": 3010,
+    "subcode": None,
+    "message": "Login failed",
+    "details": None,
+}
+LOGIN_GONE = {"status": 403, "message": "Access forbidden. Endpoint no longer accepting requests."}
+# Inferred: clients that omit the header on /overview report a 403.
+PLATFORM_REQUIRED = {
+    "status": 403,
+    "error_code": 3080,
+    "subcode": None,
+    "message": "Forbidden",
+    "details": "Peloton-Platform header required",
+}
+BAD_GRANT = {"error": "invalid_grant", "error_description": "Wrong email or password."}
+BAD_REFRESH = {"error": "invalid_grant", "error_description": "Unknown or invalid refresh token."}
+ERROR_CODES = {"Workout": 3030, "Ride": 3040, "Instructor": 3050, "User": 3060}
+
+
+def json_response(payload: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(payload), status=status, content_type="application/json")
+
+
+def body_response(body: bytes) -> web.Response:
+    return web.Response(body=body, content_type="application/json")
+
+
+def not_found(what: str) -> web.Response:
+    return json_response(
+        {
+            "status": 404,
+            "error_code": ERROR_CODES[what],
+            "subcode": None,
+            "message": f"{what} not found",
+            "details": None,
+        },
+        404,
+    )
+
+
+def bad_request(message: str) -> web.Response:
+    return json_response(
+        {"status": 400, "error_code": 3000, "subcode": None, "message": message, "details": None},
+        400,
+    )
+
+
+def cached(state: EmulatorState, key: CacheKey, build: Callable[[], Any]) -> web.Response:
+    """Serve encoded bytes from the cache, rendering and encoding once."""
+    body = state.cache.get(key)
+    if body is None:
+        body = orjson.dumps(build())
+        state.cache.put(key, body)
+    return body_response(body)
+
+
+def is_authed(request: web.Request, state: EmulatorState) -> bool:
+    auth = request.headers.get("Authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return state.tokens.check_bearer(auth[7:].strip(), state.now())
+    session = request.cookies.get(SESSION_COOKIE)
+    return session is not None and session in state.tokens.sessions
+
+
+def privileged(handler: Handler) -> Handler:
+    async def checked(request: web.Request) -> web.StreamResponse:
+        if not is_authed(request, request.app[STATE]):
+            return json_response(NOT_LOGGED_IN, 401)
+        return await handler(request)
+
+    return checked
+
+
+def int_param(request: web.Request, name: str, default: int) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        return None
+
+
+def page_params(request: web.Request) -> tuple[int, int] | None:
+    page = int_param(request, "page", 0)
+    limit = int_param(request, "limit", DEFAULT_LIMIT)
+    if page is None or limit is None or page < 0:
+        return None
+    return page, max(1, min(MAX_LIMIT, limit))
+
+
+# -- auth ------------------------------------------------------------------
+
+
+async def read_body(request: web.Request) -> dict[str, Any] | None:
+    """JSON or form body as a dict; None when it is neither."""
+    if request.content_type == "application/json":
+        try:
+            data = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            return None
+        return data if isinstance(data, dict) else None
+    form = await request.post()
+    return {k: str(v) for k, v in form.items()}
+
+
+def credentials_match(settings: EmulatorSettings, username: object, password: object) -> bool:
+    return (
+        isinstance(username, str)
+        and username.lower() == settings.username.lower()
+        and password == settings.password
+    )
+
+
+async def token(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    body = await read_body(request)
+    if body is None:
+        return json_response(
+            {"error": "invalid_request", "error_description": "Body must be JSON or a form."}, 400
+        )
+    if body.get("client_id") != CLIENT_ID:
+        return json_response({"error": "access_denied", "error_description": "Unauthorized"}, 401)
+    grant = body.get("grant_type")
+    ttl = state.settings.token_ttl
+    if grant == "password":
+        if not credentials_match(state.settings, body.get("username"), body.get("password")):
+            return json_response(BAD_GRANT, 403)
+        state.stats.token_grants["password"] += 1
+        return json_response(state.tokens.grant(state.now(), ttl))
+    if grant == "refresh_token":
+        answer = state.tokens.refresh(str(body.get("refresh_token", "")), state.now(), ttl)
+        if answer is None:
+            return json_response(BAD_REFRESH, 403)
+        state.stats.token_grants["refresh_token"] += 1
+        return json_response(answer)
+    return json_response(
+        {
+            "error": "unsupported_grant_type",
+            "error_description": f"Unsupported grant type: {grant}",
+        },
+        403,
+    )
+
+
+async def login(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    if state.settings.legacy_login == "gone":
+        return json_response(LOGIN_GONE, 403)
+    body = await read_body(request) or {}
+    if not credentials_match(state.settings, body.get("username_or_email"), body.get("password")):
+        return json_response(LOGIN_FAILED, 401)
+    state.stats.logins += 1
+    session = state.tokens.open_session()
+    response = json_response(
+        {"session_id": session, "user_id": state.account.user_id, "pubsub_session": {}}
+    )
+    response.set_cookie(SESSION_COOKIE, session, httponly=True, path="/")
+    return response
+
+
+# -- data ------------------------------------------------------------------
+
+
+@privileged
+async def get_me(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    return cached(state, ("me", state.account.generation), lambda: me(state.account))
+
+
+def own_user(request: web.Request, state: EmulatorState) -> bool:
+    uid = request.match_info["id"]
+    return uid in (state.account.user_id, state.account.username.split("@")[0])
+
+
+@privileged
+async def get_user(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    if not own_user(request, state):
+        return not_found("User")
+    return cached(state, ("user", state.account.generation), lambda: public_profile(state.account))
+
+
+@privileged
+async def get_overview(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    if request.headers.get("Peloton-Platform", "").lower() != "web":
+        return json_response(PLATFORM_REQUIRED, 403)
+    if request.match_info["id"] != state.account.user_id:
+        return not_found("User")
+    return cached(state, ("overview", state.account.generation), lambda: overview(state.account))
+
+
+@privileged
+async def list_workouts(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    if request.match_info["id"] != state.account.user_id:
+        return not_found("User")
+    params = page_params(request)
+    if params is None:
+        return bad_request("Invalid page or limit")
+    state.note_list_request()
+    page, limit = params
+    joins = frozenset(j.strip() for j in request.query.get("joins", "").split(",") if j.strip())
+    account, extra = state.account, state.settings.extra_field
+
+    def build() -> Any:
+        return page_envelope(account, page, limit, joins, extra, state.summary())
+
+    live = any(w.end_time is None for w in account.workouts[page * limit : (page + 1) * limit])
+    if live:  # an in-progress workout changes under the client: never cache it
+        return json_response(build())
+    return cached(state, ("workouts", account.generation, page, limit, joins, extra), build)
+
+
+@privileged
+async def get_workout(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    w = state.account.by_id.get(request.match_info["id"])
+    if w is None:
+        return not_found("Workout")
+    extra = state.settings.extra_field
+    if w.end_time is None:
+        return json_response(workout_detail(state.account, w, extra))
+    return cached(state, ("workout", w.id, extra), lambda: workout_detail(state.account, w, extra))
+
+
+@privileged
+async def get_graph(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    w = state.account.by_id.get(request.match_info["id"])
+    if w is None:
+        return not_found("Workout")
+    every_n = int_param(request, "every_n", DEFAULT_EVERY_N)
+    if every_n is None:
+        return bad_request("Invalid every_n")
+    every_n = max(1, every_n)
+    web_platform = (
+        w.kind == "outdoor" and request.headers.get("Peloton-Platform", "").lower() == "web"
+    )
+    if w.end_time is None:
+        return json_response(performance_graph(state.account, w, every_n, web_platform))
+    return cached(
+        state,
+        ("graph", w.id, every_n, web_platform),
+        lambda: performance_graph(state.account, w, every_n, web_platform),
+    )
+
+
+async def get_ride(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    ride = state.account.rides.get(request.match_info["id"])
+    if ride is None:  # the all-zeros stand-in, gym UUIDs and malformed ids alike
+        return not_found("Ride")
+    return cached(state, ("ride", ride.id), lambda: ride_json(ride, True))
+
+
+async def get_ride_details(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    ride = state.account.rides.get(request.match_info["id"])
+    if ride is None:
+        return not_found("Ride")
+    return cached(state, ("ride_details", ride.id), lambda: ride_details(state.account, ride))
+
+
+async def list_instructors(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    params = page_params(request)
+    if params is None:
+        return bad_request("Invalid page or limit")
+    page, limit = params
+    return cached(
+        state, ("instructors", page, limit), lambda: instructor_page(state.account, page, limit)
+    )
+
+
+async def get_instructor(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    ins = state.account.instructors_by_id.get(request.match_info["id"])
+    if ins is None:
+        return not_found("Instructor")
+    return cached(state, ("instructor", ins.id), lambda: instructor_json(ins))
+
+
+async def get_mappings(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    return cached(
+        state, ("metadata_mappings",), lambda: metadata_mappings(state.account.instructors)
+    )
+
+
+# -- misbehaviour -----------------------------------------------------------
+
+EDGE_HTML = (
+    "<html><head><title>{0}</title></head><body><center><h1>{0}</h1></center>"
+    "<hr><center>cloudflare</center></body></html>"
+)
+
+
+def throttled(state: EmulatorState, wait: float) -> web.Response:
+    style = state.settings.rate_limit_style
+    value = retry_after_value(style, wait, time.time())
+    if style == "cloudflare":
+        return web.Response(status=429, text="error code: 1015", content_type="text/plain")
+    response = json_response({"status": 429, "message": "Too Many Requests"}, 429)
+    if value is not None:
+        response.headers["Retry-After"] = value
+    return response
+
+
+async def faulty(request: web.Request, handler: Handler, kind: str) -> web.StreamResponse:
+    """Answer a request the way the named fault would."""
+    state = request.app[STATE]
+    if kind == "500":
+        return json_response({"status": 500, "message": "Internal Server Error"}, 500)
+    if kind in ("502", "503"):
+        title = "502 Bad Gateway" if kind == "502" else "503 Service Temporarily Unavailable"
+        return web.Response(
+            status=int(kind), text=EDGE_HTML.format(title), content_type="text/html"
+        )
+    if kind == "reset":
+        if request.transport is not None:
+            request.transport.abort()
+        raise asyncio.CancelledError  # nothing can be written to an aborted connection
+    if kind == "empty":
+        return web.Response(status=200, body=b"", content_type="application/json")
+    if kind == "slow":
+        await asyncio.sleep(state.settings.slow_s)
+        return await handler(request)
+    response = await handler(request)  # "truncated": a real body cut short
+    body = response.body if isinstance(response, web.Response) else None
+    if not isinstance(body, bytes) or len(body) < 2:
+        return response
+    return web.Response(
+        status=response.status, body=body[: len(body) // 2], content_type="application/json"
+    )
+
+
+@web.middleware
+async def misbehave(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count, rate-limit, delay and break requests; admin routes pass untouched."""
+    if request.path.startswith("/_emulator/"):
+        return await handler(request)
+    state = request.app[STATE]
+    route = request.match_info.route
+    name = route.name or "unknown"
+    data = request.path.startswith("/api/")
+    state.stats.begin(name, request.match_info.get("id"), time.monotonic(), data)
+    status = 500
+    try:
+        response = await _answer(request, handler, state, data)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        state.stats.end(status)
+
+
+async def _answer(
+    request: web.Request, handler: Handler, state: EmulatorState, data: bool
+) -> web.StreamResponse:
+    s = state.settings
+    if state.bucket is not None:
+        wait = state.bucket.take(time.monotonic())
+        if wait > 0:
+            return throttled(state, wait)
+    if s.latency_ms or s.jitter_ms:
+        await asyncio.sleep((s.latency_ms + s.jitter_ms * state.jitter.random()) / 1000)
+    kind = state.faults.draw(s.faults) if data else None
+    if kind is None:
+        return await handler(request)
+    state.stats.faults[kind] += 1
+    return await faulty(request, handler, kind)
+
+
+def make_app(settings: EmulatorSettings | None = None) -> web.Application:
+    """The emulator as an aiohttp application (state in app[STATE])."""
+    app = web.Application(middlewares=[misbehave])
+    app[STATE] = EmulatorState(settings or EmulatorSettings())
+    r = app.router
+    r.add_post("/oauth/token", token, name="token")
+    r.add_post("/auth/login", login, name="login")
+    r.add_get("/api/me", get_me, name="me")
+    r.add_get("/api/user/{id}", get_user, name="user")
+    r.add_get("/api/user/{id}/overview", get_overview, name="overview")
+    r.add_get("/api/user/{id}/workouts", list_workouts, name="workouts")
+    r.add_get("/api/workout/{id}", get_workout, name="workout")
+    r.add_get("/api/workout/{id}/performance_graph", get_graph, name="performance_graph")
+    r.add_get("/api/ride/metadata_mappings", get_mappings, name="metadata_mappings")
+    r.add_get("/api/ride/{id}", get_ride, name="ride")
+    r.add_get("/api/ride/{id}/details", get_ride_details, name="ride_details")
+    r.add_get("/api/instructor", list_instructors, name="instructors")
+    r.add_get("/api/instructor/{id}", get_instructor, name="instructor")
+    admin.add_routes(app)
+    return app

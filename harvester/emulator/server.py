@@ -1,0 +1,114 @@
+"""Running the emulator: in-process (`Emulator`) or in the foreground (`serve`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+import time
+from typing import Any
+
+from aiohttp import web
+
+from harvester.emulator.account import Account
+from harvester.emulator.admin import change_settings
+from harvester.emulator.app import make_app
+from harvester.emulator.settings import DEFAULT_HOST, EmulatorSettings
+from harvester.emulator.state import STATE, EmulatorState
+from harvester.emulator.stats import Stats
+
+DEFAULT_SETTINGS = EmulatorSettings()
+
+
+class Emulator:
+    """A started emulator on loopback; `start()` returns its base URL."""
+
+    def __init__(self, settings: EmulatorSettings = DEFAULT_SETTINGS) -> None:
+        self.app = make_app(settings)
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def state(self) -> EmulatorState:
+        return self.app[STATE]
+
+    @property
+    def settings(self) -> EmulatorSettings:
+        return self.state.settings
+
+    @property
+    def account(self) -> Account:
+        return self.state.account
+
+    @property
+    def stats(self) -> Stats:
+        return self.state.stats
+
+    async def start(self, host: str = DEFAULT_HOST, port: int = 0) -> str:
+        # Access logs off: a benchmark would spend its time formatting them.
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        bound = sockets[0].getsockname()[1] if sockets else port
+        self.url = f"http://{host}:{bound}"
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> Emulator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # Same controls as the /_emulator/* routes, for in-process tests.
+
+    def stats_snapshot(self, arrivals: bool = False) -> dict[str, Any]:
+        return self.stats.snapshot(arrivals)
+
+    def reset_stats(self) -> None:
+        self.stats.reset(time.monotonic())
+
+    def add_workouts(self, count: int = 1) -> list[str]:
+        return [w.id for w in self.state.add_workouts(count)]
+
+    def complete_in_progress(self) -> str | None:
+        w = self.account.complete(self.state.now())
+        return w.id if w else None
+
+    def update_settings(self, **changes: Any) -> EmulatorSettings:
+        change_settings(self.state, changes)
+        return self.settings
+
+    def advance_clock(self, seconds: float) -> None:
+        """Move the emulator's clock on (expires tokens without sleeping)."""
+        self.state.clock_offset += seconds
+
+
+async def serve(settings: EmulatorSettings, host: str = DEFAULT_HOST, port: int = 0) -> None:
+    """Start, print the base URL as the first stdout line, serve until cancelled or signalled."""
+    emulator = Emulator(settings)
+    url = await emulator.start(host, port)
+    print(url, flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        # Not available off the main thread or on Windows: cancellation still works.
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
+        await asyncio.shield(emulator.stop())
+        print("emulator stopped", file=sys.stderr, flush=True)

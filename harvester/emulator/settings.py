@@ -1,0 +1,215 @@
+"""The emulator's knobs: one frozen value object, and its command-line form."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_USERNAME = "demo@example.com"
+DEFAULT_PASSWORD = "peloton-demo"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8080
+CLIENT_ID = "mgsmWCD0A8Qn6uz6mmqI6qeBNHH9IPwS"
+
+FAULT_PROFILES = ("none", "flaky", "hostile")
+RATE_LIMIT_STYLES = ("cloudflare", "retry-after", "http-date")
+LEGACY_LOGIN_MODES = ("ok", "gone")
+QUIRKS = frozenset({"bad_id", "missing_created_at", "null_numbers", "unknown_enum"})
+
+# Knobs that only change how requests are answered; the rest shape the synthetic
+# account and need a new emulator.
+RUNTIME_KNOBS = frozenset(
+    {
+        "latency_ms",
+        "jitter_ms",
+        "rate_limit",
+        "rate_burst",
+        "rate_limit_style",
+        "faults",
+        "slow_s",
+        "token_ttl",
+        "legacy_login",
+        "arrive_every",
+        "extra_field",
+    }
+)
+
+
+class SettingsError(ValueError):
+    """A knob was given a value the emulator cannot honour."""
+
+
+@dataclass(frozen=True, slots=True)
+class EmulatorSettings:
+    """Everything that decides what the emulator serves and how."""
+
+    workouts: int = 500
+    seed: int = 1
+    username: str = DEFAULT_USERNAME
+    password: str = DEFAULT_PASSWORD
+    latency_ms: float = 0.0
+    jitter_ms: float = 0.0
+    rate_limit: float | None = None
+    rate_burst: float | None = None
+    rate_limit_style: str = "cloudflare"
+    faults: str = "none"
+    slow_s: float = 15.0
+    token_ttl: float = 172800.0
+    legacy_login: str = "ok"
+    in_progress: bool = False
+    arrive_every: int | None = None
+    extra_field: bool = False
+    quirks: frozenset[str] = field(default_factory=frozenset)
+
+    def __post_init__(self) -> None:
+        _check(self.workouts >= 0, "workouts must be >= 0")
+        _check(self.faults in FAULT_PROFILES, f"faults must be one of {FAULT_PROFILES}")
+        _check(
+            self.rate_limit_style in RATE_LIMIT_STYLES,
+            f"rate_limit_style must be one of {RATE_LIMIT_STYLES}",
+        )
+        _check(self.legacy_login in LEGACY_LOGIN_MODES, "legacy_login must be ok or gone")
+        _check(self.rate_limit is None or self.rate_limit > 0, "rate_limit must be > 0")
+        _check(self.rate_burst is None or self.rate_burst >= 1, "rate_burst must be >= 1")
+        _check(self.arrive_every is None or self.arrive_every >= 1, "arrive_every must be >= 1")
+        _check(self.latency_ms >= 0 and self.jitter_ms >= 0, "latency must be >= 0")
+        unknown = set(self.quirks) - QUIRKS
+        _check(not unknown, f"unknown quirks {sorted(unknown)}; known: {sorted(QUIRKS)}")
+
+    @property
+    def burst(self) -> float:
+        """Token-bucket size: one second's worth unless set."""
+        if self.rate_burst is not None:
+            return self.rate_burst
+        return max(1.0, self.rate_limit or 1.0)
+
+    def updated(self, changes: dict[str, Any]) -> EmulatorSettings:
+        """A copy with runtime knobs changed; account-shaping knobs are refused."""
+        refused = set(changes) - RUNTIME_KNOBS
+        _check(not refused, f"cannot change {sorted(refused)} at runtime")
+        try:
+            return dataclasses.replace(self, **changes)
+        except TypeError as exc:
+            raise SettingsError(str(exc)) from exc
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise SettingsError(message)
+
+
+def parse_quirks(text: str) -> frozenset[str]:
+    """'bad_id,null_numbers' -> frozenset; empty text -> no quirks."""
+    return frozenset(q.strip() for q in text.split(",") if q.strip())
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the emulator's options (with their defaults in the help) to a parser."""
+    d = EmulatorSettings()
+    add = parser.add_argument
+    add("--host", default=DEFAULT_HOST, help=f"interface to bind (default {DEFAULT_HOST})")
+    add(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help=f"port, 0 = any free (default {DEFAULT_PORT})",
+    )
+    add(
+        "--workouts",
+        type=int,
+        default=d.workouts,
+        help=f"workouts in the synthetic account (default {d.workouts})",
+    )
+    add("--seed", type=int, default=d.seed, help=f"seed; same seed, same data (default {d.seed})")
+    add(
+        "--username",
+        default=d.username,
+        help=f"login name of the synthetic account (default {d.username})",
+    )
+    add("--password", default=d.password, help=f"its password (default {d.password})")
+    add(
+        "--latency-ms", type=float, default=d.latency_ms, help="fixed delay per request (default 0)"
+    )
+    add(
+        "--jitter-ms",
+        type=float,
+        default=d.jitter_ms,
+        help="extra uniform random delay, up to this (default 0)",
+    )
+    add(
+        "--rate-limit",
+        type=float,
+        default=None,
+        help="requests/s allowed before 429s (default: unlimited)",
+    )
+    add(
+        "--rate-burst",
+        type=float,
+        default=None,
+        help="token-bucket burst (default: one second's worth)",
+    )
+    add(
+        "--rate-limit-style",
+        choices=RATE_LIMIT_STYLES,
+        default=d.rate_limit_style,
+        help=(
+            f"how a 429 looks (default {d.rate_limit_style}: "
+            "text 'error code: 1015', no Retry-After)"
+        ),
+    )
+    add(
+        "--faults",
+        choices=FAULT_PROFILES,
+        default=d.faults,
+        help="none; flaky (~5%% of /api requests fail); hostile (~20%%, some slow) (default none)",
+    )
+    add(
+        "--slow-s",
+        type=float,
+        default=d.slow_s,
+        help=f"stall of a 'slow' fault (default {d.slow_s})",
+    )
+    add(
+        "--token-ttl",
+        type=float,
+        default=d.token_ttl,
+        help=f"access-token lifetime, s (default {d.token_ttl:.0f})",
+    )
+    add(
+        "--legacy-login",
+        choices=LEGACY_LOGIN_MODES,
+        default=d.legacy_login,
+        help="ok: /auth/login works; gone: it answers 403 as since Nov 2025 (default ok)",
+    )
+    add("--in-progress", action="store_true", help="newest workout is IN_PROGRESS")
+    add(
+        "--arrive-every", type=int, default=None, help="a new workout arrives every K list requests"
+    )
+    add("--extra-field", action="store_true", help="add an undocumented key to every workout")
+    add("--quirks", default="", help=f"comma list of {','.join(sorted(QUIRKS))} (default none)")
+
+
+def settings_from_args(ns: argparse.Namespace) -> tuple[EmulatorSettings, str, int]:
+    """Settings, host and port from parsed arguments; SettingsError on bad values."""
+    settings = EmulatorSettings(
+        workouts=ns.workouts,
+        seed=ns.seed,
+        username=ns.username,
+        password=ns.password,
+        latency_ms=ns.latency_ms,
+        jitter_ms=ns.jitter_ms,
+        rate_limit=ns.rate_limit,
+        rate_burst=ns.rate_burst,
+        rate_limit_style=ns.rate_limit_style,
+        faults=ns.faults,
+        slow_s=ns.slow_s,
+        token_ttl=ns.token_ttl,
+        legacy_login=ns.legacy_login,
+        in_progress=ns.in_progress,
+        arrive_every=ns.arrive_every,
+        extra_field=ns.extra_field,
+        quirks=parse_quirks(ns.quirks),
+    )
+    return settings, ns.host, ns.port

@@ -1,0 +1,104 @@
+"""Everything one running emulator holds: knobs, account, credentials, counters, cache."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import OrderedDict
+
+from aiohttp import web
+
+from harvester.emulator.account import Account, Workout
+from harvester.emulator.faults import FaultInjector, TokenBucket
+from harvester.emulator.render import month_summary
+from harvester.emulator.settings import CLIENT_ID, EmulatorSettings
+from harvester.emulator.stats import Stats
+from harvester.emulator.tokens import TokenIssuer
+
+DEFAULT_CACHE_BYTES = 256 * 1024 * 1024
+CacheKey = tuple[object, ...]
+
+
+class ByteCache:
+    """Encoded responses, least recently used dropped first past a byte budget."""
+
+    def __init__(self, budget: int = DEFAULT_CACHE_BYTES) -> None:
+        self.budget = budget
+        self.size = 0
+        self._items: OrderedDict[CacheKey, bytes] = OrderedDict()
+
+    def get(self, key: CacheKey) -> bytes | None:
+        body = self._items.get(key)
+        if body is not None:
+            self._items.move_to_end(key)
+        return body
+
+    def put(self, key: CacheKey, body: bytes) -> None:
+        if key in self._items:
+            return
+        self._items[key] = body
+        self.size += len(body)
+        while self.size > self.budget and self._items:
+            _, old = self._items.popitem(last=False)
+            self.size -= len(old)
+
+    def clear(self) -> None:
+        self._items.clear()
+        self.size = 0
+
+
+class EmulatorState:
+    """One emulator's mutable world; handlers reach it as request.app[STATE]."""
+
+    def __init__(self, settings: EmulatorSettings) -> None:
+        self.settings = settings
+        self.clock_offset = 0.0  # tests move time forward instead of sleeping
+        self.account = Account(
+            settings.workouts,
+            settings.seed,
+            settings.username,
+            settings.quirks,
+            settings.in_progress,
+        )
+        self.tokens = TokenIssuer(self.account.user_id, CLIENT_ID)
+        self.stats = Stats(time.monotonic())
+        self.faults = FaultInjector(settings.seed)
+        self.jitter = random.Random(settings.seed ^ 0x717)
+        self.cache = ByteCache()
+        self.bucket: TokenBucket | None = None
+        self.list_requests = 0
+        self._summary: tuple[int, dict[str, int]] | None = None
+        self._reset_bucket()
+
+    def now(self) -> float:
+        """Wall-clock time as the emulator sees it (tokens, arrivals)."""
+        return time.time() + self.clock_offset
+
+    def apply(self, settings: EmulatorSettings) -> None:
+        """Swap in new runtime knobs."""
+        old, self.settings = self.settings, settings
+        if (old.rate_limit, old.burst) != (settings.rate_limit, settings.burst):
+            self._reset_bucket()
+
+    def _reset_bucket(self) -> None:
+        s = self.settings
+        self.bucket = TokenBucket(s.rate_limit, s.burst, time.monotonic()) if s.rate_limit else None
+
+    def summary(self) -> dict[str, int]:
+        generation = self.account.generation
+        if self._summary is None or self._summary[0] != generation:
+            self._summary = (generation, month_summary(self.account))
+        return self._summary[1]
+
+    def note_list_request(self) -> None:
+        """Count a list request; every `arrive_every`-th one brings a new workout."""
+        self.list_requests += 1
+        every = self.settings.arrive_every
+        if every and self.list_requests % every == 0:
+            self.account.add_workout(self.now())
+
+    def add_workouts(self, count: int) -> list[Workout]:
+        return [self.account.add_workout(self.now()) for _ in range(count)]
+
+
+STATE: web.AppKey[EmulatorState] = web.AppKey("emulator_state", EmulatorState)

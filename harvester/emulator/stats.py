@@ -1,0 +1,79 @@
+"""What the emulator saw: counts per endpoint, id, status and fault, for tests to assert on."""
+
+from __future__ import annotations
+
+from array import array
+from collections import Counter, defaultdict
+from typing import Any
+
+ENDPOINTS = (
+    "token",
+    "login",
+    "me",
+    "user",
+    "overview",
+    "workouts",
+    "workout",
+    "performance_graph",
+    "ride",
+    "ride_details",
+    "instructors",
+    "instructor",
+    "metadata_mappings",
+)
+# Endpoints whose per-id counts are kept (to check "fetched once").
+BY_ID_ENDPOINTS = frozenset({"workout", "performance_graph", "ride", "ride_details", "instructor"})
+
+
+class Stats:
+    def __init__(self, now: float) -> None:
+        self.reset(now)
+
+    def reset(self, now: float) -> None:
+        self.started = now
+        self.requests = 0
+        self.by_endpoint: Counter[str] = Counter()
+        self.by_id: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        self.status: Counter[str] = Counter()
+        self.throttled = 0
+        self.faults: Counter[str] = Counter()
+        self.concurrency = 0
+        self.peak_concurrency = 0
+        self.token_grants: Counter[str] = Counter()
+        self.logins = 0
+        self.arrivals = array("d")  # compact: a benchmark makes millions
+
+    def begin(self, endpoint: str, item_id: str | None, now: float, data: bool) -> None:
+        self.requests += 1
+        self.by_endpoint[endpoint] += 1
+        if item_id is not None and endpoint in BY_ID_ENDPOINTS:
+            self.by_id[endpoint][item_id] += 1
+        if data:
+            self.arrivals.append(now - self.started)
+        self.concurrency += 1
+        self.peak_concurrency = max(self.peak_concurrency, self.concurrency)
+
+    def end(self, status: int) -> None:
+        self.concurrency -= 1
+        self.status[str(status)] += 1
+        if status == 429:
+            self.throttled += 1
+
+    def snapshot(self, arrivals: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "requests": self.requests,
+            "by_endpoint": dict(self.by_endpoint),
+            "by_id": {name: dict(ids) for name, ids in self.by_id.items()},
+            "status": dict(self.status),
+            "throttled": self.throttled,
+            "faults": dict(self.faults),
+            "peak_concurrency": self.peak_concurrency,
+            "token_grants": {
+                "password": self.token_grants["password"],
+                "refresh_token": self.token_grants["refresh_token"],
+            },
+            "logins": self.logins,
+        }
+        if arrivals:
+            out["arrivals"] = [round(t, 6) for t in self.arrivals]
+        return out
