@@ -76,8 +76,9 @@ async def test_joins_embed_ride_and_instructor(
     _, bare = await get_json(http, base, h)
     assert all("ride" not in w for w in bare["data"])
     classes = [w for w in joined["data"] if w["ride"]["id"] != ZERO_ID]
-    assert classes and all(w["ride"]["instructor"]["id"] == w["ride"]["instructor_id"]
-                           for w in classes)
+    assert classes and all(
+        w["ride"]["instructor"]["id"] == w["ride"]["instructor_id"] for w in classes
+    )
 
 
 async def test_workout_detail_adds_and_drops_keys(
@@ -90,13 +91,23 @@ async def test_workout_detail_adds_and_drops_keys(
     item = page["data"][0]
     status, detail = await get_json(http, f"{emulator.url}/api/workout/{item['id']}", h)
     assert status == 200
-    extra = {"achievement_templates", "leaderboard_rank", "total_leaderboard_users", "ftp_info",
-             "device_type_display_name", "total_heart_rate_zone_durations",
-             "average_effort_score"}
+    extra = {
+        "achievement_templates",
+        "leaderboard_rank",
+        "total_leaderboard_users",
+        "ftp_info",
+        "device_type_display_name",
+        "total_heart_rate_zone_durations",
+        "average_effort_score",
+    }
     dropped = {"effort_zones", "is_outdoor", "service_id"}
     assert set(detail) == (set(item) | extra) - dropped
     assert detail["ftp_info"]["ftp_source"] in (
-        "ftp_workout_source", "ftp_manual_source", "ftp_estimated_source", None)
+        "ftp_workout_source",
+        "ftp_manual_source",
+        "ftp_estimated_source",
+        None,
+    )
 
 
 async def test_unknown_and_malformed_ids_answer_404(
