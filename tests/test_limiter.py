@@ -90,23 +90,28 @@ async def test_throttle_floors_at_the_minimum_rate() -> None:
 
 
 async def test_lowered_rate_widens_spacing_and_recovers_additively() -> None:
-    """After a 429 requests are spaced at the lower rate; successes climb back, not past it."""
+    """After a 429 requests are spaced at the lower rate; the rate climbs back with time."""
     fake = FakeTime()
     limiter = AdaptiveLimiter(10.0, clock=fake.clock, sleep=fake.sleep)
     async with limiter:
         pass
     limiter.on_throttled()
+    cut_at = fake.now
     assert limiter.current_rate == 5.0
     async with limiter:
         pass
     async with limiter:
         pass
     assert fake.sleeps[-1] == pytest.approx(1 / 5.0)
+    for _ in range(50):  # a burst of quick successes cannot undo the cut at once
+        limiter.on_success()
+    assert limiter.current_rate == pytest.approx(5.0 + (fake.now - cut_at) * 1.0)  # 10 %/s
+    assert limiter.current_rate < 6.0
     rates = []
-    for _ in range(15):
+    for _ in range(8):
+        fake.now += 1.0
         limiter.on_success()
         rates.append(limiter.current_rate)
-    assert rates[0] == pytest.approx(5.5)  # +5% of the configured rate per success
     assert rates == sorted(rates) and rates[-1] == 10.0
 
 
