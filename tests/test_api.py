@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import bisect
+import re
+import stat
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -9,8 +12,10 @@ from pathlib import Path
 import anyio
 import pytest
 from aiohttp import web
+from anyio.streams.memory import MemoryObjectReceiveStream
+from conftest import MakeEmulator
 from test_auth import USER_ID, FakePeloton, config_for, peloton
-from test_client import json_reply
+from test_client import RecordingSleep, json_reply
 
 from harvester.api import (
     NULL_RIDE_ID,
@@ -22,9 +27,17 @@ from harvester.api import (
     workout_ref,
 )
 from harvester.auth import make_authenticator
-from harvester.client import RequestStats
-from harvester.config import Config
-from harvester.errors import AuthError, NotFoundError, PermanentApiError
+from harvester.client import JsonObject, RequestStats
+from harvester.config import ApiConfig, AuthConfig, Config, Credentials, HarvestConfig
+from harvester.emulator.settings import DEFAULT_PASSWORD as DEMO_PASSWORD
+from harvester.emulator.settings import DEFAULT_USERNAME as DEMO_USERNAME
+from harvester.errors import (
+    AuthError,
+    LegacyLoginGoneError,
+    NotFoundError,
+    PermanentApiError,
+    RateLimitedError,
+)
 
 WORKOUT_ID = "3a5af153444941c0aa54c52aee4726fa"
 RIDE_ID = "fbd71d16462c473d8c7aae32b440a775"
@@ -221,3 +234,159 @@ async def test_open_api_shares_one_session_and_closes_it(tmp_path: Path) -> None
             assert session.connector is not None and session.connector.limit == 8 + 4
         assert session.closed
     assert stats.by_endpoint == {"token": 1, "me": 1} and stats.requests == 2
+
+
+# --- against the emulator ----------------------------------------------------------------
+
+def emu_config(url: str, tmp_path: Path, method: str = "password", *, rps: float = 2000.0,
+               timeout_s: float = 5.0, max_attempts: int = 6,
+               password: str = DEMO_PASSWORD) -> Config:
+    return Config(
+        api=ApiConfig(base_url=url, auth_url=url, timeout_s=timeout_s, max_attempts=max_attempts),
+        auth=AuthConfig(method=method, token_cache=str(tmp_path / "tokens.json")),
+        harvest=HarvestConfig(concurrency=8, requests_per_second=rps),
+        credentials=Credentials(username=DEMO_USERNAME, password=password),
+    )
+
+
+async def all_refs(api: PelotonApi) -> list[WorkoutRef]:
+    user_id, refs, page = await api.user_id(), [], 0
+    while True:
+        listing = await api.workouts_page(user_id, page, 25)
+        refs += [workout_ref(item) for item in listing.items]
+        if not listing.show_next:
+            return refs
+        page += 1
+
+
+async def fetch_each(api: PelotonApi, refs: list[WorkoutRef]) -> list[JsonObject]:
+    """Detail + graph for every ref with 8 workers over a bounded stream."""
+    got: list[JsonObject] = []
+    send, receive = anyio.create_memory_object_stream[WorkoutRef](8)
+
+    async def worker(stream: MemoryObjectReceiveStream[WorkoutRef]) -> None:
+        async with stream:
+            async for ref in stream:
+                got.append(await api.workout(ref.id))
+                got.append(await api.performance_graph(ref.id, 5))
+
+    async with anyio.create_task_group() as tg:
+        async with receive:
+            for _ in range(8):
+                tg.start_soon(worker, receive.clone())
+        async with send:
+            for ref in refs:
+                await send.send(ref)
+    return got
+
+
+async def test_emulator_sweep_survives_hostile_faults(make_emulator: MakeEmulator,
+                                                      tmp_path: Path) -> None:
+    """Every workout and graph arrives despite 5xx, resets, empty, truncated and slow answers."""
+    emu = await make_emulator(workouts=60, faults="hostile", slow_s=2.0)
+    stats = RequestStats()
+    config = emu_config(emu.url, tmp_path, timeout_s=0.5, max_attempts=12)
+    async with open_api(config, stats, sleep=RecordingSleep()) as api:
+        refs = await all_refs(api)
+        got = await fetch_each(api, refs)
+    assert len({r.id for r in refs}) == 60 and len(got) == 120
+    assert sum(emu.stats.faults.values()) > 0 and stats.retries > 0
+    assert stats.failures == 0
+
+
+async def test_emulator_cloudflare_429s_lower_the_rate_and_all_succeed(
+        make_emulator: MakeEmulator, tmp_path: Path) -> None:
+    """Plain-text 1015 floods are backed off; the limiter slows and every request completes."""
+    emu = await make_emulator(workouts=40, rate_limit=100.0, rate_burst=5.0)
+    stats = RequestStats()
+    config = emu_config(emu.url, tmp_path, rps=400.0, max_attempts=10)
+    async with open_api(config, stats, backoff_base=0.01) as api:
+        refs = await all_refs(api)
+        got = await fetch_each(api, refs)
+    assert len(got) == 80 and stats.failures == 0
+    assert stats.throttled > 0 and emu.stats.throttled == stats.throttled
+
+
+@pytest.mark.parametrize(("style", "low", "high"), [("retry-after", 1.0, 2.0),
+                                                     ("http-date", 0.0, 3.0)])
+async def test_emulator_retry_after_styles_are_parsed(make_emulator: MakeEmulator,
+                                                      tmp_path: Path, style: str,
+                                                      low: float, high: float) -> None:
+    """The emulator's Retry-After (seconds or HTTP date) becomes the backoff, not a guess."""
+    emu = await make_emulator(workouts=5, rate_limit=0.5, rate_burst=2.0, rate_limit_style=style)
+    sleep = RecordingSleep()
+    async with open_api(emu_config(emu.url, tmp_path, max_attempts=2), RequestStats(),
+                        sleep=sleep) as api:
+        await api.me()  # the token and this take the burst
+        with pytest.raises(RateLimitedError):
+            await api.me()
+    assert len(sleep.calls) == 1 and low <= sleep.calls[0] <= high
+
+
+async def test_emulator_expired_token_gets_one_shared_refresh(make_emulator: MakeEmulator,
+                                                              tmp_path: Path) -> None:
+    """32 concurrent requests all 401 after the server's clock jumps; one refresh serves all."""
+    emu = await make_emulator(workouts=5, token_ttl=3600.0)
+    stats = RequestStats()
+    async with open_api(emu_config(emu.url, tmp_path), stats) as api:
+        await api.me()
+        emu.state.clock_offset += 7200  # server now sees our token as expired
+        async with anyio.create_task_group() as tg:
+            for _ in range(32):
+                tg.start_soon(api.me)
+    assert dict(emu.stats.token_grants) == {"password": 1, "refresh_token": 1}
+    assert emu.stats.by_endpoint["me"] == 1 + 32 + 32 and stats.reauths == 1
+
+
+async def test_emulator_token_cache_spares_the_next_run_a_login(make_emulator: MakeEmulator,
+                                                                tmp_path: Path) -> None:
+    """A second run with a fresh cached token sends no token request at all."""
+    emu = await make_emulator(workouts=5)
+    for _ in range(2):
+        async with open_api(emu_config(emu.url, tmp_path), RequestStats()) as api:
+            await api.me()
+    assert dict(emu.stats.token_grants) == {"password": 1}
+    assert stat.S_IMODE((tmp_path / "tokens.json").stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize(
+    ("method", "legacy", "password", "expected", "text"),
+    [("password", "ok", "x-Wr0ng-pw", AuthError, "invalid_grant"),
+     ("session", "ok", "x-Wr0ng-pw", AuthError, "wrong username or password"),
+     ("session", "gone", DEMO_PASSWORD, LegacyLoginGoneError, 'auth.method = "password"')],
+)
+async def test_emulator_auth_failures_are_clear(make_emulator: MakeEmulator, tmp_path: Path,
+                                                method: str, legacy: str, password: str,
+                                                expected: type[AuthError], text: str) -> None:
+    """Each way a login fails on the emulator gives its own actionable AuthError."""
+    emu = await make_emulator(workouts=5, legacy_login=legacy)
+    config = emu_config(emu.url, tmp_path, method, password=password)
+    async with open_api(config, RequestStats()) as api:
+        with pytest.raises(expected, match=re.escape(text)) as info:
+            await api.me()
+    assert password not in str(info.value) or password == DEMO_PASSWORD
+
+
+async def test_emulator_session_login_supplies_user_id(make_emulator: MakeEmulator,
+                                                       tmp_path: Path) -> None:
+    """The legacy login works against the emulator and its user id needs no /api/me."""
+    emu = await make_emulator(workouts=5)
+    async with open_api(emu_config(emu.url, tmp_path, "session"), RequestStats()) as api:
+        user_id = await api.user_id()
+        page = await api.workouts_page(user_id, 0, 100)
+    assert is_hex32(user_id) and len(page.items) == 5
+    assert emu.stats.by_endpoint.get("me", 0) == 0 and emu.stats.logins == 1
+
+
+async def test_emulator_sees_no_second_with_more_than_the_rate(make_emulator: MakeEmulator,
+                                                               tmp_path: Path) -> None:
+    """At 100 requests/s the server never counts more than ~100 arrivals in any 1 s window."""
+    emu = await make_emulator(workouts=150)
+    async with open_api(emu_config(emu.url, tmp_path, rps=100.0), RequestStats()) as api:
+        refs = await all_refs(api)
+        async with anyio.create_task_group() as tg:
+            for ref in refs[:110]:
+                tg.start_soon(api.workout, ref.id)
+    arrivals = sorted(emu.stats.arrivals)
+    busiest = max(bisect.bisect_left(arrivals, t + 1.0) - i for i, t in enumerate(arrivals))
+    assert 90 <= busiest <= 102  # network jitter may bunch two arrivals; never a burst
