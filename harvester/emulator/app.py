@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -12,7 +10,7 @@ from aiohttp import web
 
 from harvester.emulator import admin
 from harvester.emulator.catalog import instructor_json, metadata_mappings, ride_json
-from harvester.emulator.faults import retry_after_value
+from harvester.emulator.middleware import misbehave
 from harvester.emulator.render import (
     instructor_page,
     me,
@@ -329,92 +327,6 @@ async def get_mappings(request: web.Request) -> web.StreamResponse:
     return cached(
         state, ("metadata_mappings",), lambda: metadata_mappings(state.account.instructors)
     )
-
-
-# -- misbehaviour -----------------------------------------------------------
-
-EDGE_HTML = (
-    "<html><head><title>{0}</title></head><body><center><h1>{0}</h1></center>"
-    "<hr><center>cloudflare</center></body></html>"
-)
-
-
-def throttled(state: EmulatorState, wait: float) -> web.Response:
-    style = state.settings.rate_limit_style
-    value = retry_after_value(style, wait, time.time())
-    if style == "cloudflare":
-        return web.Response(status=429, text="error code: 1015", content_type="text/plain")
-    response = json_response({"status": 429, "message": "Too Many Requests"}, 429)
-    if value is not None:
-        response.headers["Retry-After"] = value
-    return response
-
-
-async def faulty(request: web.Request, handler: Handler, kind: str) -> web.StreamResponse:
-    """Answer a request the way the named fault would."""
-    state = request.app[STATE]
-    if kind == "500":
-        return json_response({"status": 500, "message": "Internal Server Error"}, 500)
-    if kind in ("502", "503"):
-        title = "502 Bad Gateway" if kind == "502" else "503 Service Temporarily Unavailable"
-        return web.Response(
-            status=int(kind), text=EDGE_HTML.format(title), content_type="text/html"
-        )
-    if kind == "reset":
-        if request.transport is not None:
-            request.transport.abort()
-        raise asyncio.CancelledError  # nothing can be written to an aborted connection
-    if kind == "empty":
-        return web.Response(status=200, body=b"", content_type="application/json")
-    if kind == "slow":
-        await asyncio.sleep(state.settings.slow_s)
-        return await handler(request)
-    response = await handler(request)  # "truncated": a real body cut short
-    body = response.body if isinstance(response, web.Response) else None
-    if not isinstance(body, bytes) or len(body) < 2:
-        return response
-    return web.Response(
-        status=response.status, body=body[: len(body) // 2], content_type="application/json"
-    )
-
-
-@web.middleware
-async def misbehave(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Count, rate-limit, delay and break requests; admin routes pass untouched."""
-    if request.path.startswith("/_emulator/"):
-        return await handler(request)
-    state = request.app[STATE]
-    route = request.match_info.route
-    name = route.name or "unknown"
-    data = request.path.startswith("/api/")
-    state.stats.begin(name, request.match_info.get("id"), time.monotonic(), data)
-    status = 500
-    try:
-        response = await _answer(request, handler, state, data)
-        status = response.status
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    finally:
-        state.stats.end(status)
-
-
-async def _answer(
-    request: web.Request, handler: Handler, state: EmulatorState, data: bool
-) -> web.StreamResponse:
-    s = state.settings
-    if state.bucket is not None:
-        wait = state.bucket.take(time.monotonic())
-        if wait > 0:
-            return throttled(state, wait)
-    if s.latency_ms or s.jitter_ms:
-        await asyncio.sleep((s.latency_ms + s.jitter_ms * state.jitter.random()) / 1000)
-    kind = state.faults.draw(s.faults) if data else None
-    if kind is None:
-        return await handler(request)
-    state.stats.faults[kind] += 1
-    return await faulty(request, handler, kind)
 
 
 def make_app(settings: EmulatorSettings | None = None) -> web.Application:

@@ -55,7 +55,8 @@ class Stats:
 
     def end(self, status: int) -> None:
         self.concurrency -= 1
-        self.status[str(status)] += 1
+        if status:
+            self.status[str(status)] += 1
         if status == 429:
             self.throttled += 1
 
