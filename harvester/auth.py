@@ -35,6 +35,7 @@ from harvester.errors import AuthError, LegacyLoginGoneError
 log = logging.getLogger(__name__)
 
 DEFAULT_REFRESH_MARGIN_S = 60.0  # refresh when the access token expires sooner than this
+SHORT_TOKEN_MARGIN_FRACTION = 0.1  # ...or, for short-lived tokens, within this part of their life
 OAUTH_SCOPE = "offline_access openid"
 SESSION_COOKIE = "peloton_session_id"
 _HEADER_SAFE = re.compile(r"[A-Za-z0-9._~+/=-]+")  # what may go into a header unescaped
@@ -225,11 +226,14 @@ class _OAuth(Authenticator):
         now = self._clock()
         expires_at = jwt_expiry(access)
         expires_in = reply.get("expires_in")
-        if expires_at is None and isinstance(expires_in, int | float):
-            expires_at = now + float(expires_in)
+        lifetime = float(expires_in) if isinstance(expires_in, int | float) else None
+        if expires_at is None and lifetime is not None:
+            expires_at = now + lifetime
+        if lifetime is None and expires_at is not None:
+            lifetime = expires_at - now
         margin = DEFAULT_REFRESH_MARGIN_S
-        if expires_at is not None and expires_at > now:
-            margin = min(margin, (expires_at - now) / 2)
+        if lifetime is not None and lifetime > 0:
+            margin = min(margin, lifetime * SHORT_TOKEN_MARGIN_FRACTION)
         # A refresh grant may not return a new refresh token: keep the old one.
         keep = refresh if isinstance(refresh, str) else keep_refresh
         return Tokens(access, keep, expires_at, margin)
