@@ -14,6 +14,7 @@ from harvester.emulator.catalog import (
     CLASS_TYPES,
     DISCIPLINES,
     UNKNOWN_DISCIPLINE,
+    ZERO_ID,
     Instructor,
     Ride,
     hex_id,
@@ -65,6 +66,23 @@ class Workout:
     def status(self) -> str:
         return "IN_PROGRESS" if self.end_time is None else "COMPLETE"
 
+    def __getitem__(self, key: str) -> object:
+        """Dict-style reads of the main list keys, for tests that think in JSON."""
+        return self.summary()[key]
+
+    def summary(self) -> dict[str, object]:
+        """The identifying keys of the list item (the full JSON lives in render.py)."""
+        return {
+            "id": self.id,
+            "status": self.status,
+            "created_at": self.created_at,
+            "start_time": self.start_time,
+            "end_time": self.end_time,
+            "fitness_discipline": self.discipline,
+            "timezone": self.zone[0],
+            "ride": {"id": self.ride.id if self.ride else ZERO_ID},
+        }
+
 
 class Account:
     """One member: profile facts, instructors, class rides, workouts newest first."""
@@ -90,6 +108,7 @@ class Account:
         self._pool: dict[str, list[Ride]] = {d.slug: [] for d in DISCIPLINES}
         self._home = ZONES[seed % len(ZONES)]
         self.workouts: list[Workout] = self._history(workouts, anchor)
+        self._ensure_variety()
         self.by_id = {w.id: w for w in self.workouts}
         self._apply_quirks(quirks)
         if in_progress and self.workouts:
@@ -173,6 +192,26 @@ class Account:
             type_index,
             gym,
         )
+
+    def _ensure_variety(self) -> None:
+        """Even a small account holds each awkward kind once: gym, Just Ride, outdoor."""
+        ws = self.workouts
+        if len(ws) < 12:
+            return
+        kinds = {w.kind for w in ws}
+        for k, (kind, slug) in enumerate(
+            (("gym", "strength"), ("free", "cycling"), ("outdoor", "running"))
+        ):
+            if kind in kinds:
+                continue
+            w = ws[5 + 2 * k]  # near the top: tests with a workout limit still see it
+            w.discipline, w.kind, w.ride = slug, kind, None
+            if kind == "gym":
+                w.ride = self._new_ride(slug, w.created_at, gym=True)
+                self.gym_rides[w.ride.id] = w.ride
+                w.seconds = w.ride.duration or w.seconds
+            if w.end_time is not None:
+                w.end_time = w.start_time + w.seconds
 
     def _apply_quirks(self, quirks: frozenset[str]) -> None:
         ws = self.workouts

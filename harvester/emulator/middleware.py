@@ -73,7 +73,7 @@ async def misbehave(request: web.Request, handler: Handler) -> web.StreamRespons
     route = request.match_info.route
     name = route.name or "unknown"
     data = request.path.startswith("/api/")
-    state.stats.begin(name, request.match_info.get("id"), time.monotonic(), data)
+    state.stats.begin(name, request.match_info.get("id"), time.monotonic())
     status = 0  # stays 0 for a reset connection: no status was ever sent
     try:
         response = await _answer(request, handler, state, data)

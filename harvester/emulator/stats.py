@@ -43,13 +43,12 @@ class Stats:
         self.logins = 0
         self.arrivals = array("d")  # compact: a benchmark makes millions
 
-    def begin(self, endpoint: str, item_id: str | None, now: float, data: bool) -> None:
+    def begin(self, endpoint: str, item_id: str | None, now: float) -> None:
         self.requests += 1
         self.by_endpoint[endpoint] += 1
         if item_id is not None and endpoint in BY_ID_ENDPOINTS:
             self.by_id[endpoint][item_id] += 1
-        if data:
-            self.arrivals.append(now - self.started)
+        self.arrivals.append(now - self.started)
         self.concurrency += 1
         self.peak_concurrency = max(self.peak_concurrency, self.concurrency)
 
