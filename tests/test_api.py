@@ -13,9 +13,6 @@ import anyio
 import pytest
 from aiohttp import web
 from anyio.streams.memory import MemoryObjectReceiveStream
-from conftest import MakeEmulator
-from test_auth import USER_ID, FakePeloton, config_for, peloton
-from test_client import RecordingSleep, json_reply
 
 from harvester.api import (
     NULL_RIDE_ID,
@@ -38,6 +35,9 @@ from harvester.errors import (
     PermanentApiError,
     RateLimitedError,
 )
+from tests.conftest import MakeEmulator
+from tests.test_auth import USER_ID, FakePeloton, config_for, peloton
+from tests.test_client import RecordingSleep, json_reply
 
 WORKOUT_ID = "3a5af153444941c0aa54c52aee4726fa"
 RIDE_ID = "fbd71d16462c473d8c7aae32b440a775"

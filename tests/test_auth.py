@@ -15,7 +15,6 @@ import anyio
 import orjson
 import pytest
 from aiohttp import web
-from test_client import Loopback, client, serve
 
 from harvester.auth import (
     Authenticator,
@@ -31,6 +30,7 @@ from harvester.auth import (
 from harvester.client import HttpClient
 from harvester.config import ApiConfig, AuthConfig, Config, Credentials
 from harvester.errors import AuthError, LegacyLoginGoneError
+from tests.test_client import Loopback, client, serve
 
 USERNAME = "rider@example.com"
 PASSWORD = "hunter2-Pa55w0rd"

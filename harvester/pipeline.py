@@ -1,0 +1,415 @@
+"""The harvest pipeline: list -> fetch -> commit, for one account.
+
+Data flow of one run (``Harvest.run``):
+
+ 1. The caller holds the lake's lock and has loaded the account's state; the
+    lake is scanned once for the workouts and rides it already holds.
+ 2. The producer pages ``/api/user/{id}/workouts`` newest first with a fixed
+    ``limit``, de-duplicates by id, skips in-progress workouts, quarantines
+    records without a valid id or ``created_at``, and decides per workout:
+    backfill skips what the lake holds; refresh stops at the first workout at or
+    before ``watermark - lookback``. Items that failed last run go first.
+ 3. The producer sends ``WorkoutRef``s into a bounded stream (backpressure);
+    ``concurrency`` workers fetch the detail, the performance graph and, once per
+    run and only when the lake lacks it, the class ride's details.
+ 4. One writer batches finished workouts and commits them to the lake off the
+    event loop (graphs and rides before workouts, so a committed workout implies
+    its graph). A cancelled run still commits what is complete (shielded).
+ 5. The daily datasets (profiles, instructors) are fetched at most once per UTC
+    day per account.
+ 6. The caller writes state, failures and the manifest from the ``Harvest``'s
+    outcome.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TypeVar
+
+import anyio
+from anyio.abc import ObjectReceiveStream, ObjectSendStream
+
+from harvester.api import NULL_RIDE_ID, PelotonApi, WorkoutRef, workout_ref
+from harvester.client import JsonObject
+from harvester.config import Config
+from harvester.errors import ApiError, AuthError, NotFoundError
+from harvester.lake import Lake
+from harvester.state import AccountState, FailedItem
+
+log = logging.getLogger(__name__)
+
+Row = dict[str, object]
+DEFAULT_BATCH_SIZE = 64  # workouts per lake commit at most
+DEFAULT_FLUSH_INTERVAL_S = 1.0  # commit at least this often while results arrive
+DAY_S = 86_400
+
+
+@dataclass(slots=True)
+class WorkoutResult:
+    """What the workers learnt about one workout."""
+
+    ref: WorkoutRef
+    workout: Row | None = None
+    graph: Row | None = None
+    ride: Row | None = None
+    failures: list[FailedItem] = field(default_factory=list)
+    in_progress: bool = False
+
+
+@dataclass(slots=True)
+class Outcome:
+    """Counters and facts the caller turns into state, manifest and summary."""
+
+    rows: dict[str, int] = field(default_factory=dict)
+    listed: int = 0
+    queued: int = 0
+    skipped_committed: int = 0
+    in_progress: list[str] = field(default_factory=list)
+    in_progress_created: list[int] = field(default_factory=list)
+    quarantined: list[FailedItem] = field(default_factory=list)
+    failures: list[FailedItem] = field(default_factory=list)
+    rides_not_found: list[str] = field(default_factory=list)
+    listing_complete: bool = False
+    interrupted: bool = False
+    daily_done: dict[str, str] = field(default_factory=dict)
+
+    def add_rows(self, counts: dict[str, int]) -> None:
+        for name, n in counts.items():
+            self.rows[name] = self.rows.get(name, 0) + n
+
+
+T = TypeVar("T")
+ProgressHook = Callable[[int, int], None]  # (workouts done, workouts known) -> None
+
+
+class Harvest:
+    """One account's harvest: producer, workers and writer around one lake."""
+
+    def __init__(
+        self,
+        config: Config,
+        api: PelotonApi,
+        lake: Lake,
+        state: AccountState,
+        *,
+        mode: str,
+        now: Callable[[], float] = time.time,
+        on_progress: ProgressHook | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S,
+    ) -> None:
+        self.config = config
+        self.api = api
+        self.lake = lake
+        self.state = state
+        self.user_id = state.user_id
+        self.datasets = frozenset(config.harvest.datasets)
+        self.now = now
+        self.on_progress = on_progress
+        self.batch_size = batch_size
+        self.flush_interval_s = flush_interval_s
+        self.outcome = Outcome()
+        # A refresh with no finished backfill behind it has no trustworthy
+        # watermark, so it lists everything like a backfill (and resumes one).
+        self.full_listing = mode == "backfill" or not state.backfill_complete
+        self.committed: dict[str, int] = {}  # workout id -> created_at, in the lake
+        self.known_rides: set[str] = set()  # in the lake, fetched this run, or known 404
+        self.done = 0
+        self.total = 0
+
+    # -- the run --------------------------------------------------------------
+
+    async def run(self) -> Outcome:
+        """Harvest until done or cancelled; always commits what is complete."""
+        self.committed = await anyio.to_thread.run_sync(self.lake.workout_ids, self.user_id)
+        self.known_rides = await anyio.to_thread.run_sync(self.lake.ride_ids)
+        self.known_rides.update(self.state.missing_rides)
+        size = self.config.harvest.concurrency * 2
+        send_refs, recv_refs = anyio.create_memory_object_stream[WorkoutRef](size)
+        send_results, recv_results = anyio.create_memory_object_stream[WorkoutResult](size)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._write, recv_results)
+                async with anyio.create_task_group() as fetchers:
+                    fetchers.start_soon(self._produce, send_refs)
+                    async with send_results:
+                        for _ in range(self.config.harvest.concurrency):
+                            fetchers.start_soon(self._work, recv_refs.clone(), send_results.clone())
+                    recv_refs.close()
+                await self._retry_failed_rides()
+                await self._fetch_daily()
+        except anyio.get_cancelled_exc_class():
+            self.outcome.interrupted = True
+            raise
+        return self.outcome
+
+    # -- producer -------------------------------------------------------------
+
+    async def _produce(self, send: ObjectSendStream[WorkoutRef]) -> None:
+        async with send:
+            seen: set[str] = set()
+            for item in self.state.failures:
+                if item.kind == "workout" and item.id not in seen:
+                    seen.add(item.id)
+                    await self._enqueue(send, WorkoutRef(item.id, None, None, None))
+            await self._list_workouts(send, seen)
+
+    async def _list_workouts(self, send: ObjectSendStream[WorkoutRef], seen: set[str]) -> None:
+        limit = self.config.harvest.page_size
+        horizon = self._horizon()
+        page = 0
+        while True:
+            listing = await self.api.workouts_page(self.user_id, page, limit)
+            if listing.total is not None and self.full_listing:
+                self.total = max(self.total, listing.total)
+                self._report()
+            for item in listing.items:
+                ref = self._checked_ref(item)
+                if ref is None or ref.id in seen:
+                    continue
+                seen.add(ref.id)
+                self.outcome.listed += 1
+                assert ref.created_at is not None  # _checked_ref guarantees it
+                if horizon is not None and ref.created_at <= horizon:
+                    self.outcome.listing_complete = True
+                    return
+                if ref.status == "IN_PROGRESS":
+                    self.outcome.in_progress.append(ref.id)
+                    self.outcome.in_progress_created.append(ref.created_at)
+                    continue
+                if self.full_listing and ref.id in self.committed:
+                    self.outcome.skipped_committed += 1
+                    self.done += 1
+                    continue
+                await self._enqueue(send, ref)
+            page += 1
+            if not listing.items or listing.show_next is False or (
+                listing.page_count is not None and page >= listing.page_count
+            ):
+                self.outcome.listing_complete = True
+                return
+
+    def _horizon(self) -> int | None:
+        """Refresh stops at the first workout created at or before this instant."""
+        if self.full_listing or self.state.watermark is None:
+            return None
+        return self.state.watermark - int(self.config.harvest.lookback_days * DAY_S)
+
+    def _checked_ref(self, item: JsonObject) -> WorkoutRef | None:
+        """The item's ref, or None after quarantining a record the lake cannot hold."""
+        try:
+            ref = workout_ref(item)
+        except ApiError as exc:
+            self._quarantine(item, str(exc))
+            return None
+        if ref.created_at is None:
+            self._quarantine(item, "record has no created_at")
+            return None
+        return ref
+
+    def _quarantine(self, item: JsonObject, reason: str) -> None:
+        raw_id = item.get("id")
+        shown = raw_id if isinstance(raw_id, str) and len(raw_id) <= 64 else repr(raw_id)[:64]
+        log.warning("quarantined workout %s: %s", shown, reason)
+        self.outcome.quarantined.append(
+            FailedItem(kind="quarantine", id=shown, endpoint="workouts", error=reason, attempts=1)
+        )
+
+    async def _enqueue(self, send: ObjectSendStream[WorkoutRef], ref: WorkoutRef) -> None:
+        self.outcome.queued += 1
+        self.total = max(self.total, self.done + self.outcome.queued)
+        await send.send(ref)
+
+    # -- workers --------------------------------------------------------------
+
+    async def _work(
+        self, recv: ObjectReceiveStream[WorkoutRef], send: ObjectSendStream[WorkoutResult]
+    ) -> None:
+        async with recv, send:
+            async for ref in recv:
+                await send.send(await self._fetch_workout(ref))
+
+    async def _fetch_workout(self, ref: WorkoutRef) -> WorkoutResult:
+        result = WorkoutResult(ref)
+        try:
+            detail = await self.api.workout(ref.id)
+            if detail.get("status") == "IN_PROGRESS":
+                result.in_progress = True
+                return result
+            created_at = detail.get("created_at")
+            if not isinstance(created_at, int) or isinstance(created_at, bool):
+                self._quarantine(detail, "workout detail has no integer created_at")
+                return result
+            graph = None
+            if "performance_graphs" in self.datasets:
+                graph = await self.api.performance_graph(ref.id, self.config.harvest.every_n)
+        except AuthError:
+            raise
+        except ApiError as exc:
+            result.failures.append(_failure("workout", ref.id, exc))
+            return result
+        stamp = _utc_now_iso(self.now())
+        result.workout = {**detail, "_harvested_at": stamp}
+        if graph is not None:
+            result.graph = {
+                **graph, "workout_id": ref.id, "user_id": self.user_id,
+                "created_at": created_at, "_harvested_at": stamp,
+            }
+        ride_id = _ride_id(detail) or ref.ride_id
+        if "rides" in self.datasets and ride_id and ride_id not in self.known_rides:
+            self.known_rides.add(ride_id)  # claimed before awaiting: once per run
+            result.ride = await self._fetch_ride(ride_id, result)
+        return result
+
+    async def _fetch_ride(self, ride_id: str, result: WorkoutResult) -> Row | None:
+        try:
+            details = await self.api.ride_details(ride_id)
+        except NotFoundError:
+            # Gym classes (UUID ids) and retired classes have no details: remember, move on.
+            self.outcome.rides_not_found.append(ride_id)
+            return None
+        except AuthError:
+            raise
+        except ApiError as exc:
+            result.failures.append(_failure("ride", ride_id, exc))
+            return None
+        return {**details, "ride_id": ride_id, "_harvested_at": _utc_now_iso(self.now())}
+
+    # -- writer ---------------------------------------------------------------
+
+    async def _write(self, recv: ObjectReceiveStream[WorkoutResult]) -> None:
+        buffer: list[WorkoutResult] = []
+        deadline = anyio.current_time() + self.flush_interval_s
+        try:
+            async with recv:
+                while True:
+                    with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
+                        try:
+                            buffer.append(await recv.receive())
+                        except anyio.EndOfStream:
+                            break
+                    if len(buffer) >= self.batch_size or anyio.current_time() >= deadline:
+                        await self._commit(buffer)
+                        buffer = []
+                        deadline = anyio.current_time() + self.flush_interval_s
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._commit(buffer)
+
+    async def _commit(self, results: list[WorkoutResult]) -> None:
+        batch: dict[str, list[Row]] = {"performance_graphs": [], "rides": [], "workouts": []}
+        for result in results:
+            self.outcome.failures.extend(result.failures)
+            if result.in_progress:
+                self.outcome.in_progress.append(result.ref.id)
+                if result.ref.created_at is not None:
+                    self.outcome.in_progress_created.append(result.ref.created_at)
+            if result.ride is not None:
+                batch["rides"].append(result.ride)
+            if result.workout is None:
+                continue
+            if result.graph is not None:
+                batch["performance_graphs"].append(result.graph)
+            batch["workouts"].append(result.workout)
+        if any(batch.values()):
+            counts = await anyio.to_thread.run_sync(self.lake.commit, self.user_id, batch)
+            self.outcome.add_rows(counts)
+            for row in batch["workouts"]:
+                created = row.get("created_at")
+                if isinstance(created, int):
+                    self.committed[str(row["id"])] = created
+        self.done += len(results)
+        self._report()
+
+    def _report(self) -> None:
+        if self.on_progress is not None:
+            self.on_progress(self.done, max(self.total, self.done))
+
+    async def _retry_failed_rides(self) -> None:
+        """Rides that failed last run and that no workout of this run fetched."""
+        if "rides" not in self.datasets:
+            return
+        holder = WorkoutResult(WorkoutRef("", None, None, None))
+        rows: list[Row] = []
+        for item in self.state.failures:
+            if item.kind == "ride" and item.id not in self.known_rides:
+                self.known_rides.add(item.id)
+                ride = await self._fetch_ride(item.id, holder)
+                if ride is not None:
+                    rows.append(ride)
+        self.outcome.failures.extend(holder.failures)
+        if rows:
+            with anyio.CancelScope(shield=True):
+                counts = await anyio.to_thread.run_sync(self.lake.commit, self.user_id, {"rides": rows})
+            self.outcome.add_rows(counts)
+
+    # -- daily datasets -------------------------------------------------------
+
+    async def _fetch_daily(self) -> None:
+        today = datetime.fromtimestamp(self.now(), UTC).date().isoformat()
+        batch: dict[str, list[Row]] = {}
+        stamp = _utc_now_iso(self.now())
+        if "profiles" in self.datasets and self.state.daily.get("profiles") != today:
+            profile = await self._daily("profile", self._profile_row, stamp)
+            if profile is not None:
+                batch["profiles"] = [profile]
+        if "instructors" in self.datasets and self.state.daily.get("instructors") != today:
+            instructors = await self._daily("instructors", self._instructor_rows, stamp)
+            if instructors is not None:
+                batch["instructors"] = instructors
+        if batch:
+            with anyio.CancelScope(shield=True):
+                counts = await anyio.to_thread.run_sync(self.lake.commit, self.user_id, batch)
+            self.outcome.add_rows(counts)
+            for name in batch:
+                self.outcome.daily_done[name] = today
+
+    async def _daily(
+        self, kind: str, fetch: Callable[[str], Awaitable[T]], stamp: str
+    ) -> T | None:
+        try:
+            return await fetch(stamp)
+        except AuthError:
+            raise
+        except ApiError as exc:
+            self.outcome.failures.append(_failure(kind, self.user_id, exc))
+            return None
+
+    async def _profile_row(self, stamp: str) -> Row:
+        me = await self.api.me()
+        overview = await self.api.overview(self.user_id)
+        return {**me, "overview": overview, "user_id": self.user_id, "_harvested_at": stamp}
+
+    async def _instructor_rows(self, stamp: str) -> list[Row]:
+        rows: list[Row] = []
+        page = 0
+        while True:
+            listing = await self.api.instructors_page(page, 100)
+            rows.extend({**item, "_harvested_at": stamp} for item in listing.items)
+            page += 1
+            if not listing.items or listing.show_next is False or (
+                listing.page_count is not None and page >= listing.page_count
+            ):
+                return rows
+
+
+def _ride_id(detail: JsonObject) -> str | None:
+    ride = detail.get("ride")
+    ride_id = ride.get("id") if isinstance(ride, dict) else None
+    if not isinstance(ride_id, str) or ride_id == NULL_RIDE_ID:
+        return None
+    return ride_id
+
+
+def _failure(kind: str, item_id: str, exc: ApiError) -> FailedItem:
+    log.warning("failed %s %s: %s", kind, item_id, exc)
+    endpoint = exc.url or kind
+    return FailedItem(kind=kind, id=item_id, endpoint=endpoint, error=str(exc), attempts=1)
+
+
+def _utc_now_iso(now: float) -> str:
+    return datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

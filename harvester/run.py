@@ -1,0 +1,298 @@
+"""One run of a command: lock, authenticate, harvest, then state, failures and manifest.
+
+``run_harvest`` is what ``backfill`` and ``refresh`` do; ``plan_harvest`` and
+``read_status`` are the read-only commands. The CLI turns their reports into
+output and exit codes.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+
+import anyio
+
+from harvester import __version__
+from harvester.api import NULL_RIDE_ID, open_api, workout_ref
+from harvester.client import DEFAULT_BACKOFF_BASE_S, RequestStats
+from harvester.config import Config
+from harvester.errors import ApiError
+from harvester.lake import Lake
+from harvester.pipeline import Harvest, Outcome, ProgressHook
+from harvester.state import AccountState, RunLock, StateStore
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_PARTIAL = 3
+EXIT_INTERRUPTED = 130
+
+
+@dataclass(slots=True)
+class RunReport:
+    """What a backfill or refresh did, for the summary line and the exit code."""
+
+    command: str
+    run_id: str
+    user_id: str
+    exit_code: int
+    outcome: Outcome
+    stats: RequestStats
+    elapsed_s: float
+    watermark_before: int | None
+    watermark_after: int | None
+    manifest: dict[str, object] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        rows = ", ".join(f"{n} {name}" for name, n in sorted(self.outcome.rows.items()))
+        parts = [
+            f"{self.command}: {rows or 'no rows'} written",
+            f"{self.stats.requests} requests ({self.stats.retries} retries, "
+            f"{self.stats.throttled} throttled)",
+            f"{self.elapsed_s:.1f} s",
+        ]
+        if self.outcome.skipped_committed:
+            parts.append(f"{self.outcome.skipped_committed} already in the lake")
+        if self.outcome.in_progress:
+            parts.append(f"{len(self.outcome.in_progress)} in progress (next run)")
+        if self.outcome.quarantined:
+            parts.append(f"{len(self.outcome.quarantined)} quarantined")
+        if self.outcome.failures:
+            parts.append(f"{len(self.outcome.failures)} FAILED (retried next run)")
+        if self.outcome.interrupted:
+            parts.append("INTERRUPTED")
+        return "; ".join(parts)
+
+
+ProgressFactory = Callable[[RequestStats], AbstractContextManager[ProgressHook | None]]
+
+
+async def run_harvest(
+    config: Config,
+    command: str,
+    *,
+    progress: ProgressFactory | None = None,
+    backoff_base: float = DEFAULT_BACKOFF_BASE_S,
+) -> RunReport:
+    """Run ``backfill`` or ``refresh`` to the end, or until SIGINT/SIGTERM.
+
+    ``backoff_base`` scales retry back-off; tests shrink it so no test sleeps for seconds.
+    """
+    root = config.output.root_path
+    lake = Lake(root, config.output.compression)
+    lake.check_writable()
+    store = StateStore(root)
+    with RunLock(root, command):
+        await anyio.to_thread.run_sync(lake.clean_temp_files)
+        store.clean_temp_files()
+        stats = RequestStats()
+        started = time.time()
+        run_id = uuid.uuid4().hex[:12]
+        async with open_api(config, stats, backoff_base=backoff_base) as api:
+            user_id = await api.user_id()
+            state = store.load(user_id)
+            watermark_before = state.watermark
+            sink: AbstractContextManager[ProgressHook | None] = (
+                progress(stats) if progress is not None else nullcontext(None)
+            )
+            with sink as hook:
+                harvest = Harvest(config, api, lake, state, mode=command, on_progress=hook)
+                with anyio.CancelScope() as scope:
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(_cancel_on_signal, scope)
+                        await harvest.run()
+                        tg.cancel_scope.cancel()
+                harvest.outcome.interrupted = scope.cancelled_caught
+        outcome = harvest.outcome
+        _update_state(state, harvest, command)
+        exit_code = (
+            EXIT_INTERRUPTED if outcome.interrupted
+            else EXIT_PARTIAL if outcome.failures else EXIT_OK
+        )
+        report = RunReport(
+            command=command, run_id=run_id, user_id=user_id, exit_code=exit_code,
+            outcome=outcome, stats=stats, elapsed_s=time.time() - started,
+            watermark_before=watermark_before, watermark_after=state.watermark,
+        )
+        state.last_run = {
+            "run_id": run_id, "command": command, "started_at": _iso(started),
+            "finished_at": _iso(time.time()), "outcome": _outcome_word(exit_code),
+            "exit_code": exit_code,
+        }
+        store.save(state)
+        store.write_failures(user_id, state.failures)
+        report.manifest = _manifest(report, started)
+        store.write_manifest(report.manifest)
+        return report
+
+
+async def _cancel_on_signal(scope: anyio.CancelScope) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.warning("received %s: committing what is complete, then stopping",
+                        signal.Signals(signum).name)
+            scope.cancel()
+            return
+
+
+def _update_state(state: AccountState, harvest: Harvest, command: str) -> None:
+    """Advance the watermark only over data that is committed, and keep failures to retry."""
+    outcome = harvest.outcome
+    finished = outcome.listing_complete and not outcome.interrupted
+    if finished:
+        newest = max(harvest.committed.values(), default=None)
+        if newest is not None and outcome.in_progress_created:
+            # An unfinished workout must stay above the watermark to be picked up later.
+            newest = min(newest, min(outcome.in_progress_created) - 1)
+        if newest is not None:
+            state.watermark = newest
+        if harvest.full_listing:
+            state.backfill_complete = True
+    failures = list(outcome.failures)
+    if outcome.interrupted:
+        retried = {(f.kind, f.id) for f in failures}
+        failures += [
+            f for f in state.failures
+            if (f.kind, f.id) not in retried
+            and not (f.kind == "workout" and f.id in harvest.committed)
+        ]
+    state.failures = failures
+    state.in_progress = list(outcome.in_progress)
+    state.daily.update(outcome.daily_done)
+    state.missing_rides = sorted(set(state.missing_rides) | set(outcome.rides_not_found))
+
+
+def _manifest(report: RunReport, started: float) -> dict[str, object]:
+    outcome, stats = report.outcome, report.stats
+    return {
+        "run_id": report.run_id,
+        "version": __version__,
+        "command": report.command,
+        "user_id": report.user_id,
+        "started_at": _iso(started),
+        "duration_s": round(report.elapsed_s, 3),
+        "outcome": _outcome_word(report.exit_code),
+        "exit_code": report.exit_code,
+        "rows": dict(outcome.rows),
+        "workouts_listed": outcome.listed,
+        "workouts_fetched": outcome.queued,
+        "workouts_already_in_lake": outcome.skipped_committed,
+        "requests": stats.requests,
+        "requests_by_endpoint": dict(stats.by_endpoint),
+        "retries": stats.retries,
+        "throttled": stats.throttled,
+        "reauths": stats.reauths,
+        "failures": [f.to_dict() for f in outcome.failures],
+        "quarantined": [f.to_dict() for f in outcome.quarantined],
+        "in_progress": list(outcome.in_progress),
+        "rides_not_found": list(outcome.rides_not_found),
+        "watermark_before": report.watermark_before,
+        "watermark_after": report.watermark_after,
+    }
+
+
+def _outcome_word(exit_code: int) -> str:
+    return {EXIT_OK: "success", EXIT_PARTIAL: "partial", EXIT_INTERRUPTED: "interrupted"}.get(
+        exit_code, "error"
+    )
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+# -- plan ---------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class PlanReport:
+    user_id: str
+    workouts: int
+    in_lake: int
+    to_fetch: int
+    rides_to_fetch: int
+    list_requests: int
+    requests: int
+    seconds: float
+
+    def describe(self) -> str:
+        minutes = self.seconds / 60
+        return (
+            f"{self.workouts} workouts listed ({self.in_lake} already in the lake); a backfill "
+            f"would make about {self.requests} requests ({self.to_fetch} workouts x 2, "
+            f"{self.rides_to_fetch} rides, {self.list_requests} list pages, daily datasets), "
+            f"taking about {minutes:.1f} min at the configured rate"
+        )
+
+
+async def plan_harvest(config: Config) -> PlanReport:
+    """Page the workout list only and estimate what a backfill would cost."""
+    lake = Lake(config.output.root_path, config.output.compression)
+    stats = RequestStats()
+    async with open_api(config, stats) as api:
+        user_id = await api.user_id()
+        in_lake = await anyio.to_thread.run_sync(lake.workout_ids, user_id)
+        known_rides = await anyio.to_thread.run_sync(lake.ride_ids)
+        seen: set[str] = set()
+        rides: set[str] = set()
+        to_fetch = page = 0
+        while True:
+            listing = await api.workouts_page(user_id, page, config.harvest.page_size)
+            page += 1
+            for item in listing.items:
+                try:
+                    ref = workout_ref(item)
+                except ApiError:
+                    continue
+                if ref.id in seen or ref.status == "IN_PROGRESS":
+                    continue
+                seen.add(ref.id)
+                if ref.id not in in_lake:
+                    to_fetch += 1
+                    if ref.ride_id and ref.ride_id != NULL_RIDE_ID and ref.ride_id not in known_rides:
+                        rides.add(ref.ride_id)
+            if not listing.items or listing.show_next is False or (
+                listing.page_count is not None and page >= listing.page_count
+            ):
+                break
+    daily = 3  # /api/me, overview, one page of instructors
+    requests = page + 2 * to_fetch + len(rides) + daily + 1
+    return PlanReport(
+        user_id=user_id, workouts=len(seen), in_lake=len(seen & in_lake.keys()),
+        to_fetch=to_fetch, rides_to_fetch=len(rides), list_requests=page,
+        requests=requests, seconds=requests / config.harvest.requests_per_second,
+    )
+
+
+# -- status -------------------------------------------------------------------
+
+
+def read_status(config: Config) -> list[str]:
+    """One block of lines per account known to the lake's state."""
+    root = config.output.root_path
+    store = StateStore(root)
+    lake = Lake(root, config.output.compression)
+    lines: list[str] = []
+    accounts = store.accounts() if root.exists() else []
+    if not accounts:
+        return [f"no harvest has run into {root} yet"]
+    for user_id in accounts:
+        state = store.load(user_id)
+        counts = lake.row_counts(user_id)
+        last = state.last_run or {}
+        lines.append(f"account {user_id}")
+        lines.append(f"  watermark: {_iso(state.watermark) if state.watermark else 'none'}")
+        lines.append(
+            f"  last run: {last.get('command', '-')} finished {last.get('finished_at', '-')}, "
+            f"{last.get('outcome', '-')} (exit {last.get('exit_code', '-')})"
+        )
+        lines.append(f"  backfill complete: {'yes' if state.backfill_complete else 'no'}")
+        lines.append("  rows: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+        if state.failures:
+            lines.append(f"  failures to retry: {len(state.failures)}")
+    return lines

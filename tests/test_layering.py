@@ -1,0 +1,50 @@
+"""The import layering STYLE.md draws holds: imports flow one way."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "harvester"
+
+# module -> the harvester modules it may import
+ALLOWED: dict[str, set[str]] = {
+    "errors": set(),
+    "config": {"errors"},
+    "limiter": {"errors"},
+    "client": {"errors", "config", "limiter", "__init__"},
+    "auth": {"errors", "config", "client"},
+    "api": {"errors", "config", "client", "auth", "limiter"},
+    "lake": {"errors"},
+    "state": {"errors"},
+    "pipeline": {"errors", "config", "client", "api", "lake", "state"},
+    "run": {"errors", "config", "client", "api", "lake", "state", "pipeline", "__init__"},
+}
+
+
+def harvester_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            if node.module == "harvester":
+                found.update("__init__" if a.name == "__version__" else a.name for a in node.names)
+            elif node.module.startswith("harvester."):
+                found.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("harvester."))
+    return found
+
+
+def test_core_modules_import_only_lower_layers() -> None:
+    """No module imports one above it (cli -> run -> pipeline -> api/lake/state -> client -> config/errors)."""
+    for name, allowed in ALLOWED.items():
+        path = PACKAGE / f"{name}.py"
+        extra = harvester_imports(path) - allowed
+        assert not extra, f"{name}.py imports {sorted(extra)}"
+
+
+def test_emulator_imports_nothing_from_the_harvester() -> None:
+    """The emulator is an independent model of the remote API."""
+    for path in (PACKAGE / "emulator").glob("*.py"):
+        assert harvester_imports(path) <= {"emulator"}, path.name
