@@ -180,6 +180,7 @@ class Harvest:
                 if ref.status == "IN_PROGRESS":
                     self.outcome.in_progress.append(ref.id)
                     self.outcome.in_progress_created.append(ref.created_at)
+                    self.done += 1  # settled for this run: the next one picks it up
                     continue
                 if self.full_listing and ref.id in self.committed:
                     self.outcome.skipped_committed += 1
@@ -221,7 +222,7 @@ class Harvest:
 
     async def _enqueue(self, send: ObjectSendStream[WorkoutRef], ref: WorkoutRef) -> None:
         self.outcome.queued += 1
-        self.total = max(self.total, self.done + self.outcome.queued)
+        self.total = max(self.total, self.outcome.skipped_committed + self.outcome.queued)
         await send.send(ref)
 
     # -- workers --------------------------------------------------------------
