@@ -25,7 +25,7 @@ from harvester.client import (
     UnauthorizedError,
 )
 from harvester.config import Config
-from harvester.errors import AuthError, PermanentApiError
+from harvester.errors import AuthError, PermanentApiError, UnexpectedResponseError
 from harvester.limiter import AdaptiveLimiter
 
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
@@ -127,7 +127,8 @@ class PelotonApi:
             await self._auth.headers()  # a session login tells us the id for free
             candidate: object = self._auth.user_id or (await self.me()).get("id")
             if not isinstance(candidate, str) or not is_hex32(candidate):
-                raise PermanentApiError(f"/api/me returned an invalid user id {_shown(candidate)}")
+                raise UnexpectedResponseError(
+                    f"/api/me returned an invalid user id {_shown(candidate)}; check api.base_url")
             self._user_id = candidate
         return self._user_id
 
@@ -187,11 +188,12 @@ class PelotonApi:
 def _page(body: JsonObject, where: str) -> WorkoutPage:
     data = body.get("data")
     if not isinstance(data, list):
-        raise PermanentApiError(f"{where}: response has no 'data' list")
+        raise UnexpectedResponseError(f"{where}: response has no 'data' list; check api.base_url")
     items: list[JsonObject] = []
     for item in data:
         if not isinstance(item, dict):
-            raise PermanentApiError(f"{where}: 'data' holds a {type(item).__name__}, not objects")
+            raise UnexpectedResponseError(
+                f"{where}: 'data' holds a {type(item).__name__}, not objects")
         items.append(item)
     total, page_count, show_next = (body.get(k) for k in ("total", "page_count", "show_next"))
     return WorkoutPage(items, _as_int(total), _as_int(page_count),

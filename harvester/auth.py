@@ -198,6 +198,8 @@ class _OAuth(Authenticator):
     async def _store(self, tokens: Tokens) -> None:
         if self._tokens is not None:
             self._http.stats.reauths += 1
+        life = "" if tokens.expires_at is None else f", valid {tokens.expires_at - self._clock():.0f} s"
+        log.info("%s an access token%s", "renewed" if self._tokens else "obtained", life)
         self._tokens = tokens
         self._generation += 1
         if self._cache is not None:
@@ -349,6 +351,7 @@ class SessionAuth(Authenticator):
             raise AuthError("the Peloton login response has no usable session_id")
         self._cookie = f"{SESSION_COOKIE}={session_id}"
         self._generation += 1
+        log.info("signed in with the legacy session login")
         self.user_id = user_id if isinstance(user_id, str) else None
 
 

@@ -14,6 +14,7 @@ they never hold request bodies, headers, cookies or tokens.
 from __future__ import annotations
 
 import email.utils
+import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -31,11 +32,15 @@ from harvester.errors import (
     NotFoundError,
     PermanentApiError,
     RateLimitedError,
+    TlsError,
     TransientApiError,
+    UnexpectedResponseError,
+    UnreachableError,
 )
 from harvester.limiter import AdaptiveLimiter
 
 JsonObject = dict[str, object]
+log = logging.getLogger(__name__)
 
 DEFAULT_USER_AGENT = (
     f"peloton-harvester/{__version__} (+https://github.com/peloton-harvester/peloton-harvester)"
@@ -158,7 +163,10 @@ class HttpClient:
                         self.stats.failures += 1
                     raise
                 self.stats.retries += 1
-                await self._sleep(self.policy.delay(exc, attempt, self._rng))
+                delay = self.policy.delay(exc, attempt, self._rng)
+                log.debug("%s; retry %d of %d in %.2f s", exc, attempt,
+                          self.policy.max_attempts - 1, delay)
+                await self._sleep(delay)
 
     async def _attempt(
         self,
@@ -175,9 +183,14 @@ class HttpClient:
             self.stats.by_endpoint[endpoint] = self.stats.by_endpoint.get(endpoint, 0) + 1
             reply = await self._send(method, url, params, headers, json, data)
         where = f"{method} {_path(url)}"
+        log.debug("%s -> HTTP %d, %d bytes", where, reply.status, len(reply.body))
         if reply.status == 429:
             self.stats.throttled += 1
+            before = self._limiter.current_rate
             self._limiter.on_throttled()
+            if self._limiter.current_rate < before:
+                log.info("HTTP 429 from %s: request rate lowered to %.3g/s",
+                         urlsplit(url).hostname, self._limiter.current_rate)
         result = interpret(where, url, reply.status, reply.body, reply.retry_after, reply.location)
         self._limiter.on_success()
         return result
@@ -211,13 +224,15 @@ def translate_exception(
     host = urlsplit(url).hostname or url
     where, path = f"{method} {_path(url)}", _path(url)
     if isinstance(exc, aiohttp.ClientSSLError):  # incl. certificate errors: retrying won't help
-        return PermanentApiError(
+        return TlsError(
             f"TLS failure talking to {host}: {_os_reason(exc)}; check the system's CA "
             "certificates, proxy or api.base_url", url=path)
     if isinstance(exc, TimeoutError):  # aiohttp's ServerTimeoutError is one too
         return TransientApiError(f"{where}: no complete answer within {timeout_s:g} s", url=path)
     if isinstance(exc, aiohttp.ClientConnectorError):  # DNS failure, refused, unreachable
-        return TransientApiError(f"cannot connect to {host}: {_os_reason(exc)}", url=path)
+        return UnreachableError(
+            f"cannot connect to {host}: {_os_reason(exc)}; check api.base_url, api.auth_url "
+            "and the network", url=path)
     if isinstance(exc, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError):
         return TransientApiError(f"{where}: connection failed: {type(exc).__name__}", url=path)
     return PermanentApiError(f"{where}: request failed: {type(exc).__name__}", url=path)
@@ -251,8 +266,13 @@ def interpret(
 
 
 def _decode_object(where: str, path: str, status: int, body: bytes) -> JsonObject:
-    if not body.strip():
+    text = body.lstrip()
+    if not text:
         raise TransientApiError(f"{where}: empty response body", status=status, url=path)
+    if text[:1] == b"<":  # a web page: cut-off JSON never starts like this, so don't retry
+        raise UnexpectedResponseError(
+            f"{where}: HTTP {status} answered with HTML, not JSON; api.base_url or "
+            "api.auth_url does not point at the Peloton API", status=status, url=path)
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -260,9 +280,9 @@ def _decode_object(where: str, path: str, status: int, body: bytes) -> JsonObjec
             f"{where}: truncated or invalid JSON ({len(body)} bytes)", status=status, url=path
         ) from None
     if not isinstance(value, dict):
-        raise PermanentApiError(
-            f"{where}: expected a JSON object, got {type(value).__name__}", status=status, url=path
-        )
+        raise UnexpectedResponseError(
+            f"{where}: expected a JSON object, got {type(value).__name__}; check api.base_url",
+            status=status, url=path)
     return value
 
 

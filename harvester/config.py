@@ -144,7 +144,15 @@ def _read_toml(path: Path) -> dict[str, Any]:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: TOML syntax error: {exc}") from None
+        raise ConfigError(f"{path}: TOML syntax error: {_with_line(str(exc), text)}") from None
+
+
+def _with_line(message: str, text: str) -> str:
+    """tomllib says "at end of document" for an unclosed value: name the last line instead."""
+    if "(at end of document)" in message:
+        last = len(text.rstrip("\n").splitlines()) or 1
+        return message.replace("(at end of document)", f"(at end of document, line {last})")
+    return message
 
 
 def _suggest(name: str, choices: list[str]) -> str:

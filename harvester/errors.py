@@ -6,15 +6,24 @@
     │   └── LegacyLoginGoneError      /auth/login answers 403 "no longer accepting requests"
     ├── ApiError                      a request that did not give usable JSON
     │   ├── TransientApiError         worth retrying: 5xx, resets, timeouts, empty/truncated bodies
-    │   │   └── RateLimitedError      429, with the server's Retry-After when it sent one
+    │   │   ├── RateLimitedError      429, with the server's Retry-After when it sent one
+    │   │   └── UnreachableError      exit 2: DNS failure, connection refused, host unreachable
     │   └── PermanentApiError         not worth retrying: 4xx, a body that is not the expected JSON
-    │       └── NotFoundError         404 for an unknown id
+    │       ├── NotFoundError         404 for an unknown id
+    │       ├── TlsError              exit 2: certificate or handshake failure
+    │       └── UnexpectedResponseError  exit 2: a 200 that is HTML, not an object, lacks `data`
     ├── LakeError                     exit 2: output root not writable, corrupt lake file
     └── StateError                    exit 2: state unreadable
         └── LockedError               another run holds the lake's lock
 
 Whether an ApiError is retried is decided by its class, nowhere else. Every
 message is one line a user can act on, and never contains a secret.
+
+An ApiError only decides the exit code when it stops a whole run (at login,
+``/api/me``, or outside any item): failures of single items are recorded and
+give exit 3. The exit-2 ApiErrors are the ones whose cure is the configuration
+or the machine's network setup (``api.base_url``, proxy, CA certificates),
+not the harvester's code.
 """
 
 from __future__ import annotations
@@ -66,12 +75,30 @@ class RateLimitedError(TransientApiError):
         self.retry_after = retry_after
 
 
+class UnreachableError(TransientApiError):
+    """No connection at all: unknown host, refused, unreachable (often a wrong base URL)."""
+
+    exit_code = 2
+
+
 class PermanentApiError(ApiError):
     """A failure that repeating the request will not fix."""
 
 
 class NotFoundError(PermanentApiError):
     """The server does not know the id (404)."""
+
+
+class TlsError(PermanentApiError):
+    """The TLS handshake or certificate check failed: retrying will not help."""
+
+    exit_code = 2
+
+
+class UnexpectedResponseError(PermanentApiError):
+    """A success answer that is not the Peloton API's JSON (HTML, a list, no ``data``)."""
+
+    exit_code = 2
 
 
 class LakeError(HarvesterError):

@@ -6,6 +6,13 @@ no bursts. A 429 halves the rate (at most once per cooldown, because a flood of
 429s describes one event); successes add it back linearly over time (AIMD), so a
 burst of quick successes cannot undo a cut at once.
 
+The rate a 429 came at is too fast, so recovery is quick only up to a ceiling
+just below it; above the ceiling the rate creeps up ten times slower, probing
+whether the server's limit has risen. Without the ceiling a run configured
+above the server's limit would climb straight back into it every few seconds;
+with it the 429s die out after a few cuts. A cut also re-spaces callers already
+waiting, so slots reserved at the old pace are not spent into the same wall.
+
 Why not ``aiolimiter.AsyncLimiter`` directly: its rate is fixed at construction,
 and swapping buckets to change it lets a request through at every swap. This is
 the same leaky bucket with capacity one, whose drip interval may change.
@@ -22,6 +29,8 @@ import anyio
 DEFAULT_MIN_RATE = 0.2  # requests/s: never slower than one request per 5 s
 DEFAULT_THROTTLE_COOLDOWN_S = 1.0
 DEFAULT_RECOVERY_S = 10.0  # time for successes to climb from zero back to the configured rate
+DEFAULT_CEILING_FRACTION = 0.9  # quick recovery stops at this share of the rate a 429 came at
+DEFAULT_PROBE_SLOWDOWN = 10.0  # above that ceiling, recovery is this many times slower
 
 
 class AdaptiveLimiter:
@@ -48,18 +57,29 @@ class AdaptiveLimiter:
         self._next_slot = float("-inf")
         self._last_cut = float("-inf")  # when on_throttled last lowered the rate
         self._last_change = 0.0  # when the rate last moved (cut or recovery)
+        self._ceiling = rate  # quick recovery stops here: just below the last 429's rate
+        self._cuts = 0  # bumped by every cut, so sleeping callers know to re-space
 
     @property
     def current_rate(self) -> float:
         return self._rate
 
+    @property
+    def ceiling(self) -> float:
+        return self._ceiling
+
     async def acquire(self) -> None:
-        """Wait for this caller's slot."""
-        now = self._clock()
-        slot = max(now, self._next_slot)
-        self._next_slot = slot + 1.0 / self._rate
-        if slot > now:
+        """Wait for this caller's slot; take a new one if the rate was cut meanwhile."""
+        while True:
+            cuts = self._cuts
+            now = self._clock()
+            slot = max(now, self._next_slot)
+            self._next_slot = slot + 1.0 / self._rate
+            if slot <= now:
+                return
             await self._sleep(slot - now)
+            if self._cuts == cuts:
+                return
 
     def on_throttled(self) -> None:
         """The server said slow down: halve the pace, once per cooldown."""
@@ -67,16 +87,23 @@ class AdaptiveLimiter:
         if now - self._last_cut < DEFAULT_THROTTLE_COOLDOWN_S:
             return
         self._last_cut = self._last_change = now
+        self._ceiling = max(self._min_rate, self._rate * DEFAULT_CEILING_FRACTION)
         self._rate = max(self._min_rate, self._rate / 2)
+        self._cuts += 1
+        self._next_slot = now + 1.0 / self._rate  # waiting callers re-queue behind this
 
     def on_success(self) -> None:
-        """Additive recovery toward the configured rate, in proportion to time elapsed."""
+        """Additive recovery in proportion to time elapsed: quick to the ceiling, slow above."""
         if self._rate >= self.configured_rate:
             return
         now = self._clock()
-        gained = (now - self._last_change) * self._recovery_per_s
-        self._rate = min(self.configured_rate, self._rate + gained)
+        elapsed = now - self._last_change
         self._last_change = now
+        if self._rate < self._ceiling:
+            self._rate = min(self._ceiling, self._rate + elapsed * self._recovery_per_s)
+        else:
+            slow = self._recovery_per_s / DEFAULT_PROBE_SLOWDOWN
+            self._rate = min(self.configured_rate, self._rate + elapsed * slow)
 
     async def __aenter__(self) -> None:
         await self.acquire()

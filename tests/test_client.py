@@ -33,7 +33,10 @@ from harvester.errors import (
     NotFoundError,
     PermanentApiError,
     RateLimitedError,
+    TlsError,
     TransientApiError,
+    UnexpectedResponseError,
+    UnreachableError,
 )
 from harvester.limiter import AdaptiveLimiter
 
@@ -165,8 +168,9 @@ def raw_reply(status: int, body: bytes, **headers: str) -> web.Response:
         (301, b"", PermanentApiError),
         (200, b"", TransientApiError),
         (200, b'{"data": [1, 2', TransientApiError),
-        (200, b"[1, 2]", PermanentApiError),
-        (200, b'"just a string"', PermanentApiError),
+        (200, b"[1, 2]", UnexpectedResponseError),
+        (200, b'"just a string"', UnexpectedResponseError),
+        (200, b"<!doctype html><html>sign in</html>", UnexpectedResponseError),
     ],
 )
 def test_answer_classification_table(status: int, body: bytes, expected: type[ApiError]) -> None:
@@ -195,9 +199,9 @@ def test_only_transient_errors_are_retried_by_policy() -> None:
         (aiohttp.ServerTimeoutError(), TransientApiError, "no complete answer"),
         (TimeoutError(), TransientApiError, "no complete answer"),
         (aiohttp.ClientConnectorError(None, OSError(111, "Connection refused")),  # type: ignore[arg-type]
-         TransientApiError, "cannot connect to api.onepeloton.com: Connection refused"),
+         UnreachableError, "cannot connect to api.onepeloton.com: Connection refused"),
         (aiohttp.ClientConnectorCertificateError(None, ValueError("self-signed")),  # type: ignore[arg-type]
-         PermanentApiError, "TLS failure talking to api.onepeloton.com"),
+         TlsError, "TLS failure talking to api.onepeloton.com"),
         (aiohttp.TooManyRedirects(None, ()), PermanentApiError, "request failed"),  # type: ignore[arg-type]
     ],
 )
@@ -364,7 +368,7 @@ async def test_connection_refused_is_retried_then_named_clearly() -> None:
     async with client(max_attempts=3) as rig:
         with pytest.raises(TransientApiError, match=r"^cannot connect to 127\.0\.0\.1: ") as info:
             await rig.http.request_json("GET", f"http://127.0.0.1:{port}/x", endpoint="x")
-    assert type(info.value) is TransientApiError
+    assert type(info.value) is UnreachableError and info.value.exit_code == 2
     assert rig.stats.requests == 3 and len(rig.sleep.calls) == 2
 
 

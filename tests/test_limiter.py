@@ -112,7 +112,43 @@ async def test_lowered_rate_widens_spacing_and_recovers_additively() -> None:
         fake.now += 1.0
         limiter.on_success()
         rates.append(limiter.current_rate)
-    assert rates == sorted(rates) and rates[-1] == 10.0
+    assert rates == sorted(rates) and 9.0 < rates[-1] < 9.5  # quick to 9, then 0.1/s
+    assert limiter.ceiling == 9.0  # 90% of the rate the 429 came at
+    fake.now += 10.0
+    limiter.on_success()
+    assert limiter.current_rate == 10.0
+
+
+async def test_recovery_above_the_429_rate_is_ten_times_slower() -> None:
+    """Quick recovery stops below the rate that drew the 429; above it the rate creeps."""
+    fake = FakeTime()
+    limiter = AdaptiveLimiter(100.0, clock=fake.clock, sleep=fake.sleep)
+    for _ in range(3):  # 100 -> 50 -> 25 -> 12.5, each cut one cooldown apart
+        limiter.on_throttled()
+        fake.now += 1.0
+    assert limiter.ceiling == pytest.approx(22.5)  # 90% of 25, the rate of the last 429
+    limiter.on_success()  # 1 s at 10/s, but no further than the ceiling
+    assert limiter.current_rate == pytest.approx(22.5)
+    fake.now += 1.0
+    limiter.on_success()
+    assert limiter.current_rate == pytest.approx(23.5)  # 1/s above the ceiling
+
+
+async def test_a_cut_respaces_callers_already_waiting() -> None:
+    """A caller asleep on a slot reserved at the old pace waits for a slot at the new one."""
+    fake = FakeTime()
+
+    async def sleep(delay: float) -> None:
+        if not fake.sleeps:
+            limiter.on_throttled()  # a 429 lands while the caller waits: rate 10 -> 5
+        await fake.sleep(delay)
+
+    limiter = AdaptiveLimiter(10.0, clock=fake.clock, sleep=sleep)
+    start = fake.now
+    await limiter.acquire()  # starts at once; the next slot was start + 0.1
+    await limiter.acquire()
+    assert fake.now - start == pytest.approx(0.2)  # not 0.1: that slot was given up
+    assert fake.sleeps == pytest.approx([0.1, 0.1])
 
 
 def test_rate_must_be_positive() -> None:
