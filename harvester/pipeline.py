@@ -163,7 +163,12 @@ class Harvest:
         horizon = self._horizon()
         page = 0
         while True:
-            listing = await self.api.workouts_page(self.user_id, page, limit)
+            try:
+                listing = await self.api.workouts_page(self.user_id, page, limit)
+            except ApiError as exc:
+                # The rest of the history stays unlisted: no watermark move, exit 3, next run relists.
+                self.outcome.failures.append(_failure("list", f"page {page}", exc))
+                return
             if listing.total is not None and self.full_listing:
                 self.total = max(self.total, listing.total)
                 self._report()
