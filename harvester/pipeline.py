@@ -8,7 +8,8 @@ Data flow of one run (``Harvest.run``):
     ``limit``, de-duplicates by id, skips in-progress workouts, quarantines
     records without a valid id or ``created_at``, and decides per workout:
     backfill skips what the lake holds; refresh stops at the first workout at or
-    before ``watermark - lookback``. Items that failed last run go first.
+    before ``watermark - lookback``. Items that failed last run go first;
+    workouts in progress last run that the listing did not reach go last.
  3. The producer sends ``WorkoutRef``s into a bounded stream (backpressure);
     ``concurrency`` workers fetch the detail, the performance graph and, once per
     run and only when the lake lacks it, the class ride's details.
@@ -32,6 +33,7 @@ from typing import TypeVar
 
 import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from harvester.api import NULL_RIDE_ID, PelotonApi, WorkoutRef, workout_ref
 from harvester.client import JsonObject
@@ -43,8 +45,8 @@ from harvester.state import AccountState, FailedItem
 log = logging.getLogger(__name__)
 
 Row = dict[str, object]
-DEFAULT_BATCH_SIZE = 64  # workouts per lake commit at most
-DEFAULT_FLUSH_INTERVAL_S = 1.0  # commit at least this often while results arrive
+DEFAULT_BATCH_SIZE = 32  # workouts per lake commit at most: what a SIGKILL can lose
+DEFAULT_FLUSH_INTERVAL_S = 0.5  # commit at least this often while results arrive
 DAY_S = 86_400
 
 
@@ -69,7 +71,6 @@ class Outcome:
     queued: int = 0
     skipped_committed: int = 0
     in_progress: list[str] = field(default_factory=list)
-    in_progress_created: list[int] = field(default_factory=list)
     quarantined: list[FailedItem] = field(default_factory=list)
     failures: list[FailedItem] = field(default_factory=list)
     rides_not_found: list[str] = field(default_factory=list)
@@ -157,6 +158,12 @@ class Harvest:
                     seen.add(item.id)
                     await self._enqueue(send, WorkoutRef(item.id, None, None, None))
             await self._list_workouts(send, seen)
+            # In progress last run and not listed this time (the listing stopped above
+            # them): ask for each directly, so the watermark need not wait for them.
+            for workout_id in self.state.in_progress:
+                if workout_id not in seen:
+                    seen.add(workout_id)
+                    await self._enqueue(send, WorkoutRef(workout_id, None, None, None))
 
     async def _list_workouts(self, send: ObjectSendStream[WorkoutRef], seen: set[str]) -> None:
         limit = self.config.harvest.page_size
@@ -184,7 +191,6 @@ class Harvest:
                     return
                 if ref.status == "IN_PROGRESS":
                     self.outcome.in_progress.append(ref.id)
-                    self.outcome.in_progress_created.append(ref.created_at)
                     self.done += 1  # settled for this run: the next one picks it up
                     continue
                 if self.full_listing and ref.id in self.committed:
@@ -255,6 +261,9 @@ class Harvest:
                 graph = await self.api.performance_graph(ref.id, self.config.harvest.every_n)
         except AuthError:
             raise
+        except NotFoundError:
+            log.info("workout %s no longer exists (404); skipped", ref.id)
+            return result
         except ApiError as exc:
             result.failures.append(_failure("workout", ref.id, exc))
             return result
@@ -287,11 +296,11 @@ class Harvest:
 
     # -- writer ---------------------------------------------------------------
 
-    async def _write(self, recv: ObjectReceiveStream[WorkoutResult]) -> None:
+    async def _write(self, recv: MemoryObjectReceiveStream[WorkoutResult]) -> None:
         buffer: list[WorkoutResult] = []
         deadline = anyio.current_time() + self.flush_interval_s
-        try:
-            async with recv:
+        async with recv:
+            try:
                 while True:
                     with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
                         try:
@@ -302,9 +311,11 @@ class Harvest:
                         await self._commit(buffer)
                         buffer = []
                         deadline = anyio.current_time() + self.flush_interval_s
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self._commit(buffer)
+            finally:
+                # A stopped run still commits every result already handed over.
+                buffer.extend(_ready(recv))
+                with anyio.CancelScope(shield=True):
+                    await self._commit(buffer)
 
     async def _commit(self, results: list[WorkoutResult]) -> None:
         batch: dict[str, list[Row]] = {"performance_graphs": [], "rides": [], "workouts": []}
@@ -312,8 +323,6 @@ class Harvest:
             self.outcome.failures.extend(result.failures)
             if result.in_progress:
                 self.outcome.in_progress.append(result.ref.id)
-                if result.ref.created_at is not None:
-                    self.outcome.in_progress_created.append(result.ref.created_at)
             if result.ride is not None:
                 batch["rides"].append(result.ride)
             if result.workout is None:
@@ -401,6 +410,16 @@ class Harvest:
                 listing.page_count is not None and page >= listing.page_count
             ):
                 return rows
+
+
+def _ready(recv: MemoryObjectReceiveStream[WorkoutResult]) -> list[WorkoutResult]:
+    """The results waiting in the stream, without waiting for more."""
+    ready: list[WorkoutResult] = []
+    while True:
+        try:
+            ready.append(recv.receive_nowait())
+        except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+            return ready
 
 
 def _ride_id(detail: JsonObject) -> str | None:

@@ -16,6 +16,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import anyio
+from anyio.abc import TaskStatus
 
 from harvester import __version__
 from harvester.api import NULL_RIDE_ID, open_api, workout_ref
@@ -81,6 +82,9 @@ async def run_harvest(
 ) -> RunReport:
     """Run ``backfill`` or ``refresh`` to the end, or until SIGINT/SIGTERM.
 
+    A signal at any point after the lock is taken (authentication included)
+    stops the run: what is complete is committed, state and manifest are
+    written, and the report says exit 130.
     ``backoff_base`` scales retry back-off; tests shrink it so no test sleeps for seconds.
     """
     root = config.output.root_path
@@ -90,49 +94,92 @@ async def run_harvest(
     with RunLock(root, command):
         await anyio.to_thread.run_sync(lake.clean_temp_files)
         store.clean_temp_files()
-        stats = RequestStats()
-        started = time.time()
-        run_id = uuid.uuid4().hex[:12]
-        async with open_api(config, stats, backoff_base=backoff_base) as api:
+        stop = anyio.CancelScope()
+        error: BaseException | None = None
+        try:
+            async with anyio.create_task_group() as watcher:
+                await watcher.start(_cancel_on_signal, stop)
+                try:
+                    report = await _run_locked(config, command, lake, store, stop,
+                                               progress=progress, backoff_base=backoff_base)
+                finally:
+                    watcher.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            if len(group.exceptions) != 1:
+                raise
+            error = group.exceptions[0]  # the watcher never fails: a lone error is the run's own
+        if error is not None:
+            raise error  # as itself, cause intact, not wrapped by the watcher's task group
+    return report
+
+
+async def _run_locked(
+    config: Config, command: str, lake: Lake, store: StateStore, stop: anyio.CancelScope,
+    *, progress: ProgressFactory | None, backoff_base: float,
+) -> RunReport:
+    """Authenticate and harvest inside ``stop``; then record the run, interrupted or not."""
+    stats = RequestStats()
+    started = time.time()
+    run_id = uuid.uuid4().hex[:12]
+    harvest: Harvest | None = None
+    async with open_api(config, stats, backoff_base=backoff_base) as api:
+        sink: AbstractContextManager[ProgressHook | None] = (
+            progress(stats) if progress is not None else nullcontext(None)
+        )
+        with sink as hook, stop:
             user_id = await api.user_id()
             state = store.load(user_id)
-            watermark_before = state.watermark
-            sink: AbstractContextManager[ProgressHook | None] = (
-                progress(stats) if progress is not None else nullcontext(None)
-            )
-            with sink as hook:
-                harvest = Harvest(config, api, lake, state, mode=command, on_progress=hook)
-                with anyio.CancelScope() as scope:
-                    async with anyio.create_task_group() as tg:
-                        tg.start_soon(_cancel_on_signal, scope)
-                        await harvest.run()
-                        tg.cancel_scope.cancel()
-                harvest.outcome.interrupted = scope.cancelled_caught
-        outcome = harvest.outcome
-        _update_state(state, harvest, command)
-        exit_code = (
-            EXIT_INTERRUPTED if outcome.interrupted
-            else EXIT_PARTIAL if outcome.failures else EXIT_OK
-        )
+            harvest = Harvest(config, api, lake, state, mode=command, on_progress=hook)
+            await harvest.run()
+    if harvest is None:  # stopped before the account was known: nothing to record for it
+        outcome = Outcome(interrupted=True)
         report = RunReport(
-            command=command, run_id=run_id, user_id=user_id, exit_code=exit_code,
+            command=command, run_id=run_id, user_id="", exit_code=EXIT_INTERRUPTED,
             outcome=outcome, stats=stats, elapsed_s=time.time() - started,
-            watermark_before=watermark_before, watermark_after=state.watermark,
+            watermark_before=None, watermark_after=None,
         )
-        state.last_run = {
-            "run_id": run_id, "command": command, "started_at": _iso(started),
-            "finished_at": _iso(time.time()), "outcome": _outcome_word(exit_code),
-            "exit_code": exit_code,
-        }
-        store.save(state)
-        store.write_failures(user_id, state.failures)
         report.manifest = _manifest(report, started)
         store.write_manifest(report.manifest)
         return report
+    harvest.outcome.interrupted = harvest.outcome.interrupted or stop.cancelled_caught
+    return _record(store, harvest, command, run_id, stats, started)
 
 
-async def _cancel_on_signal(scope: anyio.CancelScope) -> None:
+def _record(
+    store: StateStore, harvest: Harvest, command: str, run_id: str, stats: RequestStats,
+    started: float,
+) -> RunReport:
+    """Write the account's state, failures and the run's manifest; the report for the CLI."""
+    state, outcome = harvest.state, harvest.outcome
+    watermark_before = state.watermark
+    _update_state(state, harvest, command)
+    exit_code = (
+        EXIT_INTERRUPTED if outcome.interrupted
+        else EXIT_PARTIAL if outcome.failures else EXIT_OK
+    )
+    report = RunReport(
+        command=command, run_id=run_id, user_id=state.user_id, exit_code=exit_code,
+        outcome=outcome, stats=stats, elapsed_s=time.time() - started,
+        watermark_before=watermark_before, watermark_after=state.watermark,
+    )
+    state.last_run = {
+        "run_id": run_id, "command": command, "started_at": _iso(started),
+        "finished_at": _iso(time.time()), "outcome": _outcome_word(exit_code),
+        "exit_code": exit_code,
+    }
+    store.save(state)
+    store.write_failures(state.user_id, state.failures)
+    report.manifest = _manifest(report, started)
+    store.write_manifest(report.manifest)
+    return report
+
+
+async def _cancel_on_signal(
+    scope: anyio.CancelScope, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+) -> None:
+    """Cancel ``scope`` on the first SIGINT or SIGTERM; a second one acts as the default."""
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
         async for signum in signals:
             log.warning("received %s: committing what is complete, then stopping",
                         signal.Signals(signum).name)
@@ -141,14 +188,15 @@ async def _cancel_on_signal(scope: anyio.CancelScope) -> None:
 
 
 def _update_state(state: AccountState, harvest: Harvest, command: str) -> None:
-    """Advance the watermark only over data that is committed, and keep failures to retry."""
+    """Advance the watermark only over data that is committed; keep what to retry.
+
+    Failures and in-progress workouts are remembered by id and asked for
+    directly next run, so the watermark need not stay below them.
+    """
     outcome = harvest.outcome
     finished = outcome.listing_complete and not outcome.interrupted
     if finished:
         newest = max(harvest.committed.values(), default=None)
-        if newest is not None and outcome.in_progress_created:
-            # An unfinished workout must stay above the watermark to be picked up later.
-            newest = min(newest, min(outcome.in_progress_created) - 1)
         if newest is not None:
             state.watermark = newest
         if harvest.full_listing:
@@ -162,7 +210,10 @@ def _update_state(state: AccountState, harvest: Harvest, command: str) -> None:
             and not (f.kind == "workout" and f.id in harvest.committed)
         ]
     state.failures = failures
-    state.in_progress = list(outcome.in_progress)
+    in_progress = list(outcome.in_progress)
+    if outcome.interrupted:  # the ones this run did not get to ask about again
+        in_progress += [w for w in state.in_progress if w not in harvest.committed]
+    state.in_progress = list(dict.fromkeys(in_progress))
     state.daily.update(outcome.daily_done)
     state.missing_rides = sorted(set(state.missing_rides) | set(outcome.rides_not_found))
 
@@ -173,7 +224,7 @@ def _manifest(report: RunReport, started: float) -> dict[str, object]:
         "run_id": report.run_id,
         "version": __version__,
         "command": report.command,
-        "user_id": report.user_id,
+        "user_id": report.user_id or None,
         "started_at": _iso(started),
         "duration_s": round(report.elapsed_s, 3),
         "outcome": _outcome_word(report.exit_code),
