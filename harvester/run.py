@@ -168,7 +168,9 @@ def _record(
         "exit_code": exit_code,
     }
     store.save(state)
-    store.write_failures(state.user_id, state.failures)
+    # Quarantined records are listed beside the failures (kind "quarantine") for the
+    # user to see; the next run does not retry them: their data cannot change.
+    store.write_failures(state.user_id, [*state.failures, *outcome.quarantined])
     report.manifest = _manifest(report, started)
     store.write_manifest(report.manifest)
     return report

@@ -256,6 +256,8 @@ async def test_invalid_ids_and_missing_created_at_are_quarantined(make_emulator:
     assert "invalid id" in reasons["../../etc/passwd"]
     assert "created_at" in reasons[emulator.account.workouts[4].id]
     assert report.manifest["quarantined"] == [q.to_dict() for q in report.outcome.quarantined]
+    listed = orjson.loads((tmp_path / "lake" / "_harvester" / "failures" / f"{report.user_id}.json").read_bytes())
+    assert {f["id"] for f in listed["failures"] if f["kind"] == "quarantine"} == set(reasons)
     assert report.outcome.rows["workouts"] == 28
     seen = emulator.stats_snapshot()["by_id"]
     assert all("/" not in i and "." not in i for ids in seen.values() for i in ids)
