@@ -13,9 +13,11 @@ above the server's limit would climb straight back into it every few seconds;
 with it the 429s die out after a few cuts. A cut also re-spaces callers already
 waiting, so slots reserved at the old pace are not spent into the same wall.
 
-Why not ``aiolimiter.AsyncLimiter`` directly: its rate is fixed at construction,
-and swapping buckets to change it lets a request through at every swap. This is
-the same leaky bucket with capacity one, whose drip interval may change.
+Why not ``aiolimiter.AsyncLimiter`` (the dependency first chosen for this): its
+rate is fixed at construction (``_rate_per_sec`` is private), a bucket with room
+for more than one request allows bursts, and swapping buckets to change the rate
+lets a request through at every swap. This is the same leaky bucket with
+capacity one, whose drip interval may change.
 """
 
 from __future__ import annotations
