@@ -26,6 +26,7 @@ import re
 import secrets
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -42,6 +43,7 @@ SUFFIXES = {"none": ".jsonl", "gzip": ".jsonl.gz"}
 STATE_DIR = "_harvester"
 DEFAULT_RIDE_DATE = "1970-01-01"  # rides without an air time still get a real partition
 DEFAULT_GZIP_LEVEL = 6
+DEFAULT_WRITE_THREADS = 8  # partition files merged at once within one commit
 
 _KEY_FIELDS = {"workouts": "id", "performance_graphs": "workout_id", "rides": "ride_id",
                "instructors": "id"}
@@ -169,9 +171,25 @@ class Lake:
             written = sum(len(lines) for lines in groups.values())
             if written:
                 counts[dataset] = written
-        for dataset, directory, lines in plan:
-            self._merge(dataset, directory, SHARED_FILES.get(dataset, user_id), lines)
+        # Workouts last: a committed workout implies its graph and ride files are durable.
+        self._merge_all(user_id, [step for step in plan if step[0] != "workouts"])
+        self._merge_all(user_id, [step for step in plan if step[0] == "workouts"])
         return counts
+
+    def _merge_all(self, user_id: str, plan: list[tuple[str, Path, dict[str, bytes]]]) -> None:
+        """Merge independent partition files side by side: their time is mostly fsync
+        and mkdir, which release the GIL (and concurrent fsyncs share journal commits)."""
+        if len(plan) <= 1:
+            for dataset, directory, lines in plan:
+                self._merge(dataset, directory, SHARED_FILES.get(dataset, user_id), lines)
+            return
+        with ThreadPoolExecutor(max_workers=DEFAULT_WRITE_THREADS) as pool:
+            futures = [
+                pool.submit(self._merge, dataset, directory, SHARED_FILES.get(dataset, user_id), lines)
+                for dataset, directory, lines in plan
+            ]
+        for future in futures:
+            future.result()  # the first failure, as LakeError
 
     def workout_ids(self, user_id: str) -> dict[str, int]:
         """``id -> created_at`` of every committed workout of the account."""

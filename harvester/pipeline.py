@@ -120,6 +120,7 @@ class Harvest:
         self.committed: dict[str, int] = {}  # workout id -> created_at, in the lake
         self.known_rides: set[str] = set()  # in the lake, fetched this run, or known 404
         self.done = 0
+        self._inflight: list[WorkoutResult] = []  # the batch a background commit holds
         self.total = 0
 
     # -- the run --------------------------------------------------------------
@@ -297,25 +298,39 @@ class Harvest:
     # -- writer ---------------------------------------------------------------
 
     async def _write(self, recv: MemoryObjectReceiveStream[WorkoutResult]) -> None:
+        # One batch commits in a thread while the next one fills, so the workers
+        # wait for the disk only when two batches are ready at once.
         buffer: list[WorkoutResult] = []
+        idle = anyio.Event()
+        idle.set()
         deadline = anyio.current_time() + self.flush_interval_s
         async with recv:
             try:
-                while True:
-                    with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
-                        try:
-                            buffer.append(await recv.receive())
-                        except anyio.EndOfStream:
-                            break
-                    if len(buffer) >= self.batch_size or anyio.current_time() >= deadline:
-                        await self._commit(buffer)
-                        buffer = []
-                        deadline = anyio.current_time() + self.flush_interval_s
+                async with anyio.create_task_group() as tg:
+                    while True:
+                        with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
+                            try:
+                                buffer.append(await recv.receive())
+                            except anyio.EndOfStream:
+                                break
+                        if len(buffer) >= self.batch_size or anyio.current_time() >= deadline:
+                            await idle.wait()  # commits stay in order, one at a time
+                            idle = anyio.Event()
+                            self._inflight, buffer = buffer, []
+                            tg.start_soon(self._commit_inflight, idle)
+                            deadline = anyio.current_time() + self.flush_interval_s
             finally:
-                # A stopped run still commits every result already handed over.
-                buffer.extend(_ready(recv))
+                # A stopped run still commits every result already handed over,
+                # including a batch whose commit was interrupted (merging is idempotent).
+                buffer = [*self._inflight, *buffer, *_ready(recv)]
+                self._inflight = []
                 with anyio.CancelScope(shield=True):
                     await self._commit(buffer)
+
+    async def _commit_inflight(self, idle: anyio.Event) -> None:
+        await self._commit(self._inflight)
+        self._inflight = []
+        idle.set()
 
     async def _commit(self, results: list[WorkoutResult]) -> None:
         batch: dict[str, list[Row]] = {"performance_graphs": [], "rides": [], "workouts": []}
