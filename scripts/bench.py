@@ -1,0 +1,541 @@
+#!/usr/bin/env python3
+"""Benchmark the harvester against the emulator's limits and an existing client.
+
+    scripts/bench [--quick] [--json PATH]
+
+Every figure comes from separate processes: the emulator on one core, and the
+measured process (the harvester CLI, a bare aiohttp loop, or pylotoncycle) on
+another, so that process's CPU time and peak RSS (``os.wait4`` rusage) are its
+own. Each scenario runs its parts back to back, so the ratios compare like with
+like on a noisy machine. Prints a markdown table; writes the raw figures as JSON
+(default ``bench-results/bench-<time>.json``).
+
+The hidden modes ``_bare`` and ``_pyloton`` are the comparison processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv").exists() else sys.executable
+USERNAME, PASSWORD = "demo@example.com", "peloton-demo"
+CLIENT_ID = "mgsmWCD0A8Qn6uz6mmqI6qeBNHH9IPwS"
+NULL_RIDE = "0" * 32
+NO_LIMIT_RPS = 10000.0  # the config maximum: "no rate limit" for the harvester
+DAY_S = 86_400
+LOOKBACK_DAYS = 2
+
+# Core for the emulator and for the measured process, when there are two or more.
+CORES = os.cpu_count() or 1
+EMULATOR_CORES = {0}
+CLIENT_CORES = {1} if CORES > 1 else {0}
+
+FULL = {"rate": 1000, "latency": 1000, "versus": 300, "cpu": 2000, "mem_small": 2000,
+        "mem_large": 20000, "refresh": 500}
+QUICK = {"rate": 50, "latency": 50, "versus": 20, "cpu": 50, "mem_small": 50,
+         "mem_large": 200, "refresh": 50}
+
+
+def _pin(cores: set[int]) -> Any:
+    def pin() -> None:
+        if hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(0, cores)
+
+    return pin
+
+
+# -- the emulator, in its own process -------------------------------------------
+
+
+class Emulator:
+    """``python -m harvester emulator`` on port 0, pinned to its own core."""
+
+    def __init__(self, workouts: int, *, latency_ms: float = 0.0, rate_limit: float | None = None):
+        args = [PYTHON, "-m", "harvester", "emulator", "--port", "0", "--workouts", str(workouts),
+                "--latency-ms", str(latency_ms)]
+        if rate_limit is not None:
+            args += ["--rate-limit", str(rate_limit)]
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     text=True, cwd=ROOT, preexec_fn=_pin(EMULATOR_CORES))
+        assert self.proc.stdout is not None
+        self.url = self.proc.stdout.readline().strip()
+        if not self.url.startswith("http://"):
+            self.stop()
+            raise RuntimeError(f"emulator did not start (said {self.url!r})")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+    def call(self, method: str, path: str, body: bytes | None = None,
+             headers: dict[str, str] | None = None) -> Any:
+        req = urllib.request.Request(f"{self.url}{path}", data=body, method=method,
+                                     headers=headers or {})
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return json.loads(resp.read())
+
+    def stats(self, arrivals: bool = False) -> dict[str, Any]:
+        return self.call("GET", "/_emulator/stats" + ("?arrivals=1" if arrivals else ""))  # type: ignore[no-any-return]
+
+    def reset(self) -> None:
+        self.call("POST", "/_emulator/reset")
+
+    def add_workouts(self, count: int) -> list[str]:
+        return self.call("POST", f"/_emulator/workouts?count={count}")["ids"]  # type: ignore[no-any-return]
+
+    def token(self) -> str:
+        body = json.dumps({"grant_type": "password", "client_id": CLIENT_ID,
+                           "username": USERNAME, "password": PASSWORD}).encode()
+        reply = self.call("POST", "/oauth/token", body, {"Content-Type": "application/json"})
+        return str(reply["access_token"])
+
+    def listing(self, token: str) -> tuple[str, list[dict[str, Any]]]:
+        """The account's id and whole workout list, newest first, as the harvester pages it."""
+        auth = {"Authorization": f"Bearer {token}", "Peloton-Platform": "web"}
+        uid = self.call("GET", "/api/me", headers=auth)["id"]
+        items: list[dict[str, Any]] = []
+        page = 0
+        while True:
+            body = self.call("GET", f"/api/user/{uid}/workouts?joins=ride,ride.instructor"
+                             f"&limit=100&page={page}&sort_by=-created", headers=auth)
+            items += body["data"]
+            page += 1
+            if not body["data"] or page >= body.get("page_count", page):
+                return uid, items
+
+
+@contextlib.contextmanager
+def emulator(workouts: int, **knobs: Any) -> Iterator[Emulator]:
+    emu = Emulator(workouts, **knobs)
+    try:
+        yield emu
+    finally:
+        emu.stop()
+
+
+# -- measured child processes ----------------------------------------------------
+
+
+@dataclass
+class Child:
+    """One measured process: wall time, CPU (user + sys) and peak RSS from its rusage."""
+
+    returncode: int
+    wall_s: float
+    user_s: float
+    sys_s: float
+    maxrss_mb: float
+    stdout: str
+    stderr: str
+
+    @property
+    def cpu_s(self) -> float:
+        return self.user_s + self.sys_s
+
+    def figures(self) -> dict[str, float]:
+        return {"wall_s": round(self.wall_s, 3), "user_s": round(self.user_s, 3),
+                "sys_s": round(self.sys_s, 3), "cpu_s": round(self.cpu_s, 3),
+                "maxrss_mb": round(self.maxrss_mb, 1)}
+
+
+def measure(args: list[str], env: dict[str, str] | None = None) -> Child:
+    """Run ``args`` pinned to the client core; its own rusage via wait4."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen(args, stdout=out, stderr=err, cwd=ROOT, env=env,
+                                preexec_fn=_pin(CLIENT_CORES))
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        # Linux reports ru_maxrss in KiB, macOS in bytes.
+        rss_mb = usage.ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
+        return Child(proc.returncode, wall, usage.ru_utime, usage.ru_stime, rss_mb,
+                     out.read(), err.read())
+
+
+class Harvester:
+    """The harvester CLI against one emulator, with its own lake and token cache."""
+
+    def __init__(self, workdir: Path, url: str, *, concurrency: int, rps: float) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.lake = workdir / "lake"
+        self.config = workdir / "config.toml"
+        self.config.write_text(
+            f'[api]\nbase_url = "{url}"\nauth_url = "{url}"\n'
+            f'[auth]\ntoken_cache = "{workdir / "tokens.json"}"\n'
+            f"[harvest]\nconcurrency = {concurrency}\nrequests_per_second = {rps}\n"
+            f'[output]\nroot = "{self.lake}"\n',
+            encoding="utf-8",
+        )
+
+    def run(self, command: str = "backfill") -> Child:
+        env = {**os.environ, "PELOTON_USERNAME": USERNAME, "PELOTON_PASSWORD": PASSWORD}
+        for name in ("PELOTON_ACCESS_TOKEN", "PELOTON_REFRESH_TOKEN"):
+            env.pop(name, None)
+        child = measure([PYTHON, "-m", "harvester", command, "--config", str(self.config),
+                         "--no-progress"], env)
+        if child.returncode != 0:
+            raise RuntimeError(f"harvester {command} exited {child.returncode}: {child.stderr[-2000:]}")
+        return child
+
+
+# -- scenarios ---------------------------------------------------------------------
+
+
+def scenario_rate(tmp: Path, n: int) -> dict[str, Any]:
+    """Rate-bound: how close to the server's 100 req/s, with no 429."""
+    with emulator(n, rate_limit=100) as emu:
+        child = Harvester(tmp / "rate", emu.url, concurrency=16, rps=100).run()
+        stats = emu.stats(arrivals=True)
+    requests, arrivals = stats["requests"], stats["arrivals"]
+    utilisation = (requests / 100) / child.wall_s
+    window = arrivals[-1] - arrivals[0] if len(arrivals) > 1 else float("nan")
+    return {
+        "setup": f"{n} workouts, emulator limit 100 req/s, requests_per_second = 100",
+        "figure": "utilisation = (requests / 100) / wall time; 429s",
+        "value": round(utilisation, 3), "throttled": stats["throttled"],
+        "target": ">= 0.95, zero 429s",
+        "holds": utilisation >= 0.95 and stats["throttled"] == 0,
+        "shown": f"{utilisation:.3f}, {stats['throttled']} x 429",
+        "requests": requests, "process": child.figures(),
+        "request_window_s": round(window, 3),
+        "utilisation_of_request_window": round((requests - 1) / 100 / window, 3) if window else None,
+    }
+
+
+def scenario_latency(tmp: Path, n: int) -> dict[str, Any]:
+    """Latency-bound: 32 requests always in flight at 50 ms each is 640 req/s."""
+    with emulator(n, latency_ms=50) as emu:
+        child = Harvester(tmp / "latency", emu.url, concurrency=32, rps=NO_LIMIT_RPS).run()
+        stats = emu.stats(arrivals=True)
+    requests, arrivals = stats["requests"], stats["arrivals"]
+    ideal = 32 / 0.05
+    achieved = requests / child.wall_s
+    ratio = achieved / ideal
+    window = arrivals[-1] - arrivals[0] + 0.05 if arrivals else float("nan")
+    return {
+        "setup": f"{n} workouts, 50 ms emulator latency, no limit, concurrency 32",
+        "figure": "achieved req/s / (32 / 0.05 s)",
+        "value": round(ratio, 3), "target": ">= 0.85", "holds": ratio >= 0.85,
+        "shown": f"{ratio:.3f} ({achieved:.0f} req/s of 640)",
+        "requests": requests, "achieved_rps": round(achieved, 1),
+        "peak_concurrency": stats["peak_concurrency"], "process": child.figures(),
+        "request_window_s": round(window, 3),
+        "ratio_over_request_window": round(requests / window / ideal, 3),
+    }
+
+
+def scenario_versus(tmp: Path, n: int) -> dict[str, Any]:
+    """Against pylotoncycle 0.9.5: GetRecentWorkouts(n) vs our backfill of the same account."""
+    with emulator(n, latency_ms=50) as emu:
+        theirs = measure([PYTHON, str(Path(__file__).resolve()), "_pyloton", emu.url, str(n)])
+        if theirs.returncode != 0:
+            raise RuntimeError(f"pylotoncycle run failed: {theirs.stderr[-2000:]}")
+        call = json.loads(theirs.stdout.strip().splitlines()[-1])
+        emu.reset()
+        ours = Harvester(tmp / "versus", emu.url, concurrency=32, rps=NO_LIMIT_RPS).run()
+        our_requests = emu.stats()["requests"]
+    ratio = call["call_s"] / ours.wall_s
+    return {
+        "setup": f"{n} workouts, 50 ms latency; ours: fresh lake, concurrency 32, no limit",
+        "figure": f"pylotoncycle GetRecentWorkouts({n}) wall / our backfill wall",
+        "value": round(ratio, 2), "target": ">= 20", "holds": ratio >= 20,
+        "shown": f"{ratio:.1f} ({call['call_s']:.1f} s vs {ours.wall_s:.2f} s)",
+        "pylotoncycle": {"call_s": round(call["call_s"], 3), "requests": call["requests"],
+                         "process": theirs.figures()},
+        "ours": {"requests": our_requests, "process": ours.figures()},
+        "whole_process_ratio": round(theirs.wall_s / ours.wall_s, 2),
+    }
+
+
+def harvest_urls(base: str, uid: str, items: list[dict[str, Any]]) -> list[str]:
+    """Every URL a backfill of this account requests, in harvest order."""
+    urls = [f"{base}/api/me"]
+    rides: set[str] = set()
+    for start in range(0, len(items), 100):
+        urls.append(f"{base}/api/user/{uid}/workouts?joins=ride%2Cride.instructor&limit=100"
+                    f"&page={start // 100}&sort_by=-created")
+        for item in items[start:start + 100]:
+            urls += [f"{base}/api/workout/{item['id']}",
+                     f"{base}/api/workout/{item['id']}/performance_graph?every_n=5"]
+            ride = (item.get("ride") or {}).get("id")
+            if ride and ride != NULL_RIDE and ride not in rides:
+                rides.add(ride)
+                urls.append(f"{base}/api/ride/{ride}/details")
+    urls += [f"{base}/api/me", f"{base}/api/user/{uid}/overview?version=1",
+             f"{base}/api/instructor?limit=100&page=0"]
+    return urls
+
+
+def scenario_cpu(tmp: Path, n: int) -> dict[str, Any]:
+    """CPU per record: the harvester vs a bare aiohttp loop fetching the same URLs."""
+    with emulator(n) as emu:
+        uid, items = emu.listing(emu.token())
+        tmp.mkdir(parents=True, exist_ok=True)
+        url_file = tmp / "urls.json"
+        url_file.write_text(json.dumps(harvest_urls(emu.url, uid, items)), encoding="utf-8")
+        emu.reset()
+        ours = Harvester(tmp / "cpu", emu.url, concurrency=32, rps=NO_LIMIT_RPS).run()
+        our_stats = emu.stats()
+        emu.reset()
+        bare = measure([PYTHON, str(Path(__file__).resolve()), "_bare", emu.url, str(url_file), "32"])
+        if bare.returncode != 0:
+            raise RuntimeError(f"bare loop failed: {bare.stderr[-2000:]}")
+        bare_stats = emu.stats()
+    per_k_ours = ours.cpu_s / n * 1000
+    per_k_bare = bare.cpu_s / n * 1000
+    ratio = ours.cpu_s / bare.cpu_s
+    return {
+        "setup": f"{n} workouts, zero latency, no limit, concurrency 32",
+        "figure": "CPU s (user + sys) per 1,000 workouts; / bare aiohttp loop",
+        "value": round(ratio, 3), "target": "ratio <= 1.5", "holds": ratio <= 1.5,
+        "shown": f"{per_k_ours:.2f} s vs {per_k_bare:.2f} s per 1,000: ratio {ratio:.2f}",
+        "harvester_cpu_s_per_1000": round(per_k_ours, 3),
+        "bare_cpu_s_per_1000": round(per_k_bare, 3),
+        "harvester": {"requests": our_stats["requests"], "by_endpoint": our_stats["by_endpoint"],
+                      "process": ours.figures()},
+        "bare_loop": {"requests": bare_stats["requests"], "by_endpoint": bare_stats["by_endpoint"],
+                      "process": bare.figures()},
+    }
+
+
+def scenario_memory(tmp: Path, small: int, large: int) -> dict[str, Any]:
+    """Peak RSS: a 10x bigger account must not cost much more memory."""
+    runs: dict[int, Child] = {}
+    for n in (small, large):
+        with emulator(n) as emu:
+            runs[n] = Harvester(tmp / f"mem-{n}", emu.url, concurrency=32, rps=NO_LIMIT_RPS).run()
+    a, b = runs[small].maxrss_mb, runs[large].maxrss_mb
+    ratio = b / a
+    return {
+        "setup": f"zero latency, no limit, concurrency 32: {small} vs {large} workouts",
+        "figure": "peak RSS of the harvester process",
+        "value": round(ratio, 3), "target": "ratio <= 1.25 and <= 150 MB",
+        "holds": ratio <= 1.25 and b <= 150,
+        "shown": f"{a:.0f} MB vs {b:.0f} MB: ratio {ratio:.2f}",
+        "small": {"workouts": small, "process": runs[small].figures()},
+        "large": {"workouts": large, "process": runs[large].figures()},
+    }
+
+
+def _expected_refresh(before: list[dict[str, Any]], after: list[dict[str, Any]],
+                      watermark: int) -> dict[str, int]:
+    """Data requests a refresh should make: the new workouts and the look-back window."""
+    horizon = watermark - LOOKBACK_DAYS * DAY_S
+    fetched = [w for w in after if w["created_at"] > horizon and w.get("status") != "IN_PROGRESS"]
+    stop = next((i for i, w in enumerate(after) if w["created_at"] <= horizon), len(after))
+    known_rides = {(w.get("ride") or {}).get("id") for w in before}
+    new_rides = {(w.get("ride") or {}).get("id") for w in fetched} - known_rides - {None, NULL_RIDE}
+    return {"workouts": stop // 100 + 1, "workout": len(fetched),
+            "performance_graph": len(fetched), "ride_details": len(new_rides)}
+
+
+def scenario_refresh(tmp: Path, n: int) -> dict[str, Any]:
+    """Refresh after a backfill: requests made when nothing is new, then when 10 are."""
+    with emulator(n) as emu:
+        token = emu.token()
+        _, before = emu.listing(token)
+        watermark = max(w["created_at"] for w in before)
+        harvester = Harvester(tmp / "refresh", emu.url, concurrency=8, rps=NO_LIMIT_RPS)
+        harvester.run("backfill")
+        emu.reset()
+        harvester.run("refresh")
+        idle = emu.stats()
+        emu.add_workouts(10)
+        _, after = emu.listing(token)
+        emu.reset()
+        harvester.run("refresh")
+        fresh = emu.stats()
+    expect_idle = _expected_refresh(before, before, watermark)
+    expect_new = _expected_refresh(before, after, watermark)
+    exact = all(idle["by_endpoint"].get(k, 0) == v for k, v in expect_idle.items()) and all(
+        fresh["by_endpoint"].get(k, 0) == v for k, v in expect_new.items())
+    window = expect_idle["workout"]
+    return {
+        "setup": f"{n}-workout backfill, then refresh (nothing new), then refresh (10 new)",
+        "figure": "requests made (all endpoints)",
+        "value": [idle["requests"], fresh["requests"]],
+        "target": "exact counts, reported", "holds": exact,
+        "shown": (f"{idle['requests']} then {fresh['requests']} "
+                  f"(look-back window {window} workouts; counts as expected: {exact})"),
+        "nothing_new": {"requests": idle["requests"], "by_endpoint": idle["by_endpoint"],
+                        "expected_data_requests": expect_idle},
+        "ten_new": {"requests": fresh["requests"], "by_endpoint": fresh["by_endpoint"],
+                    "expected_data_requests": expect_new},
+    }
+
+
+# -- comparison processes (hidden modes) ---------------------------------------------
+
+
+def pyloton_main(base: str, n: int) -> int:
+    from pylotoncycle import PylotonCycle
+
+    class Pointed(PylotonCycle):  # type: ignore[misc]
+        @property
+        def base_url(self) -> str:
+            return base
+
+        @base_url.setter
+        def base_url(self, _ignored: str) -> None:
+            pass
+
+    conn = Pointed(USERNAME, PASSWORD, token_url=f"{base}/oauth/token")
+    started = time.perf_counter()
+    workouts = conn.GetRecentWorkouts(n)
+    elapsed = time.perf_counter() - started
+    assert len(workouts) == n, len(workouts)
+    stats = json.loads(urllib.request.urlopen(f"{base}/_emulator/stats").read())
+    print(json.dumps({"call_s": elapsed, "requests": stats["requests"]}))
+    return 0
+
+
+def bare_main(base: str, url_file: str, concurrency: int) -> int:
+    """The floor: fetch every URL with aiohttp at the same concurrency, discard the bodies."""
+    import asyncio
+
+    import aiohttp
+
+    urls = json.loads(Path(url_file).read_text(encoding="utf-8"))
+
+    async def run() -> int:
+        connector = aiohttp.TCPConnector(limit=concurrency)
+        async with aiohttp.ClientSession(connector=connector) as http:
+            body = {"grant_type": "password", "client_id": CLIENT_ID,
+                    "username": USERNAME, "password": PASSWORD}
+            async with http.post(f"{base}/oauth/token", json=body) as resp:
+                token = (await resp.json())["access_token"]
+            headers = {"Authorization": f"Bearer {token}", "Peloton-Platform": "web"}
+            queue = iter(urls)
+            errors = 0
+
+            async def worker() -> None:
+                nonlocal errors
+                for url in queue:
+                    async with http.get(url, headers=headers) as resp:
+                        await resp.read()
+                        errors += resp.status >= 500
+
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            return errors
+
+    return 1 if asyncio.run(run()) else 0
+
+
+# -- report ---------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem_gb = None
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        mem_gb = round(int(Path("/proc/meminfo").read_text().split()[1]) / 1024 / 1024, 1)
+    return {"cpu": cpu, "cores": CORES, "memory_gb": mem_gb, "os": platform.platform(),
+            "python": platform.python_version(),
+            "pinning": f"emulator on cores {sorted(EMULATOR_CORES)}, measured process on "
+                       f"{sorted(CLIENT_CORES)}" if hasattr(os, "sched_setaffinity") else "none",
+            "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None}
+
+
+TITLES = {"rate": "rate-bound", "latency": "latency-bound", "versus": "against pylotoncycle 0.9.5",
+          "cpu": "CPU per record", "memory": "memory", "refresh": "refresh"}
+
+
+def table(results: dict[str, dict[str, Any]]) -> str:
+    lines = ["| scenario | setup | figure | measured | target | holds |",
+             "|---|---|---|---|---|---|"]
+    for key, r in results.items():
+        holds = "yes" if r.get("holds") else "**no**"
+        if "error" in r:
+            lines.append(f"| {TITLES[key]} | | | error: {r['error']} | | **no** |")
+            continue
+        lines.append(f"| {TITLES[key]} | {r['setup']} | {r['figure']} | {r['shown']} | "
+                     f"{r['target']} | {holds} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["_pyloton"]:
+        return pyloton_main(argv[1], int(argv[2]))
+    if argv[:1] == ["_bare"]:
+        return bare_main(argv[1], argv[2], int(argv[3]))
+    parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: proves the harness works")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="where to write the raw figures")
+    parser.add_argument("--only", action="append", choices=sorted(TITLES),
+                        help="run only this scenario (repeatable)")
+    args = parser.parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, EMULATOR_CORES)  # this process mostly waits: keep it off the client's core
+    started = time.time()
+    plan = {
+        "rate": lambda tmp: scenario_rate(tmp, sizes["rate"]),
+        "latency": lambda tmp: scenario_latency(tmp, sizes["latency"]),
+        "versus": lambda tmp: scenario_versus(tmp, sizes["versus"]),
+        "cpu": lambda tmp: scenario_cpu(tmp, sizes["cpu"]),
+        "memory": lambda tmp: scenario_memory(tmp, sizes["mem_small"], sizes["mem_large"]),
+        "refresh": lambda tmp: scenario_refresh(tmp, sizes["refresh"]),
+    }
+    results: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="harvester-bench-") as tmp:
+        for key, run in plan.items():
+            if args.only and key not in args.only:
+                continue
+            t0 = time.perf_counter()
+            print(f"-- {TITLES[key]} ...", file=sys.stderr, flush=True)
+            try:
+                results[key] = run(Path(tmp) / key)
+            except Exception as exc:  # one broken scenario must not hide the others
+                results[key] = {"error": f"{type(exc).__name__}: {exc}"[:500], "holds": False}
+            results[key]["scenario_s"] = round(time.perf_counter() - t0, 2)
+    report = {
+        "command": "scripts/bench" + (" --quick" if args.quick else ""),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "duration_s": round(time.time() - started, 1),
+        "quick": args.quick, "machine": machine(), "sizes": sizes, "scenarios": results,
+    }
+    path = args.json or ROOT / "bench-results" / time.strftime("bench-%Y%m%d-%H%M%S.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2, default=_jsonable) + "\n", encoding="utf-8")
+    print(table(results))
+    print(f"\nraw figures: {path} ({report['duration_s']:.0f} s)")
+    return 0 if all("error" not in r for r in results.values()) else 1
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return str(value)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,43 @@
+"""scripts/bench --quick still runs end to end: a table and JSON with every scenario's figure.
+
+No timing is asserted: benchmarks are scripts, and their figures live in docs/BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENARIOS = {
+    "rate": "rate-bound",
+    "latency": "latency-bound",
+    "versus": "against pylotoncycle 0.9.5",
+    "cpu": "CPU per record",
+    "memory": "memory",
+    "refresh": "refresh",
+}
+
+
+def test_quick_bench_prints_a_table_and_writes_every_figure(tmp_path: Path) -> None:
+    """The quick bench exits 0, prints one table row per scenario and records each figure as JSON."""
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [str(ROOT / "scripts" / "bench"), "--quick", "--json", str(out)],
+        capture_output=True, text=True, timeout=110, cwd=ROOT, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:] + done.stdout[-2000:]
+    assert "| scenario | setup | figure | measured | target | holds |" in done.stdout
+    for title in SCENARIOS.values():
+        assert any(line.startswith(f"| {title} |") for line in done.stdout.splitlines()), title
+    report = json.loads(out.read_text(encoding="utf-8"))
+    assert report["quick"] is True and report["machine"]["cores"] >= 1
+    for key in SCENARIOS:
+        scenario = report["scenarios"][key]
+        assert "error" not in scenario, scenario
+        assert scenario["value"] is not None and isinstance(scenario["holds"], bool), key
+    assert report["scenarios"]["refresh"]["nothing_new"]["requests"] >= 1
+    assert report["scenarios"]["cpu"]["bare_loop"]["requests"] == (
+        report["scenarios"]["cpu"]["harvester"]["requests"]
+    )
