@@ -15,9 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
-import os
 import re
-import secrets
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
@@ -31,6 +29,7 @@ import orjson
 from harvester.client import HttpClient, JsonObject, RejectedError, UnauthorizedError
 from harvester.config import Config, require_credentials
 from harvester.errors import AuthError, LegacyLoginGoneError
+from harvester.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -135,18 +134,7 @@ class TokenCache:
 def write_private(path: Path, payload: bytes) -> None:
     """Atomically replace ``path`` with ``payload``, mode 0600, in a 0700 directory if new."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), 0o600)  # in case the umask was odd
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(path, payload, 0o600)
 
 
 def cache_key(*parts: str) -> str:

@@ -6,12 +6,19 @@ Layout (SPEC "The lake")::
     <root>/instructors/instructors.jsonl[.gz]   (shared by all accounts)
     <root>/_harvester/                       state.py's; never read or written here
 
-A commit rewrites only the partition files its rows touch. For each one it
-reads the existing rows (both compression variants), merges by primary key with
-the new rows winning, writes the result sorted by key to a dot-prefixed
-temporary name in the same directory, fsyncs it, renames it into place, removes
-the other compression variant and fsyncs the directory. A reader therefore only
-ever sees whole files, and the ``*.jsonl`` glob never matches a temporary file.
+A commit rewrites only the partition files its rows touch, in three steps:
+
+ 1. stage: for each file, read the existing rows (both compression variants),
+    merge by primary key with the new rows winning, and write the result sorted
+    by key to a dot-prefixed temporary name in the same directory;
+ 2. one ``syncfs`` barrier makes every staged file durable at once (a backfill
+    writes thousands of small files: an fsync each would cost more than the
+    rest of the harvest together);
+ 3. rename each into place (graphs and rides before workouts), remove the other
+    compression variant, and a second barrier makes the renames durable.
+
+A reader therefore only ever sees whole files, and the ``*.jsonl`` glob never
+matches a temporary file. A kill before a rename leaves the old file whole.
 
 The code is blocking: the pipeline calls it from a worker thread.
 """
@@ -23,16 +30,16 @@ import gzip
 import math
 import os
 import re
-import secrets
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 
 import orjson
 
 from harvester.errors import LakeError
+from harvester.files import TEMP_NAME, sync_filesystem, temp_name, write_temp
 
 Row = dict[str, object]
 
@@ -43,7 +50,6 @@ SUFFIXES = {"none": ".jsonl", "gzip": ".jsonl.gz"}
 STATE_DIR = "_harvester"
 DEFAULT_RIDE_DATE = "1970-01-01"  # rides without an air time still get a real partition
 DEFAULT_GZIP_LEVEL = 6
-DEFAULT_WRITE_THREADS = 8  # partition files merged at once within one commit
 
 _KEY_FIELDS = {"workouts": "id", "performance_graphs": "workout_id", "rides": "ride_id",
                "instructors": "id"}
@@ -53,7 +59,6 @@ _UNPARTITIONED = frozenset({"instructors"})
 SHARED_FILES = {"instructors": "instructors"}
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
-_TEMP = re.compile(r"\..+\.tmp-\d+-[0-9a-f]+")
 
 
 # -- keys and partitions (pure) ------------------------------------------------
@@ -138,10 +143,11 @@ class Lake:
         self.root = Path(root)
         self.compression = compression
         self._suffix = SUFFIXES[compression]
+        self._dirs: set[Path] = set()  # partition directories known to exist
 
     def check_writable(self) -> None:
         """Create the root if needed and prove a file can be created in it."""
-        probe = self.root / _temp_name("probe")
+        probe = self.root / temp_name("probe")
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
@@ -171,25 +177,26 @@ class Lake:
             written = sum(len(lines) for lines in groups.values())
             if written:
                 counts[dataset] = written
-        # Workouts last: a committed workout implies its graph and ride files are durable.
-        self._merge_all(user_id, [step for step in plan if step[0] != "workouts"])
-        self._merge_all(user_id, [step for step in plan if step[0] == "workouts"])
-        return counts
-
-    def _merge_all(self, user_id: str, plan: list[tuple[str, Path, dict[str, bytes]]]) -> None:
-        """Merge independent partition files side by side: their time is mostly fsync
-        and mkdir, which release the GIL (and concurrent fsyncs share journal commits)."""
-        if len(plan) <= 1:
+        # The plan is in COMMIT_ORDER, so workouts are renamed last: a committed
+        # workout implies its graph and ride files were renamed before it.
+        staged: list[_Staged] = []
+        try:
             for dataset, directory, lines in plan:
-                self._merge(dataset, directory, SHARED_FILES.get(dataset, user_id), lines)
-            return
-        with ThreadPoolExecutor(max_workers=DEFAULT_WRITE_THREADS) as pool:
-            futures = [
-                pool.submit(self._merge, dataset, directory, SHARED_FILES.get(dataset, user_id), lines)
-                for dataset, directory, lines in plan
-            ]
-        for future in futures:
-            future.result()  # the first failure, as LakeError
+                staged.append(self._stage(dataset, directory, SHARED_FILES.get(dataset, user_id), lines))
+            sync_filesystem(self.root)
+            while staged:
+                step = staged.pop(0)
+                os.replace(step.temp, step.target)
+                for path in step.stale:
+                    path.unlink(missing_ok=True)
+            sync_filesystem(self.root)
+        except OSError as exc:
+            raise LakeError(f"cannot write the lake at {self.root}: {exc.strerror or exc}") from None
+        finally:
+            for step in staged:  # not renamed: an error stopped the commit
+                with contextlib.suppress(OSError):
+                    os.unlink(step.temp)
+        return counts
 
     def workout_ids(self, user_id: str) -> dict[str, int]:
         """``id -> created_at`` of every committed workout of the account."""
@@ -233,7 +240,7 @@ class Lake:
         for dataset, directory in self._directories():
             names = set()
             for entry in os.scandir(directory):
-                if entry.is_file(follow_symlinks=False) and _TEMP.fullmatch(entry.name):
+                if entry.is_file(follow_symlinks=False) and TEMP_NAME.fullmatch(entry.name):
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(entry.path)
                     removed += 1
@@ -267,7 +274,18 @@ class Lake:
         return base if part is None else base / f"date={part}"
 
     def _merge(self, dataset: str, directory: Path, stem: str, new: dict[str, bytes]) -> None:
-        """Rewrite ``directory/stem`` with its rows and ``new`` merged (new wins)."""
+        """Rewrite ``directory/stem`` with its rows and ``new`` merged, durably, on its own."""
+        try:
+            step = self._stage(dataset, directory, stem, new)
+            os.replace(step.temp, step.target)
+            for path in step.stale:
+                path.unlink(missing_ok=True)
+            sync_filesystem(self.root)
+        except OSError as exc:
+            raise LakeError(f"cannot write lake file {directory / stem}: {exc.strerror or exc}") from None
+
+    def _stage(self, dataset: str, directory: Path, stem: str, new: dict[str, bytes]) -> _Staged:
+        """Write ``directory/stem``'s rows merged with ``new`` (new wins) to a temporary file."""
         variants = _variants(directory, stem, self._suffix)
         merged: dict[str, bytes] = {}
         for path in variants:
@@ -278,15 +296,11 @@ class Lake:
         if self.compression == "gzip":
             data = gzip.compress(data, compresslevel=DEFAULT_GZIP_LEVEL, mtime=0)
         target = directory / f"{stem}{self._suffix}"
-        try:
-            _make_dirs(directory)
-            _atomic_write(target, data)
-            for path in variants:
-                if path != target:
-                    path.unlink(missing_ok=True)
-            _fsync_dir(directory)
-        except OSError as exc:
-            raise LakeError(f"cannot write lake file {target}: {exc.strerror or exc}") from None
+        if directory not in self._dirs:
+            directory.mkdir(parents=True, exist_ok=True)
+            self._dirs.add(directory)
+        temp = write_temp(target, data, 0o666)  # lake files follow the umask: readers need them
+        return _Staged(temp, target, [path for path in variants if path != target])
 
     def _files(self, dataset: str, user_id: str | None) -> Iterator[Path]:
         """The dataset's files, of one account or of all; never temporary files."""
@@ -384,41 +398,10 @@ def _stored_key(dataset: str, row: Row, path: Path) -> str:
         raise LakeError(f"lake file {path}: {exc}") from None
 
 
-def _temp_name(name: str) -> str:
-    # Dot-prefixed and not ending in .jsonl: invisible to `*.jsonl` globs and to Spark/DuckDB.
-    return f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+@dataclass(frozen=True, slots=True)
+class _Staged:
+    """A merged partition file written to ``temp``, waiting to be renamed over ``target``."""
 
-
-def _atomic_write(target: Path, data: bytes) -> None:
-    tmp = target.with_name(_temp_name(target.name))
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _make_dirs(directory: Path) -> None:
-    """Create missing directories and make their entries durable."""
-    missing: list[Path] = []
-    current = directory
-    while not current.is_dir():
-        missing.append(current)
-        current = current.parent
-    for path in reversed(missing):
-        path.mkdir(exist_ok=True)
-        _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    temp: Path
+    target: Path
+    stale: list[Path]  # the other compression variant, removed after the rename

@@ -11,11 +11,9 @@ in directories of mode 0700: state can name the account and its history.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import re
-import secrets
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -27,6 +25,7 @@ from typing import TypedDict, TypeVar
 import orjson
 
 from harvester.errors import LockedError, StateError
+from harvester.files import atomic_write
 
 STATE_DIR = "_harvester"
 STATE_VERSION = 1
@@ -344,20 +343,4 @@ def _private_dirs(top: Path, directory: Path) -> None:
 
 
 def _atomic_write(target: Path, data: bytes) -> None:
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    atomic_write(target, data, 0o600)

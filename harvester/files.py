@@ -1,0 +1,99 @@
+"""Atomic file replacement and durability barriers, shared by the lake, state and token cache.
+
+A file is replaced by writing a dot-prefixed temporary name in the same
+directory and renaming it over the target, so a reader sees the old file or the
+new one, never a part. Durability is a separate concern: ``atomic_write`` makes
+one small file durable on its own (fsync file, then directory); the lake stages
+many files and makes them durable together with ``sync_filesystem`` (one
+``syncfs`` barrier instead of an fsync per file, as databases group commits).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import os
+import re
+import secrets
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import cast
+
+TEMP_NAME = re.compile(r"\..+\.tmp-\d+-[0-9a-f]+")
+
+
+def temp_name(name: str) -> str:
+    """A sibling name for ``name`` that no ``*.jsonl`` glob (nor Spark, nor DuckDB) sees."""
+    return f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def write_temp(target: Path, data: bytes, mode: int) -> Path:
+    """Write ``data`` to a new temporary sibling of ``target``; no fsync."""
+    tmp = target.with_name(temp_name(target.name))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return tmp
+
+
+def atomic_write(target: Path, data: bytes, mode: int = 0o600) -> None:
+    """Replace ``target`` with ``data`` atomically and durably (file and directory fsynced)."""
+    tmp = target.with_name(temp_name(target.name))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), mode)  # whatever the umask says
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(target.parent)
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _load_syncfs() -> Callable[[int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        syncfs = libc.syncfs
+    except (OSError, AttributeError):
+        return None
+    syncfs.argtypes = [ctypes.c_int]
+    syncfs.restype = ctypes.c_int
+    return cast(Callable[[int], int], syncfs)
+
+
+_SYNCFS = _load_syncfs()
+
+
+def sync_filesystem(path: Path) -> None:
+    """Make everything written to ``path``'s filesystem durable (``syncfs``; ``sync`` elsewhere)."""
+    if _SYNCFS is None:
+        os.sync()
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _SYNCFS(fd) != 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, os.strerror(errno))
+    finally:
+        os.close(fd)
