@@ -117,15 +117,22 @@ class PelotonApi:
         self._auth = auth
         self._base = config.api.base_url.rstrip("/")
         self._user_id: str | None = None
+        self._me: JsonObject | None = None
 
     async def me(self) -> JsonObject:
         return await self._get("/api/me", "me")
+
+    async def account(self) -> JsonObject:
+        """``/api/me``, asked once per run: user_id() and the profile row share it."""
+        if self._me is None:
+            self._me = await self.me()
+        return self._me
 
     async def user_id(self) -> str:
         """The account's id: from the session login if known, else /api/me."""
         if self._user_id is None:
             await self._auth.headers()  # a session login tells us the id for free
-            candidate: object = self._auth.user_id or (await self.me()).get("id")
+            candidate: object = self._auth.user_id or (await self.account()).get("id")
             if not isinstance(candidate, str) or not is_hex32(candidate):
                 raise UnexpectedResponseError(
                     f"/api/me returned an invalid user id {_shown(candidate)}; check api.base_url")

@@ -14,8 +14,6 @@ from pathlib import Path
 
 import anyio
 import orjson
-from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 
 from harvester import __version__
 from harvester.client import RequestStats
@@ -237,6 +235,10 @@ def _progress_factory(
 
 @contextmanager
 def _tqdm_progress(stats: RequestStats) -> Iterator[ProgressHook | None]:
+    # Imported here: a cron run (no terminal) never pays for it.
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     started = time.monotonic()
     with tqdm(total=0, unit="workout", file=sys.stderr, dynamic_ncols=True) as bar, \
             logging_redirect_tqdm():

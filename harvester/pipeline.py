@@ -16,8 +16,8 @@ Data flow of one run (``Harvest.run``):
  4. One writer batches finished workouts and commits them to the lake off the
     event loop (graphs and rides before workouts, so a committed workout implies
     its graph). A cancelled run still commits what is complete (shielded).
- 5. The daily datasets (profiles, instructors) are fetched at most once per UTC
-    day per account.
+ 5. Beside them, one task fetches the daily datasets (profiles, instructors), at
+    most once per UTC day per account.
  6. The caller writes state, failures and the manifest from the ``Harvest``'s
     outcome.
 """
@@ -136,6 +136,8 @@ class Harvest:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._write, recv_results)
+                # One request at a time beside the workers, so it costs no wall time.
+                tg.start_soon(self._fetch_daily)
                 async with anyio.create_task_group() as fetchers:
                     fetchers.start_soon(self._produce, send_refs)
                     async with send_results:
@@ -143,7 +145,6 @@ class Harvest:
                             fetchers.start_soon(self._work, recv_refs.clone(), send_results.clone())
                     recv_refs.close()
                 await self._retry_failed_rides()
-                await self._fetch_daily()
         except anyio.get_cancelled_exc_class():
             self.outcome.interrupted = True
             raise
@@ -410,7 +411,7 @@ class Harvest:
             return None
 
     async def _profile_row(self, stamp: str) -> Row:
-        me = await self.api.me()
+        me = await self.api.account()
         overview = await self.api.overview(self.user_id)
         return {**me, "overview": overview, "user_id": self.user_id, "_harvested_at": stamp}
 

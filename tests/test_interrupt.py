@@ -63,9 +63,8 @@ async def test_signal_mid_backfill_commits_records_and_exits_130(
     assert state.watermark is None, "an interrupted backfill does not move the watermark"
     manifest = store.latest_manifest(emulator.account.user_id)
     assert manifest is not None and manifest["exit_code"] == 130
-    assert manifest["rows"] == {"performance_graphs": len(workouts), "workouts": len(workouts),
-                                **({"rides": manifest["rows"]["rides"]}
-                                   if "rides" in manifest["rows"] else {})}
+    # the daily datasets run beside the workers and may have landed too
+    assert manifest["rows"]["workouts"] == manifest["rows"]["performance_graphs"] == len(workouts)
     assert "INTERRUPTED" in cli.stdout()
 
 

@@ -9,14 +9,32 @@ expire; bearer tokens expire after `token_ttl`.
 
 from __future__ import annotations
 
-from harvester.emulator.app import make_app
-from harvester.emulator.server import Emulator, serve
+from typing import TYPE_CHECKING
+
 from harvester.emulator.settings import (
     EmulatorSettings,
     SettingsError,
     add_arguments,
     settings_from_args,
 )
+
+if TYPE_CHECKING:
+    from harvester.emulator.app import make_app
+    from harvester.emulator.server import Emulator, serve
+
+
+def __getattr__(name: str) -> object:
+    # The server pulls in aiohttp.web; the harvester's CLI only needs the settings
+    # (its --help), so the rest loads on first use.
+    if name in ("Emulator", "serve"):
+        from harvester.emulator import server
+
+        return getattr(server, name)
+    if name == "make_app":
+        from harvester.emulator.app import make_app
+
+        return make_app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "Emulator",
