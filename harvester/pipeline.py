@@ -29,6 +29,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import TypeVar
 
 import anyio
@@ -122,6 +123,8 @@ class Harvest:
         self.done = 0
         self._inflight: list[WorkoutResult] = []  # the batch a background commit holds
         self.total = 0
+        # Requests in flight for workouts: at most `concurrency`, whichever worker asks.
+        self._slots = anyio.CapacityLimiter(config.harvest.concurrency)
 
     # -- the run --------------------------------------------------------------
 
@@ -248,26 +251,43 @@ class Harvest:
                 await send.send(await self._fetch_workout(ref))
 
     async def _fetch_workout(self, ref: WorkoutRef) -> WorkoutResult:
+        """Detail, graph and (new) ride of one workout, as rows or recorded failures.
+
+        A listed workout's requests go out together, each holding one of the run's
+        ``concurrency`` slots: no slot idles while a worker waits on a chain, which
+        matters at the start and the tail of a run. A workout retried by id (its
+        status unknown) asks for the detail first, so a still-running one costs one.
+        """
         result = WorkoutResult(ref)
-        try:
-            detail = await self.api.workout(ref.id)
-            if detail.get("status") == "IN_PROGRESS":
-                result.in_progress = True
-                return result
-            created_at = detail.get("created_at")
-            if not isinstance(created_at, int) or isinstance(created_at, bool):
-                self._quarantine(detail, "workout detail has no integer created_at")
-                return result
-            graph = None
-            if "performance_graphs" in self.datasets:
-                graph = await self.api.performance_graph(ref.id, self.config.harvest.every_n)
-        except AuthError:
-            raise
-        except NotFoundError:
-            log.info("workout %s no longer exists (404); skipped", ref.id)
+        listed = ref.created_at is not None
+        calls: dict[str, Callable[[], Awaitable[JsonObject]]] = {
+            "detail": partial(self.api.workout, ref.id)}
+        if listed and self._wants_graph:
+            calls["graph"] = partial(self.api.performance_graph, ref.id, self.config.harvest.every_n)
+        ride_id = self._claim_ride(ref.ride_id) if listed else None
+        if ride_id is not None:
+            calls["ride"] = partial(self.api.ride_details, ride_id)
+        got = await self._request_all(calls)
+        if ride_id is not None:
+            result.ride = self._ride_row(ride_id, got["ride"], result)
+        detail = got["detail"]
+        if isinstance(detail, ApiError):
+            self._workout_failed(result, detail)
             return result
-        except ApiError as exc:
-            result.failures.append(_failure("workout", ref.id, exc))
+        if detail.get("status") == "IN_PROGRESS":
+            result.in_progress = True
+            return result
+        created_at = detail.get("created_at")
+        if not isinstance(created_at, int) or isinstance(created_at, bool):
+            self._quarantine(detail, "workout detail has no integer created_at")
+            return result
+        graph: JsonObject | ApiError | None = got.get("graph")
+        if graph is None and self._wants_graph:
+            graph = (await self._request_all(
+                {"graph": partial(self.api.performance_graph, ref.id, self.config.harvest.every_n)}
+            ))["graph"]
+        if isinstance(graph, ApiError):
+            self._workout_failed(result, graph)
             return result
         stamp = _utc_now_iso(self.now())
         result.workout = {**detail, "_harvested_at": stamp}
@@ -276,25 +296,62 @@ class Harvest:
                 **graph, "workout_id": ref.id, "user_id": self.user_id,
                 "created_at": created_at, "_harvested_at": stamp,
             }
-        ride_id = _ride_id(detail) or ref.ride_id
-        if "rides" in self.datasets and ride_id and ride_id not in self.known_rides:
-            self.known_rides.add(ride_id)  # claimed before awaiting: once per run
-            result.ride = await self._fetch_ride(ride_id, result)
+        late_ride = self._claim_ride(_ride_id(detail))
+        if late_ride is not None:  # retried by id, or the class changed since the listing
+            result.ride = await self._fetch_ride(late_ride, result)
         return result
 
+    @property
+    def _wants_graph(self) -> bool:
+        return "performance_graphs" in self.datasets
+
+    def _claim_ride(self, ride_id: str | None) -> str | None:
+        """The ride to fetch, claimed before any await so each is fetched once per run."""
+        if "rides" not in self.datasets or not ride_id or ride_id in self.known_rides:
+            return None
+        self.known_rides.add(ride_id)
+        return ride_id
+
+    async def _request_all(
+        self, calls: dict[str, Callable[[], Awaitable[JsonObject]]]
+    ) -> dict[str, JsonObject | ApiError]:
+        """Run the calls side by side, each in a slot; ApiErrors are returned, not raised."""
+        got: dict[str, JsonObject | ApiError] = {}
+
+        async def one(name: str, call: Callable[[], Awaitable[JsonObject]]) -> None:
+            async with self._slots:
+                try:
+                    got[name] = await call()
+                except ApiError as exc:
+                    got[name] = exc
+
+        async with anyio.create_task_group() as tg:
+            for name, call in calls.items():
+                tg.start_soon(one, name, call)
+        for value in got.values():
+            if isinstance(value, AuthError):
+                raise value  # the whole run stops: the credentials are gone
+        return got
+
+    def _workout_failed(self, result: WorkoutResult, exc: ApiError) -> None:
+        if isinstance(exc, NotFoundError):
+            log.info("workout %s no longer exists (404); skipped", result.ref.id)
+        else:
+            result.failures.append(_failure("workout", result.ref.id, exc))
+
     async def _fetch_ride(self, ride_id: str, result: WorkoutResult) -> Row | None:
-        try:
-            details = await self.api.ride_details(ride_id)
-        except NotFoundError:
+        got = await self._request_all({"ride": partial(self.api.ride_details, ride_id)})
+        return self._ride_row(ride_id, got["ride"], result)
+
+    def _ride_row(self, ride_id: str, got: JsonObject | ApiError, result: WorkoutResult) -> Row | None:
+        if isinstance(got, NotFoundError):
             # Gym classes (UUID ids) and retired classes have no details: remember, move on.
             self.outcome.rides_not_found.append(ride_id)
             return None
-        except AuthError:
-            raise
-        except ApiError as exc:
-            result.failures.append(_failure("ride", ride_id, exc))
+        if isinstance(got, ApiError):
+            result.failures.append(_failure("ride", ride_id, got))
             return None
-        return {**details, "ride_id": ride_id, "_harvested_at": _utc_now_iso(self.now())}
+        return {**got, "ride_id": ride_id, "_harvested_at": _utc_now_iso(self.now())}
 
     # -- writer ---------------------------------------------------------------
 
