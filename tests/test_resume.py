@@ -19,9 +19,10 @@ WORKOUTS = 200
 CONCURRENCY = 4
 # What one SIGKILL can throw away, counted in workouts whose detail was already asked for:
 # each worker holds one (mid-fetch, or blocked handing it over), the results stream buffers
-# 2 x concurrency (pipeline.run), and the writer holds at most one batch it has not yet
-# committed (it commits every DEFAULT_BATCH_SIZE results or flush interval, whichever first).
-IN_FLIGHT_BOUND = CONCURRENCY + 2 * CONCURRENCY + DEFAULT_BATCH_SIZE
+# 2 x concurrency (pipeline.run), and the writer holds at most two batches it has not yet
+# committed: one committing in a thread while the next fills (it commits every
+# DEFAULT_BATCH_SIZE results or flush interval, whichever first).
+IN_FLIGHT_BOUND = CONCURRENCY + 2 * CONCURRENCY + 2 * DEFAULT_BATCH_SIZE
 
 
 def workout_ids(root: Path) -> set[str]:
