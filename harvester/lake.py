@@ -183,19 +183,11 @@ class Lake:
         try:
             for dataset, directory, lines in plan:
                 staged.append(self._stage(dataset, directory, SHARED_FILES.get(dataset, user_id), lines))
-            sync_filesystem(self.root)
-            while staged:
-                step = staged.pop(0)
-                os.replace(step.temp, step.target)
-                for path in step.stale:
-                    path.unlink(missing_ok=True)
-            sync_filesystem(self.root)
+            self._publish(staged)
         except OSError as exc:
             raise LakeError(f"cannot write the lake at {self.root}: {exc.strerror or exc}") from None
         finally:
-            for step in staged:  # not renamed: an error stopped the commit
-                with contextlib.suppress(OSError):
-                    os.unlink(step.temp)
+            _discard(staged)  # whatever an error left unrenamed; empty after a publish
         return counts
 
     def workout_ids(self, user_id: str) -> dict[str, int]:
@@ -276,13 +268,26 @@ class Lake:
     def _merge(self, dataset: str, directory: Path, stem: str, new: dict[str, bytes]) -> None:
         """Rewrite ``directory/stem`` with its rows and ``new`` merged, durably, on its own."""
         try:
-            step = self._stage(dataset, directory, stem, new)
-            os.replace(step.temp, step.target)
-            for path in step.stale:
-                path.unlink(missing_ok=True)
-            sync_filesystem(self.root)
+            self._publish([self._stage(dataset, directory, stem, new)])
         except OSError as exc:
             raise LakeError(f"cannot write lake file {directory / stem}: {exc.strerror or exc}") from None
+
+    def _publish(self, staged: list[_Staged]) -> None:
+        """Make the staged files durable, rename them into place in order, make that durable.
+
+        ``staged`` is consumed; temporary files an error leaves unrenamed are removed.
+        """
+        try:
+            sync_filesystem(self.root)
+            while staged:
+                step = staged[0]
+                os.replace(step.temp, step.target)
+                staged.pop(0)
+                for path in step.stale:
+                    path.unlink(missing_ok=True)
+            sync_filesystem(self.root)
+        finally:
+            _discard(staged)
 
     def _stage(self, dataset: str, directory: Path, stem: str, new: dict[str, bytes]) -> _Staged:
         """Write ``directory/stem``'s rows merged with ``new`` (new wins) to a temporary file."""
@@ -396,6 +401,12 @@ def _stored_key(dataset: str, row: Row, path: Path) -> str:
         return primary_key(dataset, row)
     except LakeError as exc:
         raise LakeError(f"lake file {path}: {exc}") from None
+
+
+def _discard(staged: list[_Staged]) -> None:
+    while staged:
+        with contextlib.suppress(OSError):
+            os.unlink(staged.pop().temp)
 
 
 @dataclass(frozen=True, slots=True)

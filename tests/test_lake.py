@@ -331,3 +331,15 @@ def test_duckdb_reads_workouts_with_a_utc_date_column(
     for _, created_at, day, _ in found:
         assert day == datetime.fromtimestamp(created_at, UTC).date().isoformat()
     assert [r[3] for r in found] == ["again", "Zoë’s ride", "Zoë’s ride", "Zoë’s ride"]
+
+
+def test_failed_commit_touches_nothing_and_leaves_no_temp_files(tmp_path: Path) -> None:
+    """A commit that cannot read one partition writes none and leaves no temporary file."""
+    lake = Lake(tmp_path)
+    lake.commit(USER, {"workouts": [workout(1, MIDNIGHT + 86_400 * 5)]})
+    (broken,) = lake_files(tmp_path, "workouts")
+    broken.write_bytes(b'{"id": "cut')  # a file damaged outside the harvester
+    with pytest.raises(LakeError, match="partial line"):
+        lake.commit(USER, {"workouts": [workout(2, MIDNIGHT), workout(3, MIDNIGHT + 86_400 * 5)],
+                           "performance_graphs": [graph(2, MIDNIGHT)]})
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == [broken.name]
