@@ -22,7 +22,9 @@ capacity one, whose drip interval may change.
 
 from __future__ import annotations
 
+import math
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 
@@ -61,6 +63,9 @@ class AdaptiveLimiter:
         self._last_change = 0.0  # when the rate last moved (cut or recovery)
         self._ceiling = rate  # quick recovery stops here: just below the last 429's rate
         self._cuts = 0  # bumped by every cut, so sleeping callers know to re-space
+        # Release times of the last floor(rate) callers: the window check's memory.
+        self._released: deque[float] = deque(maxlen=max(1, math.floor(rate)))
+        self._window_turn = anyio.Lock()
 
     @property
     def current_rate(self) -> float:
@@ -71,17 +76,38 @@ class AdaptiveLimiter:
         return self._ceiling
 
     async def acquire(self) -> None:
-        """Wait for this caller's slot; take a new one if the rate was cut meanwhile."""
+        """Wait for this caller's slot, then for room in the last second's window."""
+        slot = await self._paced()
+        await self._within_window(slot)
+
+    async def _paced(self) -> float:
+        """Even pacing; take a new slot if the rate was cut while waiting. Returns the slot."""
         while True:
             cuts = self._cuts
             now = self._clock()
             slot = max(now, self._next_slot)
             self._next_slot = slot + 1.0 / self._rate
             if slot <= now:
-                return
+                return slot
             await self._sleep(slot - now)
             if self._cuts == cuts:
-                return
+                return slot
+
+    async def _within_window(self, slot: float) -> None:
+        """Never more than ``configured_rate`` releases in any second.
+
+        Pacing reserves slots ahead, so a caller that wakes late goes out close to
+        the next one; checking release times (the later of slot and clock) keeps
+        such bunching from ever putting more than a second's worth into a second.
+        """
+        async with self._window_turn:  # one at a time: check and record are one step
+            released = max(self._clock(), slot)
+            if len(self._released) == self._released.maxlen:
+                room_at = self._released[0] + 1.0
+                if released < room_at:
+                    await self._sleep(room_at - released)
+                    released = max(self._clock(), room_at)
+            self._released.append(released)
 
     def on_throttled(self) -> None:
         """The server said slow down: halve the pace, once per cooldown."""

@@ -155,3 +155,21 @@ def test_rate_must_be_positive() -> None:
     """A zero rate is a programming error, refused at construction."""
     with pytest.raises(ValueError, match="greater than 0"):
         AdaptiveLimiter(0)
+
+
+async def test_a_late_wake_up_never_bunches_more_than_the_rate_into_a_second() -> None:
+    """A caller woken 150 ms late does not let the callers behind it exceed 5 in any second."""
+    fake = FakeTime()
+    late_once = iter([0.15])
+
+    async def sleep_late(delay: float) -> None:  # the first sleep overshoots, as a busy loop's might
+        fake.now += delay + next(late_once, 0.0)
+        await asyncio.sleep(0)
+
+    limiter = AdaptiveLimiter(5.0, clock=fake.clock, sleep=sleep_late)
+    starts: list[float] = []
+    for _ in range(20):
+        async with limiter:
+            starts.append(fake.now)
+    assert starts[1] == pytest.approx(1000.35)  # the late one
+    assert max_in_any_window(starts) == 5
