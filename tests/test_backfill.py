@@ -150,3 +150,34 @@ async def test_concurrency_and_rate_stay_within_limits(make_emulator: Any, tmp_p
     # arrivals after its own scheduling, which may move one across a window edge.
     busiest = max(bisect.bisect_left(arrivals, t + 1.0) - i for i, t in enumerate(arrivals))
     assert busiest <= rps + 1, busiest
+
+
+async def test_unknown_shapes_are_kept_raw(make_emulator: Any, tmp_path: Path) -> None:
+    """Nulls where numbers were, unknown disciplines and new keys: every row is the API's JSON as returned."""
+    import aiohttp
+
+    from tests.emulator.helpers import auth_headers, get_json
+
+    emulator = await make_emulator(
+        workouts=40, extra_field=True, quirks=frozenset({"null_numbers", "unknown_enum"})
+    )
+    report = await run_harvest(harvest_config(emulator.url, tmp_path), "backfill")
+    assert report.exit_code == 0 and not report.outcome.quarantined, report.manifest
+    workouts = {row["id"]: row for row in lake_rows(tmp_path / "lake", "workouts")}
+    graphs = {row["workout_id"]: row for row in lake_rows(tmp_path / "lake", "performance_graphs")}
+    assert len(workouts) == len(graphs) == 40
+    odd = 0
+    async with aiohttp.ClientSession() as http:
+        headers = await auth_headers(http, emulator)
+        for workout_id, row in workouts.items():
+            _, detail = await get_json(http, f"{emulator.url}/api/workout/{workout_id}", headers)
+            assert {k: v for k, v in row.items() if k != "_harvested_at"} == detail
+            _, graph = await get_json(
+                http, f"{emulator.url}/api/workout/{workout_id}/performance_graph?every_n=5", headers)
+            added = {"workout_id", "user_id", "created_at", "_harvested_at"}
+            assert {k: v for k, v in graphs[workout_id].items() if k not in added} == graph
+            odd += detail["total_heart_rate_zone_durations"] is None
+            odd += detail["fitness_discipline"] not in {
+                "cycling", "running", "walking", "cardio", "circuit", "strength", "stretching",
+                "yoga", "meditation", "bike_bootcamp", "caesar", "caesar_bootcamp"}
+    assert odd >= 2, "the account holds both quirks"
