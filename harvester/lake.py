@@ -192,15 +192,23 @@ class Lake:
 
     def workout_ids(self, user_id: str) -> dict[str, int]:
         """``id -> created_at`` of every committed workout of the account."""
+        return self.workout_index(user_id)[0]
+
+    def workout_index(self, user_id: str) -> tuple[dict[str, int], set[str]]:
+        """``id -> created_at`` of the account's committed workouts, and the ride ids they name."""
         check_user_id(user_id)
         ids: dict[str, int] = {}
+        rides: set[str] = set()
         for path in self._files("workouts", user_id):
             # One file (one day of one account) in memory at a time; rows are dropped at once.
             for row in _rows(path):
-                workout_id, created = row.get("id"), row.get("created_at")
+                workout_id, created, ride = row.get("id"), row.get("created_at"), row.get("ride")
                 if isinstance(workout_id, str) and isinstance(created, int | float):
                     ids[workout_id] = int(created)
-        return ids
+                ride_id = ride.get("id") if isinstance(ride, dict) else None
+                if isinstance(ride_id, str):
+                    rides.add(ride_id)
+        return ids, rides
 
     def ride_ids(self) -> set[str]:
         """Every ``ride_id`` in the lake, whichever account wrote it."""

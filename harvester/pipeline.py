@@ -36,7 +36,7 @@ import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from harvester.api import NULL_RIDE_ID, PelotonApi, WorkoutRef, workout_ref
+from harvester.api import NULL_RIDE_ID, PelotonApi, WorkoutRef, is_ride_id, workout_ref
 from harvester.client import JsonObject
 from harvester.config import Config
 from harvester.errors import ApiError, AuthError, NotFoundError
@@ -120,6 +120,7 @@ class Harvest:
         self.full_listing = mode == "backfill" or not state.backfill_complete
         self.committed: dict[str, int] = {}  # workout id -> created_at, in the lake
         self.known_rides: set[str] = set()  # in the lake, fetched this run, or known 404
+        self._orphan_rides: list[str] = []  # named by committed workouts, absent from the lake
         self.done = 0
         self._inflight: list[WorkoutResult] = []  # the batch a background commit holds
         self.total = 0
@@ -130,9 +131,14 @@ class Harvest:
 
     async def run(self) -> Outcome:
         """Harvest until done or cancelled; always commits what is complete."""
-        self.committed = await anyio.to_thread.run_sync(self.lake.workout_ids, self.user_id)
+        self.committed, referenced = await anyio.to_thread.run_sync(
+            self.lake.workout_index, self.user_id)
         self.known_rides = await anyio.to_thread.run_sync(self.lake.ride_ids)
         self.known_rides.update(self.state.missing_rides)
+        # Classes that workouts in the lake name but the lake lacks (a ride request
+        # failed in a run that was then killed): fetched after the workouts.
+        self._orphan_rides = sorted(
+            r for r in referenced - self.known_rides if r != NULL_RIDE_ID and is_ride_id(r))
         size = self.config.harvest.concurrency * 2
         send_refs, recv_refs = anyio.create_memory_object_stream[WorkoutRef](size)
         send_results, recv_results = anyio.create_memory_object_stream[WorkoutResult](size)
@@ -418,15 +424,17 @@ class Harvest:
             self.on_progress(self.done, max(self.total, self.done))
 
     async def _retry_failed_rides(self) -> None:
-        """Rides that failed last run and that no workout of this run fetched."""
+        """Rides that failed last run, or that committed workouts name and the lake lacks,
+        and that no workout of this run fetched."""
         if "rides" not in self.datasets:
             return
         holder = WorkoutResult(WorkoutRef("", None, None, None))
         rows: list[Row] = []
-        for item in self.state.failures:
-            if item.kind == "ride" and item.id not in self.known_rides:
-                self.known_rides.add(item.id)
-                ride = await self._fetch_ride(item.id, holder)
+        wanted = [item.id for item in self.state.failures if item.kind == "ride"]
+        for ride_id in [*wanted, *self._orphan_rides]:
+            if ride_id not in self.known_rides:
+                self.known_rides.add(ride_id)
+                ride = await self._fetch_ride(ride_id, holder)
                 if ride is not None:
                     rows.append(ride)
         self.outcome.failures.extend(holder.failures)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import orjson
 import pytest
 
 from harvester.run import run_harvest
@@ -181,3 +182,21 @@ async def test_unknown_shapes_are_kept_raw(make_emulator: Any, tmp_path: Path) -
                 "cycling", "running", "walking", "cardio", "circuit", "strength", "stretching",
                 "yoga", "meditation", "bike_bootcamp", "caesar", "caesar_bootcamp"}
     assert odd >= 2, "the account holds both quirks"
+
+
+async def test_a_ride_missing_from_the_lake_is_fetched_by_the_next_run(make_emulator: Any, tmp_path: Path) -> None:
+    """A class that committed workouts name but the lake lacks (a killed run lost it) is fetched once more."""
+    emulator = await make_emulator(workouts=40)
+    config = harvest_config(emulator.url, tmp_path, harvest__lookback_days=0)
+    await run_harvest(config, "backfill")
+    root = tmp_path / "lake"
+    whole = comparable(root)
+    victim = sorted((root / "rides").glob("date=*/*.jsonl"))[0]
+    lost = {orjson.loads(line)["ride_id"] for line in victim.read_bytes().splitlines()}
+    victim.unlink()
+    emulator.reset_stats()
+    report = await run_harvest(config, "refresh")
+    assert report.exit_code == 0
+    asked = (await stats(emulator.url))["by_id"].get("ride_details", {})
+    assert set(asked) >= lost and all(n == 1 for n in asked.values())
+    assert comparable(root)["rides"] == whole["rides"]
