@@ -13,7 +13,6 @@ they never hold request bodies, headers, cookies or tokens.
 
 from __future__ import annotations
 
-import email.utils
 import logging
 import random
 import time
@@ -182,8 +181,8 @@ class HttpClient:
             self.stats.requests += 1
             self.stats.by_endpoint[endpoint] = self.stats.by_endpoint.get(endpoint, 0) + 1
             reply = await self._send(method, url, params, headers, json, data)
-        where = f"{method} {_path(url)}"
-        log.debug("%s -> HTTP %d, %d bytes", where, reply.status, len(reply.body))
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s %s -> HTTP %d, %d bytes", method, _path(url), reply.status, len(reply.body))
         if reply.status == 429:
             self.stats.throttled += 1
             before = self._limiter.current_rate
@@ -191,7 +190,7 @@ class HttpClient:
             if self._limiter.current_rate < before:
                 log.info("HTTP 429 from %s: request rate lowered to %.3g/s",
                          urlsplit(url).hostname, self._limiter.current_rate)
-        result = interpret(where, url, reply.status, reply.body, reply.retry_after, reply.location)
+        result = interpret(method, url, reply.status, reply.body, reply.retry_after, reply.location)
         self._limiter.on_success()
         return result
 
@@ -222,7 +221,8 @@ def translate_exception(
 ) -> ApiError:
     """The boundary: an aiohttp/timeout exception becomes a Transient or Permanent ApiError."""
     host = urlsplit(url).hostname or url
-    where, path = f"{method} {_path(url)}", _path(url)
+    path = _path(url)
+    where = f"{method} {path}"
     if isinstance(exc, aiohttp.ClientSSLError):  # incl. certificate errors: retrying won't help
         return TlsError(
             f"TLS failure talking to {host}: {_os_reason(exc)}; check the system's CA "
@@ -239,13 +239,14 @@ def translate_exception(
 
 
 def interpret(
-    where: str, url: str, status: int, body: bytes, retry_after: str | None,
+    method: str, url: str, status: int, body: bytes, retry_after: str | None,
     location: str | None = None,
 ) -> JsonObject:
     """Map one HTTP answer to a JSON object or the ApiError that describes it."""
-    path = _path(url)
     if 200 <= status < 300:
-        return _decode_object(where, path, status, body)
+        return _decode_object(method, url, status, body)
+    path = _path(url)
+    where = f"{method} {path}"
     if status == 429:
         wait = parse_retry_after(retry_after)
         hint = f" (Retry-After {wait:g} s)" if wait is not None else ""
@@ -265,24 +266,28 @@ def interpret(
     raise cls(f"{where}: HTTP {status}{detail}", status=status, url=path, reason=reason)
 
 
-def _decode_object(where: str, path: str, status: int, body: bytes) -> JsonObject:
-    text = body.lstrip()
-    if not text:
-        raise TransientApiError(f"{where}: empty response body", status=status, url=path)
-    if text[:1] == b"<":  # a web page: cut-off JSON never starts like this, so don't retry
-        raise UnexpectedResponseError(
-            f"{where}: HTTP {status} answered with HTML, not JSON; api.base_url or "
-            "api.auth_url does not point at the Peloton API", status=status, url=path)
+def _decode_object(method: str, url: str, status: int, body: bytes) -> JsonObject:
     try:
-        value = orjson.loads(body)
+        value = orjson.loads(body)  # the usual case first: the error texts cost more than it
     except orjson.JSONDecodeError:
+        value = None
+        text = body.lstrip()
+        path = _path(url)
+        if not text:
+            raise TransientApiError(f"{method} {path}: empty response body",
+                                    status=status, url=path) from None
+        if text[:1] == b"<":  # a web page: cut-off JSON never starts like this, so don't retry
+            raise UnexpectedResponseError(
+                f"{method} {path}: HTTP {status} answered with HTML, not JSON; api.base_url or "
+                "api.auth_url does not point at the Peloton API", status=status, url=path) from None
         raise TransientApiError(
-            f"{where}: truncated or invalid JSON ({len(body)} bytes)", status=status, url=path
+            f"{method} {path}: truncated or invalid JSON ({len(body)} bytes)", status=status, url=path
         ) from None
     if not isinstance(value, dict):
+        path = _path(url)
         raise UnexpectedResponseError(
-            f"{where}: expected a JSON object, got {type(value).__name__}; check api.base_url",
-            status=status, url=path)
+            f"{method} {path}: expected a JSON object, got {type(value).__name__}; "
+            "check api.base_url", status=status, url=path)
     return value
 
 
@@ -295,6 +300,8 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         return max(float(text), 0.0)
     except ValueError:
         pass
+    import email.utils  # here, not at the top: an HTTP-date Retry-After is rare; 8 ms of start-up
+
     try:
         when = email.utils.parsedate_to_datetime(text)
     except (TypeError, ValueError):

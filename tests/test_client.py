@@ -176,7 +176,7 @@ def raw_reply(status: int, body: bytes, **headers: str) -> web.Response:
 def test_answer_classification_table(status: int, body: bytes, expected: type[ApiError]) -> None:
     """Each status/body shape maps to exactly the documented ApiError class."""
     with pytest.raises(ApiError) as info:
-        interpret("GET /x", "https://h/x", status, body, None)
+        interpret("GET", "https://h/x", status, body, None)
     assert type(info.value) is expected
     assert info.value.status == (429 if status == 429 else status)
 
@@ -221,7 +221,7 @@ def test_error_messages_never_hold_query_strings_or_userinfo() -> None:
     url = f"https://me:{SECRET}@api.onepeloton.com/api/x?token={SECRET}"
     for status in (401, 403, 404, 429, 500, 302):
         with pytest.raises(ApiError) as info:
-            interpret("GET /api/x", url, status, b'{"message":"nope"}', None, url)
+            interpret("GET", url, status, b'{"message":"nope"}', None, url)
         assert SECRET not in str(info.value)
         assert SECRET not in repr(info.value)
         assert SECRET not in info.value.url
