@@ -1,5 +1,5 @@
 from __future__ import annotations
 
-from harvester.cli import main
+from harvester.cli import entry
 
-raise SystemExit(main())
+entry()
