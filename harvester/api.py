@@ -129,10 +129,20 @@ class PelotonApi:
         return self._me
 
     async def user_id(self) -> str:
-        """The account's id: from the session login if known, else /api/me."""
+        """The account's id: as authenticating told it, else from /api/me.
+
+        A session login answers with the id, and Peloton's access tokens carry it
+        in a claim, so usually the listing can start without waiting for /api/me:
+        one round trip less before the first workout, and a refresh that finds
+        nothing new costs one request. The profile dataset still reads /api/me.
+        """
         if self._user_id is None:
-            await self._auth.headers()  # a session login tells us the id for free
-            candidate: object = self._auth.user_id or (await self.account()).get("id")
+            await self._auth.headers()  # logs in or loads tokens: may tell us the id
+            told = self._auth.user_id
+            if told is not None and is_hex32(told):
+                self._user_id = told
+                return told
+            candidate: object = (await self.account()).get("id")
             if not isinstance(candidate, str) or not is_hex32(candidate):
                 raise UnexpectedResponseError(
                     f"/api/me returned an invalid user id {_shown(candidate)}; check api.base_url")

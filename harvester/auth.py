@@ -39,6 +39,9 @@ OAUTH_SCOPE = "offline_access openid"
 SESSION_COOKIE = "peloton_session_id"
 _HEADER_SAFE = re.compile(r"[A-Za-z0-9._~+/=-]+")  # what may go into a header unescaped
 _CACHE_VERSION = 1
+# Peloton's access tokens name the account in this claim; public clients read the
+# user id from it instead of asking /api/me (the emulator's tokens carry it too).
+USER_ID_CLAIM = "http://onepeloton.com/user_id"
 
 Clock = Callable[[], float]
 
@@ -60,26 +63,39 @@ class Tokens:
         return self.expires_at is not None and self.expires_at - now <= self.margin
 
 
-def jwt_expiry(token: str) -> float | None:
-    """The ``exp`` claim of a JWT, read without verifying the signature; None if absent."""
+def jwt_claims(token: str) -> dict[str, object]:
+    """A JWT's claims, read without verifying the signature; empty if it is not one."""
     parts = token.split(".")
     if len(parts) != 3:
-        return None
+        return {}
     payload = parts[1] + "=" * (-len(parts[1]) % 4)
     try:
         claims = orjson.loads(base64.urlsafe_b64decode(payload))
     except (ValueError, orjson.JSONDecodeError):
-        return None
-    exp = claims.get("exp") if isinstance(claims, dict) else None
+        return {}
+    return claims if isinstance(claims, dict) else {}
+
+
+def jwt_expiry(token: str) -> float | None:
+    """The ``exp`` claim of a JWT, read without verifying the signature; None if absent."""
+    exp = jwt_claims(token).get("exp")
     if isinstance(exp, int | float) and not isinstance(exp, bool):
         return float(exp)
     return None
 
 
+def jwt_user_id(token: str | None) -> str | None:
+    """The account id Peloton puts in its access tokens (``USER_ID_CLAIM``), if there."""
+    found = jwt_claims(token).get(USER_ID_CLAIM) if token else None
+    return found if isinstance(found, str) and found else None
+
+
 class Authenticator(ABC):
     """Supplies auth headers and performs the one shared re-authentication after a 401."""
 
-    user_id: str | None = None  # known after a session login; None for OAuth
+    # The account's id when authenticating told it: a session login's answer, or
+    # the access token's USER_ID_CLAIM. None until then, or if it did not say.
+    user_id: str | None = None
 
     @abstractmethod
     async def headers(self) -> dict[str, str]:
@@ -178,6 +194,7 @@ class _OAuth(Authenticator):
         if tokens is None:
             tokens = await self._initial()
             self._tokens = tokens if not tokens.expiring(self._clock()) else None
+            self.user_id = jwt_user_id(tokens.access_token)
         if tokens.expiring(self._clock()):
             tokens = await self._renew(tokens, rejected=False)
             await self._store(tokens)
@@ -189,6 +206,7 @@ class _OAuth(Authenticator):
         life = "" if tokens.expires_at is None else f", valid {tokens.expires_at - self._clock():.0f} s"
         log.info("%s an access token%s", "renewed" if self._tokens else "obtained", life)
         self._tokens = tokens
+        self.user_id = jwt_user_id(tokens.access_token)
         self._generation += 1
         if self._cache is not None:
             await self._cache.save(tokens)

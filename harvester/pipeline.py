@@ -41,7 +41,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from harvester.api import NULL_RIDE_ID, PelotonApi, WorkoutRef, is_ride_id, workout_ref
 from harvester.client import JsonObject
 from harvester.config import Config
-from harvester.errors import ApiError, AuthError, NotFoundError
+from harvester.errors import ApiError, AuthError, NotFoundError, UnexpectedResponseError
 from harvester.lake import Lake
 from harvester.state import AccountState, FailedItem
 
@@ -491,6 +491,9 @@ class Harvest:
 
     async def _profile_row(self, stamp: str) -> Row:
         me = await self.api.account()
+        if me.get("id") != self.user_id:  # the run's id may have come from the access token
+            raise UnexpectedResponseError(
+                f"/api/me names another account than the one being harvested ({self.user_id})")
         overview = await self.api.overview(self.user_id)
         return {**me, "overview": overview, "user_id": self.user_id, "_harvested_at": stamp}
 

@@ -170,11 +170,23 @@ async def test_unknown_ride_is_not_found(tmp_path: Path) -> None:
 
 
 async def test_user_id_comes_from_me_and_is_cached(tmp_path: Path) -> None:
-    """With OAuth the user id is read from /api/me once."""
+    """With OAuth tokens that do not name the account, the user id is read from /api/me once."""
     async with api_on(tmp_path) as (fake, api):
         assert await api.user_id() == USER_ID
         assert await api.user_id() == USER_ID
     assert fake.srv.count("/api/me") == 1
+
+
+@pytest.mark.parametrize(("claim", "me_calls"),
+                         [(USER_ID, 0), ("../../api/me", 1), (USER_ID.upper(), 1), (123, 1), ("", 1)])
+async def test_user_id_comes_from_the_token_claim_when_it_is_an_id(
+    tmp_path: Path, claim: object, me_calls: int
+) -> None:
+    """An access token naming the account spares /api/me; a claim that is not an id does not."""
+    async with api_on(tmp_path, user_claim=claim) as (fake, api):
+        assert await api.user_id() == USER_ID
+        assert await api.user_id() == USER_ID
+    assert fake.srv.count("/api/me") == me_calls
 
 
 async def test_user_id_comes_free_with_a_session_login(tmp_path: Path) -> None:

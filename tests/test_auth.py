@@ -17,6 +17,7 @@ import pytest
 from aiohttp import web
 
 from harvester.auth import (
+    USER_ID_CLAIM,
     Authenticator,
     PasswordAuth,
     SessionAuth,
@@ -39,11 +40,12 @@ SESSION_ID = "0123456789abcdef0123456789abcdef"
 CLIENT_ID = "mgsmWCD0A8Qn6uz6mmqI6qeBNHH9IPwS"
 
 
-def make_jwt(exp: float, n: int = 0) -> str:
+def make_jwt(exp: float, n: int = 0, **claims: object) -> str:
     def part(obj: object) -> str:
         return base64.urlsafe_b64encode(orjson.dumps(obj)).rstrip(b"=").decode()
 
-    return f"{part({'alg': 'RS256'})}.{part({'exp': int(exp), 'jti': n})}.c2lnbmF0dXJl"
+    payload = {"exp": int(exp), "jti": n, **claims}
+    return f"{part({'alg': 'RS256'})}.{part(payload)}.c2lnbmF0dXJl"
 
 
 @dataclass
@@ -60,6 +62,7 @@ class FakePeloton:
     grants: dict[str, int] = field(default_factory=lambda: {"password": 0, "refresh_token": 0})
     bodies: list[dict[str, object]] = field(default_factory=list)
     counter: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    user_claim: object = None  # the access tokens' USER_ID_CLAIM; None leaves it out
 
     def install(self) -> None:
         self.srv.routes["/oauth/token"] = self.token
@@ -68,7 +71,8 @@ class FakePeloton:
 
     def issue(self, refresh: bool = True) -> dict[str, object]:
         n = next(self.counter)
-        access = make_jwt(time.time() + self.ttl, n)
+        extra = {} if self.user_claim is None else {USER_ID_CLAIM: self.user_claim}
+        access = make_jwt(time.time() + self.ttl, n, **extra)
         self.access.add(access)
         reply: dict[str, object] = {"access_token": access, "token_type": "Bearer",
                                     "expires_in": int(self.ttl)}

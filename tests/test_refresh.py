@@ -30,17 +30,18 @@ def workout_ids(root: Path) -> set[str]:
     return {row["id"] for row in lake_rows(root, "workouts")}
 
 
-async def test_refresh_costs_3_requests_when_nothing_is_new_and_2k_plus_rides_plus_3_for_k_new(
+async def test_refresh_costs_1_request_when_nothing_is_new_and_2k_plus_rides_plus_3_for_k_new(
     make_emulator: Any, tmp_path: Path
 ) -> None:
-    """lookback 0: no news costs <= 3 requests; K new workouts cost <= 2K + new rides + 3."""
+    """lookback 0: no news costs one list page (the cached token names the account, the
+    daily datasets are done for today); K new workouts cost <= 2K + new rides + 3."""
     emulator = await make_emulator(workouts=60)
     config = write_config(tmp_path, emulator.url, harvest={"lookback_days": 0})
     await harvest("backfill", config, tmp_path)
     requests(emulator)
 
     await harvest("refresh", config, tmp_path)
-    assert requests(emulator)["requests"] <= 3
+    assert requests(emulator)["by_endpoint"] == {"workouts": 1}
 
     rides_before = {row["ride_id"] for row in lake_rows(tmp_path / "lake", "rides")}
     new = emulator.add_workouts(7)
