@@ -262,3 +262,55 @@ async def test_invalid_ids_and_missing_created_at_are_quarantined(make_emulator:
     seen = emulator.stats_snapshot()["by_id"]
     assert all("/" not in i and "." not in i for ids in seen.values() for i in ids)
     assert not any("passwd" in str(p) or "etc" in p.name for p in (tmp_path / "lake").rglob("*"))
+
+
+@asynccontextmanager
+async def outage(status: int = 503) -> AsyncIterator[str]:
+    """A host in an outage: every request answers ``status``."""
+
+    async def down(request: web.Request) -> web.Response:
+        return web.json_response({"status": status, "message": "Service Unavailable"},
+                                 status=status)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", down)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+    finally:
+        await runner.cleanup()
+
+
+async def test_api_down_after_login_exits_3_listing_what_failed(make_emulator: MakeEmulator,
+                                                                tmp_path: Path) -> None:
+    """Logged in, then every API request 503s: exit 3, the failed pages listed, lake intact."""
+    emulator = await make_emulator(workouts=10)
+    await run_harvest(harvest_config(emulator.url, tmp_path), "backfill")
+    before = lake_digest(tmp_path / "lake")
+    async with outage() as url:
+        config = write_config(tmp_path, url, api={"auth_url": emulator.url, "max_attempts": 2})
+        done = await run_cli_async(["refresh", "--config", str(config), "--no-progress"],
+                                   cli_env(tmp_path))
+    assert done.returncode == 3, done.stderr
+    assert "1 FAILED (retried next run)" in done.stdout
+    failures = orjson.loads((tmp_path / "lake" / "_harvester" / "failures"
+                             / f"{emulator.account.user_id}.json").read_bytes())
+    assert [(f["kind"], f["id"]) for f in failures["failures"]] == [("list", "page 0")]
+    assert "HTTP 503 server error" in failures["failures"][0]["error"]
+    after = lake_digest(tmp_path / "lake")
+    assert {k: v for k, v in after.items() if not k.startswith("_harvester")} == {
+        k: v for k, v in before.items() if not k.startswith("_harvester")}
+
+
+async def test_token_endpoint_down_exits_1_with_one_line(tmp_path: Path) -> None:
+    """The login host 503s: one line naming the request and the status, exit 1, no lake rows."""
+    async with outage() as url:
+        config = write_config(tmp_path, url, api={"max_attempts": 2})
+        done = await run_cli_async(["backfill", "--config", str(config), "--no-progress"],
+                                   cli_env(tmp_path))
+    assert done.returncode == 1, done.stderr
+    assert_one_line_error(done.stderr, "POST", "/oauth/token", "HTTP 503 server error")
+    assert not list((tmp_path / "lake").glob("workouts/**/*.jsonl"))
