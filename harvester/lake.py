@@ -143,7 +143,9 @@ class Lake:
         self.root = Path(root)
         self.compression = compression
         self._suffix = SUFFIXES[compression]
-        self._dirs: set[Path] = set()  # partition directories known to exist
+        # Partition directories known to exist, as strings: a Path costs three times
+        # the memory, and a long history has thousands of partitions.
+        self._dirs: set[str] = set()
 
     def check_writable(self) -> None:
         """Create the root if needed and prove a file can be created in it."""
@@ -309,9 +311,9 @@ class Lake:
         if self.compression == "gzip":
             data = gzip.compress(data, compresslevel=DEFAULT_GZIP_LEVEL, mtime=0)
         target = directory / f"{stem}{self._suffix}"
-        if directory not in self._dirs:
+        if str(directory) not in self._dirs:
             directory.mkdir(parents=True, exist_ok=True)
-            self._dirs.add(directory)
+            self._dirs.add(str(directory))
         temp = write_temp(target, data, 0o666)  # lake files follow the umask: readers need them
         return _Staged(temp, target, [path for path in variants if path != target])
 

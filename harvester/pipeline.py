@@ -412,6 +412,7 @@ class Harvest:
 
     async def _commit(self, results: list[WorkoutResult]) -> None:
         batch: dict[str, list[Row]] = {"performance_graphs": [], "rides": [], "workouts": []}
+        landed: list[tuple[str, int]] = []  # (id, created_at) of the workouts in the batch
         for result in results:
             self.outcome.failures.extend(result.failures)
             if result.in_progress:
@@ -423,13 +424,15 @@ class Harvest:
             if result.graph is not None:
                 batch["performance_graphs"].append(result.graph)
             batch["workouts"].append(result.workout)
+            row_id, created = str(result.workout["id"]), result.workout.get("created_at")
+            if isinstance(created, int):
+                # The listing's copy of the id when they agree (they do): one string
+                # per workout for the whole run, not two.
+                landed.append((result.ref.id if row_id == result.ref.id else row_id, created))
         if any(batch.values()):
             counts = await anyio.to_thread.run_sync(self.lake.commit, self.user_id, batch)
             self.outcome.add_rows(counts)
-            for row in batch["workouts"]:
-                created = row.get("created_at")
-                if isinstance(created, int):
-                    self.committed[str(row["id"])] = created
+            self.committed.update(landed)
         self.done += len(results)
         self._report()
 
