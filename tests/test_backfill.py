@@ -13,6 +13,7 @@ import duckdb
 import orjson
 import pytest
 
+from harvester.limiter import AdaptiveLimiter
 from harvester.run import run_harvest
 from tests.harness import comparable, harvest_config, lake_rows, stats
 
@@ -132,9 +133,25 @@ async def test_short_token_lifetime_refreshes_once_per_expiry(make_emulator: Any
     assert not report.outcome.failures  # no request failed for an expired token
 
 
-async def test_concurrency_and_rate_stay_within_limits(make_emulator: Any, tmp_path: Path) -> None:
-    """Peak concurrency <= concurrency + 2; the run's rate and every 1 s window <= rps."""
+def busiest_second(times: list[float]) -> int:
+    """Most of ``times`` (sorted) in any half-open one-second window."""
+    return max(bisect.bisect_left(times, t + 1.0) - i for i, t in enumerate(times))
+
+
+async def test_concurrency_and_rate_stay_within_limits(
+    make_emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Peak concurrency <= concurrency + 2; the limiter releases <= rps in every 1 s window,
+    and the server sees no more than that plus what the measured delivery skew explains."""
     rps = 60.0
+    released: list[float] = []
+    check_window = AdaptiveLimiter._within_window
+
+    async def recording(self: AdaptiveLimiter, slot: float) -> None:
+        await check_window(self, slot)
+        released.append(self._released[-1])  # the release time the window check counted
+
+    monkeypatch.setattr(AdaptiveLimiter, "_within_window", recording)
     emulator = await make_emulator(workouts=80, latency_ms=20.0, jitter_ms=20.0)
     config = harvest_config(emulator.url, tmp_path, harvest__concurrency=4,
                             harvest__requests_per_second=rps)
@@ -143,14 +160,18 @@ async def test_concurrency_and_rate_stay_within_limits(make_emulator: Any, tmp_p
     seen = await stats(emulator.url, arrivals=True)
     assert seen["peak_concurrency"] <= 4 + 2
     arrivals = sorted(seen["arrivals"])
-    assert len(arrivals) == seen["requests"] > 150, (seen["by_endpoint"], report.stats.by_endpoint)
+    assert len(arrivals) == seen["requests"] == len(released) > 150, seen["by_endpoint"]
     span = arrivals[-1] - arrivals[0]
     assert (len(arrivals) - 1) / span <= rps * 1.02
-    # Sliding one-second windows: never more than one second's worth of requests.
-    # Even pacing puts at most rps requests in a half-open second; the server stamps
-    # arrivals after its own scheduling, which may move one across a window edge.
-    busiest = max(bisect.bisect_left(arrivals, t + 1.0) - i for i, t in enumerate(arrivals))
-    assert busiest <= rps + 1, busiest
+    # The limiter's own guarantee, on its own clock: never more than rps in a second.
+    assert busiest_second(sorted(released)) <= rps
+    # The server stamps a request when its handler runs; this emulator shares the
+    # test's event loop (and the GIL with the commit thread), so stamps lag releases
+    # by a varying few ms. A window can gain one request per 1/rps of lag spread.
+    skews = [a - r for a, r in zip(arrivals, sorted(released), strict=True)]
+    spread = max(skews) - min(skews)
+    assert busiest_second(arrivals) <= rps + 1 + math.ceil(spread * rps), (spread, skews[:5])
+    assert spread < 0.1, spread  # stamps follow releases closely: the skew is lag, not bursts
 
 
 async def test_unknown_shapes_are_kept_raw(make_emulator: Any, tmp_path: Path) -> None:
