@@ -34,8 +34,12 @@ def write_temp(target: Path, data: bytes, mode: int) -> Path:
     tmp = target.with_name(temp_name(target.name))
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+        try:
+            view = memoryview(data)  # straight to the fd: no buffered file object per file
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

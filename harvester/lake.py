@@ -301,7 +301,9 @@ class Lake:
 
     def _stage(self, dataset: str, directory: Path, stem: str, new: dict[str, bytes]) -> _Staged:
         """Write ``directory/stem``'s rows merged with ``new`` (new wins) to a temporary file."""
-        variants = _variants(directory, stem, self._suffix)
+        # A partition directory this call creates holds no file to merge with (the
+        # usual case in a backfill): two stat calls fewer per new file.
+        variants = [] if self._made_dir(directory) else _variants(directory, stem, self._suffix)
         merged: dict[str, bytes] = {}
         for path in variants:
             for line, row in _lines(path):
@@ -311,11 +313,21 @@ class Lake:
         if self.compression == "gzip":
             data = gzip.compress(data, compresslevel=DEFAULT_GZIP_LEVEL, mtime=0)
         target = directory / f"{stem}{self._suffix}"
-        if str(directory) not in self._dirs:
-            directory.mkdir(parents=True, exist_ok=True)
-            self._dirs.add(str(directory))
         temp = write_temp(target, data, 0o666)  # lake files follow the umask: readers need them
         return _Staged(temp, target, [path for path in variants if path != target])
+
+    def _made_dir(self, directory: Path) -> bool:
+        """Make sure ``directory`` exists; True if this call created it (so it is empty)."""
+        key = str(directory)
+        if key in self._dirs:
+            return False
+        try:
+            directory.mkdir(parents=True)
+            created = True
+        except FileExistsError:
+            created = False
+        self._dirs.add(key)
+        return created
 
     def _files(self, dataset: str, user_id: str | None) -> Iterator[Path]:
         """The dataset's files, of one account or of all; never temporary files."""
