@@ -197,6 +197,13 @@ async def wrong_server(user_id: str, workouts_body: bytes) -> AsyncIterator[str]
     app.router.add_get("/api/me", me)
     app.router.add_get("/api/user/{id}/workouts", workouts)
     app.router.add_route("*", "/{tail:.*}", page)
+    async with served(app) as url:
+        yield url
+
+
+@asynccontextmanager
+async def served(app: web.Application) -> AsyncIterator[str]:
+    """``app`` on a free loopback port: its base URL."""
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -274,14 +281,8 @@ async def outage(status: int = 503) -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", down)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
-    finally:
-        await runner.cleanup()
+    async with served(app) as url:
+        yield url
 
 
 async def test_api_down_after_login_exits_3_listing_what_failed(make_emulator: MakeEmulator,
