@@ -46,9 +46,9 @@ EMULATOR_CORES = {0}
 CLIENT_CORES = {1} if CORES > 1 else {0}
 
 FULL = {"rate": 1000, "latency": 1000, "versus": 300, "cpu": 2000, "mem_small": 2000,
-        "mem_large": 20000, "refresh": 500}
+        "mem_large": 20000, "refresh": 500, "repeats": 3}
 QUICK = {"rate": 50, "latency": 50, "versus": 20, "cpu": 50, "mem_small": 50,
-         "mem_large": 200, "refresh": 50}
+         "mem_large": 200, "refresh": 50, "repeats": 1}
 
 
 def _pin(cores: set[int]) -> Any:
@@ -240,58 +240,90 @@ def warm(emu: Emulator, tmp: Path) -> None:
     emu.reset()
 
 
-def scenario_latency(tmp: Path, n: int) -> dict[str, Any]:
-    """Latency-bound: 32 requests always in flight at 50 ms each is 640 req/s."""
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2]
+
+
+def scenario_latency(tmp: Path, n: int, repeats: int) -> dict[str, Any]:
+    """Latency-bound: 32 requests always in flight at 50 ms each is 640 req/s.
+
+    The harvester runs ``repeats`` times (fresh lake each) and the median run counts:
+    on this shared VM one process's speed varies by a quarter from run to run."""
+    ideal = 32 / 0.05
+    runs: list[dict[str, Any]] = []
     with emulator(n, latency_ms=50) as emu:
         warm(emu, tmp)
-        child = Harvester(tmp / "latency", emu.url, concurrency=32, rps=NO_LIMIT_RPS).run()
-        stats = emu.stats(arrivals=True)
-    requests, arrivals = stats["requests"], stats["arrivals"]
-    ideal = 32 / 0.05
-    achieved = requests / child.wall_s
-    ratio = achieved / ideal
-    window = arrivals[-1] - arrivals[0] + 0.05 if arrivals else float("nan")
+        for i in range(repeats):
+            emu.reset()
+            child = Harvester(tmp / f"latency-{i}", emu.url, concurrency=32, rps=NO_LIMIT_RPS).run()
+            stats = emu.stats(arrivals=True)
+            arrivals = stats["arrivals"]
+            window = arrivals[-1] - arrivals[0] + 0.05 if arrivals else float("nan")
+            runs.append({"requests": stats["requests"], "peak_concurrency": stats["peak_concurrency"],
+                         "ratio": stats["requests"] / child.wall_s / ideal,
+                         "request_window_s": round(window, 3),
+                         "ratio_over_request_window": round(stats["requests"] / window / ideal, 3),
+                         "process": child.figures()})
+    ratios = [run["ratio"] for run in runs]
+    ratio = _median(ratios)
+    middle = next(run for run in runs if run["ratio"] == ratio)
+    achieved = ratio * ideal
     return {
         "setup": f"{n} workouts, 50 ms emulator latency, no limit, concurrency 32",
         "figure": "achieved req/s / (32 / 0.05 s)",
         "value": round(ratio, 3), "target": ">= 0.85", "holds": ratio >= 0.85,
-        "shown": f"{ratio:.3f} ({achieved:.0f} req/s of 640)",
-        "requests": requests, "achieved_rps": round(achieved, 1),
-        "peak_concurrency": stats["peak_concurrency"], "process": child.figures(),
-        "request_window_s": round(window, 3),
-        "ratio_over_request_window": round(requests / window / ideal, 3),
+        "shown": f"{ratio:.3f} ({achieved:.0f} req/s of 640; median of {repeats} runs, "
+                 f"{min(ratios):.3f}-{max(ratios):.3f})",
+        "requests": middle["requests"], "achieved_rps": round(achieved, 1),
+        "peak_concurrency": middle["peak_concurrency"], "process": middle["process"],
+        "request_window_s": middle["request_window_s"],
+        "ratio_over_request_window": middle["ratio_over_request_window"],
+        "runs": [{**run, "ratio": round(run["ratio"], 3)} for run in runs],
     }
 
 
-def scenario_versus(tmp: Path, n: int) -> dict[str, Any]:
-    """Against pylotoncycle 0.9.5: GetRecentWorkouts(n) vs our backfill of the same account."""
+def scenario_versus(tmp: Path, n: int, repeats: int) -> dict[str, Any]:
+    """Against pylotoncycle 0.9.5: GetRecentWorkouts(n) vs our backfill of the same account.
+
+    pylotoncycle runs once (its time is network-bound: one request at a time); our
+    backfill runs ``repeats`` times, each on a fresh lake, and the median counts."""
     with emulator(n, latency_ms=50) as emu:
         warm(emu, tmp)
         theirs = measure([PYTHON, str(Path(__file__).resolve()), "_pyloton", emu.url, str(n)])
         if theirs.returncode != 0:
             raise RuntimeError(f"pylotoncycle run failed: {theirs.stderr[-2000:]}")
         call = json.loads(theirs.stdout.strip().splitlines()[-1])
-        emu.reset()
-        ours = Harvester(tmp / "versus", emu.url, concurrency=32, rps=NO_LIMIT_RPS).run()
+        ours: list[Child] = []
+        for i in range(repeats):
+            emu.reset()
+            ours.append(Harvester(tmp / f"versus-{i}", emu.url, concurrency=32, rps=NO_LIMIT_RPS).run())
         our_requests = emu.stats()["requests"]
         # The same backfill with 64 in flight: what the design does when the server allows it.
-        wide = Harvester(tmp / "versus-64", emu.url, concurrency=64, rps=NO_LIMIT_RPS).run()
-    ratio = call["call_s"] / ours.wall_s
+        wide = [Harvester(tmp / f"versus-64-{i}", emu.url, concurrency=64, rps=NO_LIMIT_RPS).run()
+                for i in range(repeats)]
+    walls = [child.wall_s for child in ours]
+    wall = _median(walls)
+    wide_wall = _median([child.wall_s for child in wide])
+    ratio = call["call_s"] / wall
     # At 32 in flight our requests alone take requests / 640 s; add the serial start.
     floor_s = our_requests / (32 / 0.05)
     return {
         "setup": f"{n} workouts, 50 ms latency; ours: fresh lake, concurrency 32, no limit",
         "figure": f"pylotoncycle GetRecentWorkouts({n}) wall / our backfill wall",
         "value": round(ratio, 2), "target": ">= 20", "holds": ratio >= 20,
-        "shown": f"{ratio:.1f} ({call['call_s']:.1f} s vs {ours.wall_s:.2f} s)",
+        "shown": f"{ratio:.1f} ({call['call_s']:.1f} s vs {wall:.2f} s, median of {repeats}: "
+                 f"{call['call_s'] / max(walls):.1f}-{call['call_s'] / min(walls):.1f})",
         "pylotoncycle": {"call_s": round(call["call_s"], 3), "requests": call["requests"],
                          "process": theirs.figures()},
-        "ours": {"requests": our_requests, "process": ours.figures()},
-        "whole_process_ratio": round(theirs.wall_s / ours.wall_s, 2),
+        "ours": {"requests": our_requests, "wall_s": round(wall, 3),
+                 "runs": [child.figures() for child in ours]},
+        "whole_process_ratio": round(theirs.wall_s / wall, 2),
         "requests_at_32_in_flight_s": round(floor_s, 3),
         "ratio_if_only_requests_at_32": round(call["call_s"] / floor_s, 2),
-        "concurrency_64": {"wall_s": round(wide.wall_s, 3),
-                           "ratio": round(call["call_s"] / wide.wall_s, 2)},
+        "concurrency_64": {"wall_s": round(wide_wall, 3),
+                           "ratio": round(call["call_s"] / wide_wall, 2),
+                           "runs": [child.figures() for child in wide]},
     }
 
 
@@ -558,8 +590,8 @@ def main(argv: list[str]) -> int:
     started = time.time()
     plan = {
         "rate": lambda tmp: scenario_rate(tmp, sizes["rate"]),
-        "latency": lambda tmp: scenario_latency(tmp, sizes["latency"]),
-        "versus": lambda tmp: scenario_versus(tmp, sizes["versus"]),
+        "latency": lambda tmp: scenario_latency(tmp, sizes["latency"], sizes["repeats"]),
+        "versus": lambda tmp: scenario_versus(tmp, sizes["versus"], sizes["repeats"]),
         "cpu": lambda tmp: scenario_cpu(tmp, sizes["cpu"]),
         "memory": lambda tmp: scenario_memory(tmp, sizes["mem_small"], sizes["mem_large"]),
         "refresh": lambda tmp: scenario_refresh(tmp, sizes["refresh"]),
