@@ -34,7 +34,7 @@ EXIT_USAGE = 2
 
 
 def entry() -> NoReturn:
-    """The console script and ``python -m harvester``: ``main``, then a quick exit.
+    """What the console script and ``python -m harvester`` run: ``main``, then a quick exit.
 
     When ``main`` returns, the run has committed, synced and closed everything it
     wrote; what is left of the process is the interpreter unloading aiohttp and the
