@@ -393,12 +393,15 @@ def scenario_cpu(tmp: Path, n: int) -> dict[str, Any]:
     per_k_ours = ours.cpu_s / n * 1000
     per_k_bare = bare.cpu_s / n * 1000
     ratio = ours.cpu_s / bare.cpu_s
+    # What any harvester writing this lake must spend on top of the bare loop.
+    floor_ratio = (bare.cpu_s + files.get("write_cpu_s", 0.0) + files.get("decode_cpu_s", 0.0)) / bare.cpu_s
     return {
         "setup": f"{n} workouts, zero latency, no limit, concurrency 32",
         "figure": "CPU s (user + sys) per 1,000 workouts; / bare aiohttp loop",
         "value": round(ratio, 3), "target": "ratio <= 1.5", "holds": ratio <= 1.5,
         "shown": f"{per_k_ours:.2f} s vs {per_k_bare:.2f} s per 1,000: ratio {ratio:.2f} "
-                 f"(lake files alone: {floor.cpu_s / n * 1000:.2f} s per 1,000)",
+                 f"(bare loop + writing the lake's files + one decode of the JSON: {floor_ratio:.2f})",
+        "floor_ratio": round(floor_ratio, 3),
         "harvester_cpu_s_per_1000": round(per_k_ours, 3),
         "bare_cpu_s_per_1000": round(per_k_bare, 3),
         "harvester": {"requests": our_stats["requests"], "by_endpoint": our_stats["by_endpoint"],
@@ -521,8 +524,20 @@ def files_main(lake: str, out: str) -> int:
     for tmp, target in staged:
         os.replace(tmp, target)
     sync_filesystem(Path(out))
-    print(json.dumps({"files": len(blobs), "bytes": sum(len(d) for _, d in blobs),
-                      "write_cpu_s": round(time.process_time() - started, 3)}))
+    write_cpu = time.process_time() - started
+    # Decoding the same JSON once, row by row, as the harvester must decode each body
+    # to know it is whole and to read created_at and the ride id.
+    import orjson
+
+    started = time.process_time()
+    rows = 0
+    for _, data in blobs:
+        for line in data.splitlines():
+            orjson.loads(line)
+            rows += 1
+    print(json.dumps({"files": len(blobs), "bytes": sum(len(d) for _, d in blobs), "rows": rows,
+                      "write_cpu_s": round(write_cpu, 3),
+                      "decode_cpu_s": round(time.process_time() - started, 3)}))
     return 0
 
 
