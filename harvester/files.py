@@ -11,8 +11,7 @@ many files and makes them durable together with ``sync_filesystem`` (one
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
+import functools
 import os
 import re
 import secrets
@@ -73,9 +72,12 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _load_syncfs() -> Callable[[int], int] | None:
+@functools.cache  # on the first commit, in its thread: ctypes is 4 ms of start-up otherwise
+def _syncfs() -> Callable[[int], int] | None:
     if not sys.platform.startswith("linux"):
         return None
+    import ctypes.util
+
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
         syncfs = libc.syncfs
@@ -86,17 +88,17 @@ def _load_syncfs() -> Callable[[int], int] | None:
     return cast(Callable[[int], int], syncfs)
 
 
-_SYNCFS = _load_syncfs()
-
-
 def sync_filesystem(path: Path) -> None:
     """Make everything written to ``path``'s filesystem durable (``syncfs``; ``sync`` elsewhere)."""
-    if _SYNCFS is None:
+    syncfs = _syncfs()
+    if syncfs is None:
         os.sync()
         return
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        if _SYNCFS(fd) != 0:
+        if syncfs(fd) != 0:
+            import ctypes
+
             errno = ctypes.get_errno()
             raise OSError(errno, os.strerror(errno))
     finally:
