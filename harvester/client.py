@@ -13,6 +13,7 @@ they never hold request bodies, headers, cookies or tokens.
 
 from __future__ import annotations
 
+import email.utils
 import logging
 import random
 import time
@@ -270,7 +271,6 @@ def _decode_object(method: str, url: str, status: int, body: bytes) -> JsonObjec
     try:
         value = orjson.loads(body)  # the usual case first: the error texts cost more than it
     except orjson.JSONDecodeError:
-        value = None
         text = body.lstrip()
         path = _path(url)
         if not text:
@@ -300,8 +300,6 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         return max(float(text), 0.0)
     except ValueError:
         pass
-    import email.utils  # here, not at the top: an HTTP-date Retry-After is rare; 8 ms of start-up
-
     try:
         when = email.utils.parsedate_to_datetime(text)
     except (TypeError, ValueError):
