@@ -116,6 +116,19 @@ class _Reply:
     location: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class _Request:
+    """One logical request, the same on every attempt."""
+
+    method: str
+    url: str
+    endpoint: str  # the name it is counted under in RequestStats
+    params: Mapping[str, str] | None
+    headers: Mapping[str, str]
+    json: object
+    data: Mapping[str, str] | None
+
+
 class HttpClient:
     """JSON over one shared ClientSession, with pacing, retries and error translation."""
 
@@ -151,12 +164,13 @@ class HttpClient:
         data: Mapping[str, str] | None = None,
     ) -> JsonObject:
         """Send until a JSON object comes back or the policy gives up."""
-        send = {**BASE_HEADERS, **(headers or {})}
+        request = _Request(method, url, endpoint, params, {**BASE_HEADERS, **(headers or {})},
+                           json, data)
         attempt = 0
         while True:
             attempt += 1
             try:
-                return await self._attempt(method, url, endpoint, params, send, json, data)
+                return await self._attempt(request)
             except ApiError as exc:
                 if not self.policy.should_retry(exc, attempt):
                     if not isinstance(exc, UnauthorizedError):  # the api layer recovers those
@@ -168,20 +182,12 @@ class HttpClient:
                           self.policy.max_attempts - 1, delay)
                 await self._sleep(delay)
 
-    async def _attempt(
-        self,
-        method: str,
-        url: str,
-        endpoint: str,
-        params: Mapping[str, str] | None,
-        headers: Mapping[str, str],
-        json: object,
-        data: Mapping[str, str] | None,
-    ) -> JsonObject:
+    async def _attempt(self, request: _Request) -> JsonObject:
+        method, url, endpoint = request.method, request.url, request.endpoint
         async with self._limiter:
             self.stats.requests += 1
             self.stats.by_endpoint[endpoint] = self.stats.by_endpoint.get(endpoint, 0) + 1
-            reply = await self._send(method, url, params, headers, json, data)
+            reply = await self._send(request)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s %s -> HTTP %d, %d bytes", method, _path(url), reply.status, len(reply.body))
         if reply.status == 429:
@@ -195,26 +201,18 @@ class HttpClient:
         self._limiter.on_success()
         return result
 
-    async def _send(
-        self,
-        method: str,
-        url: str,
-        params: Mapping[str, str] | None,
-        headers: Mapping[str, str],
-        json: object,
-        data: Mapping[str, str] | None,
-    ) -> _Reply:
+    async def _send(self, request: _Request) -> _Reply:
         try:
             async with self._session.request(
-                method, url, params=params, headers=headers, json=json, data=data,
-                timeout=self._timeout, allow_redirects=False,
+                request.method, request.url, params=request.params, headers=request.headers,
+                json=request.json, data=request.data, timeout=self._timeout, allow_redirects=False,
             ) as resp:
                 body = await resp.read()
                 return _Reply(
                     resp.status, body, resp.headers.get("Retry-After"), resp.headers.get("Location")
                 )
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise translate_exception(exc, method, url, self._timeout.total) from exc
+            raise translate_exception(exc, request.method, request.url, self._timeout.total) from exc
 
 
 def translate_exception(
