@@ -26,7 +26,6 @@ PROFILES: dict[str, tuple[tuple[float, str], ...]] = {
         (0.02, "slow"),
     ),
 }
-FAULT_KINDS = ("500", "502", "503", "reset", "empty", "truncated", "slow")
 
 
 class TokenBucket:

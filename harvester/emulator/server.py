@@ -80,10 +80,6 @@ class Emulator:
     def add_workouts(self, count: int = 1) -> list[str]:
         return [w.id for w in self.state.add_workouts(count)]
 
-    def complete_in_progress(self) -> str | None:
-        w = self.account.complete(self.state.now())
-        return w.id if w else None
-
     def update_settings(self, **changes: Any) -> EmulatorSettings:
         change_settings(self.state, changes)
         return self.settings

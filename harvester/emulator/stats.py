@@ -6,21 +6,6 @@ from array import array
 from collections import Counter, defaultdict
 from typing import Any
 
-ENDPOINTS = (
-    "token",
-    "login",
-    "me",
-    "user",
-    "overview",
-    "workouts",
-    "workout",
-    "performance_graph",
-    "ride",
-    "ride_details",
-    "instructors",
-    "instructor",
-    "metadata_mappings",
-)
 # Endpoints whose per-id counts are kept (to check "fetched once").
 BY_ID_ENDPOINTS = frozenset({"workout", "performance_graph", "ride", "ride_details", "instructor"})
 
