@@ -491,18 +491,10 @@ def scenario_refresh(tmp: Path, n: int) -> dict[str, Any]:
 
 
 def pyloton_main(base: str, n: int) -> int:
-    from pylotoncycle import PylotonCycle
+    sys.path.insert(0, str(ROOT))  # tests/pyloton.py: pylotoncycle pointed at the emulator
+    from tests.pyloton import pointed
 
-    class Pointed(PylotonCycle):  # type: ignore[misc]
-        @property
-        def base_url(self) -> str:
-            return base
-
-        @base_url.setter
-        def base_url(self, _ignored: str) -> None:
-            pass
-
-    conn = Pointed(USERNAME, PASSWORD, token_url=f"{base}/oauth/token")
+    conn = pointed(base, USERNAME, PASSWORD)
     started = time.perf_counter()
     workouts = conn.GetRecentWorkouts(n)
     elapsed = time.perf_counter() - started

@@ -13,10 +13,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from pylotoncycle import PylotonCycle
 from pylotoncycle.parser import ParseCyclingMetrics
 
 from harvester.emulator.settings import DEFAULT_PASSWORD, DEFAULT_USERNAME
+from tests.pyloton import pointed
 
 WORKOUTS = 230  # more than two pages of 100, with a partial last page
 
@@ -51,16 +51,7 @@ def base_url() -> Iterator[str]:
 
 
 def connect(base_url: str) -> Any:
-    class Pointed(PylotonCycle):  # type: ignore[misc]
-        @property
-        def base_url(self) -> str:
-            return base_url
-
-        @base_url.setter
-        def base_url(self, _ignored: str) -> None:
-            pass
-
-    return Pointed(DEFAULT_USERNAME, DEFAULT_PASSWORD, token_url=f"{base_url}/oauth/token")
+    return pointed(base_url, DEFAULT_USERNAME, DEFAULT_PASSWORD)
 
 
 @pytest.fixture(scope="module")
