@@ -3,6 +3,11 @@
 Precedence, lowest first: built-in defaults, the TOML file, command-line overrides.
 Secrets come only from the environment (``PELOTON_*``), never from a file or argv.
 Every problem is a :class:`ConfigError` whose one-line message names the key.
+
+Relative paths (``output.root``, ``auth.token_cache``) in a config file, or left
+at their defaults when a config file is read, resolve against the file's folder,
+so a cron job finds the same lake whatever its working directory; ``~`` expands.
+Paths given on the command line (``--out``) stay relative to the working directory.
 """
 
 from __future__ import annotations
@@ -24,6 +29,18 @@ DEFAULT_CLIENT_ID = "mgsmWCD0A8Qn6uz6mmqI6qeBNHH9IPwS"
 ALL_DATASETS = ("workouts", "performance_graphs", "rides", "instructors", "profiles")
 AUTH_METHODS = ("password", "token", "session")
 COMPRESSIONS = ("none", "gzip")
+DEFAULT_KEEP_RUNS = 200
+PATH_KEYS = (("output", "root"), ("auth", "token_cache"))  # resolved against the config's folder
+# Keys people try for secrets, and the variable that holds each instead.
+SECRET_KEYS = {
+    "username": "PELOTON_USERNAME",
+    "user": "PELOTON_USERNAME",
+    "email": "PELOTON_USERNAME",
+    "password": "PELOTON_PASSWORD",
+    "access_token": "PELOTON_ACCESS_TOKEN",
+    "token": "PELOTON_ACCESS_TOKEN",
+    "refresh_token": "PELOTON_REFRESH_TOKEN",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +76,7 @@ class HarvestConfig:
 class OutputConfig:
     root: str = "./peloton-lake"
     compression: str = "none"
+    keep_runs: int = DEFAULT_KEEP_RUNS
 
     @property
     def root_path(self) -> Path:
@@ -122,10 +140,12 @@ def load_config(
     """
     env = os.environ if env is None else env
     raw: dict[str, Any] = {}
+    if path is None and search_default and DEFAULT_CONFIG_PATH.is_file():
+        path = DEFAULT_CONFIG_PATH
     if path is not None:
         raw = _read_toml(path)
-    elif search_default and DEFAULT_CONFIG_PATH.is_file():
-        raw = _read_toml(DEFAULT_CONFIG_PATH)
+        _check_no_secrets(raw, path)
+        _resolve_paths(raw, path.expanduser().absolute().parent)
     for dotted, value in (overrides or {}).items():
         section, key = dotted.split(".", 1)
         raw.setdefault(section, {})[key] = value
@@ -145,6 +165,42 @@ def _read_toml(path: Path) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: TOML syntax error: {_with_line(str(exc), text)}") from None
+
+
+def _check_no_secrets(raw: dict[str, Any], path: Path) -> None:
+    """A secret in the file is refused with the variable to set; its value is never shown."""
+    for section, values in raw.items():
+        if not isinstance(values, dict):
+            continue
+        for key in values:
+            variable = SECRET_KEYS.get(str(key).lower())
+            if variable is not None:
+                raise ConfigError(
+                    f"config key {section}.{key} in {path}: secrets come from the environment: "
+                    f"set {variable} (and remove the key from the file)"
+                )
+
+
+def _resolve_paths(raw: dict[str, Any], folder: Path) -> None:
+    """Make the relative path keys absolute against ``folder``, defaults included."""
+    defaults = Config()
+    for section, key in PATH_KEYS:
+        values = raw.get(section)
+        if values is not None and not isinstance(values, dict):
+            continue  # _build names the mistake
+        value = (values or {}).get(key, getattr(getattr(defaults, section), key))
+        if isinstance(value, str) and value:
+            raw.setdefault(section, {})[key] = resolve_path(value, folder)
+
+
+def resolve_path(value: str, folder: Path) -> str:
+    """``value`` with ``~`` expanded and, when relative, anchored at ``folder``; URLs unchanged."""
+    if "://" in value:
+        return value
+    expanded = Path(value).expanduser()
+    if expanded.is_absolute():
+        return str(expanded)
+    return os.path.normpath(folder / expanded)
 
 
 def _with_line(message: str, text: str) -> str:
@@ -232,6 +288,7 @@ def validate(config: Config) -> None:
     _require(output.compression in COMPRESSIONS,
              f"output.compression must be 'none' or 'gzip', got {output.compression!r}")
     _require(bool(output.root), "output.root must not be empty")
+    _require(1 <= output.keep_runs <= 1_000_000, "output.keep_runs must be between 1 and 1000000")
 
 
 def require_credentials(config: Config) -> None:

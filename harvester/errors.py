@@ -2,28 +2,32 @@
 
     HarvesterError                    exit 1 unless a subclass says otherwise
     ├── ConfigError                   exit 2: bad config file, key, value or missing credential
+    │   └── UsageError                exit 2: a bad command line (never echoes what was typed)
     ├── AuthError                     exit 4: wrong credentials, expired tokens
     │   └── LegacyLoginGoneError      /auth/login answers 403 "no longer accepting requests"
-    ├── ApiError                      a request that did not give usable JSON
-    │   ├── TransientApiError         worth retrying: 5xx, resets, timeouts, empty/truncated bodies
+    ├── ApiError                      exit 2: a request that did not give usable JSON
+    │   ├── TransientApiError         exit 75, worth retrying: 5xx, resets, timeouts, empty/truncated
     │   │   ├── RateLimitedError      429, with the server's Retry-After when it sent one
-    │   │   └── UnreachableError      exit 2: DNS failure, connection refused, host unreachable
+    │   │   └── UnreachableError      DNS failure, connection refused, host or network unreachable
     │   └── PermanentApiError         not worth retrying: 4xx, a body that is not the expected JSON
     │       ├── NotFoundError         404 for an unknown id
-    │       ├── TlsError              exit 2: certificate or handshake failure
-    │       └── UnexpectedResponseError  exit 2: a 200 that is HTML, not an object, lacks `data`
+    │       ├── TlsError              certificate or handshake failure
+    │       └── UnexpectedResponseError  a 200 that is HTML, not an object, lacks `data`
     ├── LakeError                     exit 2: output root not writable, corrupt lake file
     └── StateError                    exit 2: state unreadable
-        └── LockedError               another run holds the lake's lock
+        ├── LockedError               exit 75: another run holds the lake's lock
+        └── NeedsBackfillError        exit 2: refresh on a lake with data but no state for the account
 
 Whether an ApiError is retried is decided by its class, nowhere else. Every
 message is one line a user can act on, and never contains a secret.
 
 An ApiError only decides the exit code when it stops a whole run (at login,
 ``/api/me``, or outside any item): failures of single items are recorded and
-give exit 3. The exit-2 ApiErrors are the ones whose cure is the configuration
-or the machine's network setup (``api.base_url``, proxy, CA certificates),
-not the harvester's code.
+give exit 3. Exit 75 (EX_TEMPFAIL) means "try again later": the network or
+Peloton is down or throttling, or another run holds the lake; cron and
+orchestrators retry on it. Exit 2 means the user must fix something first
+(``api.base_url``, proxy, CA certificates, the config). Neither is ever 1,
+which is kept for bugs.
 """
 
 from __future__ import annotations
@@ -35,10 +39,17 @@ class HarvesterError(Exception):
     exit_code = 1
 
 
+EXIT_TEMPORARY = 75  # sysexits.h EX_TEMPFAIL: what cron wrappers and orchestrators retry on
+
+
 class ConfigError(HarvesterError):
     """Invalid configuration, command line or missing credentials."""
 
     exit_code = 2
+
+
+class UsageError(ConfigError):
+    """A command line argparse refused; the message never repeats a typed value."""
 
 
 class AuthError(HarvesterError):
@@ -54,6 +65,8 @@ class LegacyLoginGoneError(AuthError):
 class ApiError(HarvesterError):
     """A request did not produce usable JSON."""
 
+    exit_code = 2
+
     def __init__(self, message: str, *, status: int | None = None, url: str = "") -> None:
         super().__init__(message)
         self.status = status
@@ -62,6 +75,8 @@ class ApiError(HarvesterError):
 
 class TransientApiError(ApiError):
     """A failure that may well succeed if the request is repeated."""
+
+    exit_code = EXIT_TEMPORARY
 
 
 class RateLimitedError(TransientApiError):
@@ -76,9 +91,7 @@ class RateLimitedError(TransientApiError):
 
 
 class UnreachableError(TransientApiError):
-    """No connection at all: unknown host, refused, unreachable (often a wrong base URL)."""
-
-    exit_code = 2
+    """No connection at all: unknown host, refused, unreachable (the network or the host is down)."""
 
 
 class PermanentApiError(ApiError):
@@ -92,13 +105,9 @@ class NotFoundError(PermanentApiError):
 class TlsError(PermanentApiError):
     """The TLS handshake or certificate check failed: retrying will not help."""
 
-    exit_code = 2
-
 
 class UnexpectedResponseError(PermanentApiError):
     """A success answer that is not the Peloton API's JSON (HTML, a list, no ``data``)."""
-
-    exit_code = 2
 
 
 class LakeError(HarvesterError):
@@ -114,4 +123,22 @@ class StateError(HarvesterError):
 
 
 class LockedError(StateError):
-    """Another run holds the lake's lock."""
+    """Another run holds the lake's lock: try again once it has finished."""
+
+    exit_code = EXIT_TEMPORARY
+
+
+class NeedsBackfillError(StateError):
+    """``refresh`` found a lake with data but no state for the account: run ``backfill``."""
+
+
+def first_harvester_error(exc: BaseException) -> HarvesterError | None:
+    """The error that stopped a run, also when task groups wrapped it in groups."""
+    if isinstance(exc, HarvesterError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = first_harvester_error(inner)
+            if found is not None:
+                return found
+    return None

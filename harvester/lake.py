@@ -30,6 +30,7 @@ import gzip
 import math
 import os
 import re
+import threading
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -146,6 +147,15 @@ class Lake:
         # Partition directories known to exist, as strings: a Path costs three times
         # the memory, and a long history has thousands of partitions.
         self._dirs: set[str] = set()
+        # dataset -> {"new": rows whose key the file lacked, "changed": rows that differ
+        # from the stored version beyond _harvested_at}: what the summary reports.
+        self.tally: dict[str, dict[str, int]] = {}
+        self._tally_lock = threading.Lock()  # the daily datasets commit beside the writer
+
+    def has_workouts(self, user_id: str) -> bool:
+        """Whether the lake holds any workout file of the account."""
+        check_user_id(user_id)
+        return next(self._files("workouts", user_id), None) is not None
 
     def check_writable(self) -> None:
         """Create the root if needed and prove a file can be created in it."""
@@ -308,6 +318,7 @@ class Lake:
         for path in variants:
             for line, row in _lines(path):
                 merged[_stored_key(dataset, row, path)] = line
+        self._count(dataset, merged, new)
         merged.update(new)
         data = b"".join(merged[key] for key in sorted(merged))
         if self.compression == "gzip":
@@ -315,6 +326,21 @@ class Lake:
         target = directory / f"{stem}{self._suffix}"
         temp = write_temp(target, data, 0o666)  # lake files follow the umask: readers need them
         return _Staged(temp, target, [path for path in variants if path != target])
+
+    def _count(self, dataset: str, stored: dict[str, bytes], new: dict[str, bytes]) -> None:
+        """Add ``new``'s rows to the tally: new keys, and known keys whose content changed."""
+        fresh = changed = 0
+        for key, line in new.items():
+            before = stored.get(key)
+            if before is None:
+                fresh += 1
+            elif before != line and _content(before) != _content(line):
+                changed += 1
+        if fresh or changed:
+            with self._tally_lock:
+                tally = self.tally.setdefault(dataset, {"new": 0, "changed": 0})
+                tally["new"] += fresh
+                tally["changed"] += changed
 
     def _made_dir(self, directory: Path) -> bool:
         """Make sure ``directory`` exists; True if this call created it (so it is empty)."""
@@ -416,6 +442,14 @@ def _lines(path: Path) -> Iterator[tuple[bytes, Row]]:
 def _rows(path: Path) -> Iterator[Row]:
     for _, row in _lines(path):
         yield row
+
+
+def _content(line: bytes) -> object:
+    """A row without its ``_harvested_at`` stamp, to tell a changed row from a re-fetched one."""
+    row = orjson.loads(line)
+    if isinstance(row, dict):
+        row.pop("_harvested_at", None)
+    return row
 
 
 def _stored_key(dataset: str, row: Row, path: Path) -> str:

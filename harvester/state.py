@@ -3,7 +3,8 @@
     _harvester/lock                      RunLock: flock'ed by the running harvest; names holder
     _harvester/state/<user_id>.json      AccountState: watermark, daily snapshots, failures, resume
     _harvester/failures/<user_id>.json   the items the last run could not fetch, for people to read
-    _harvester/runs/<UTC stamp>-<run_id>.json   one manifest per run
+    _harvester/runs/<UTC stamp>-<run_id>.json   one manifest per run (failed ones too),
+                                         the oldest pruned beyond ``output.keep_runs``
 
 Every file is written atomically (temporary name, fsync, rename) with mode 0600,
 in directories of mode 0700: state can name the account and its history.
@@ -16,7 +17,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -153,6 +154,10 @@ class StateStore:
             raise StateError(f"state file {path} belongs to account {state.user_id!r:.40}")
         return state
 
+    def exists(self, user_id: str) -> bool:
+        """Whether the account has a state file (a run has recorded it before)."""
+        return self._state_path(user_id).is_file()
+
     def save(self, state: AccountState) -> None:
         """Replace the account's state file atomically."""
         self._write(self._state_path(state.user_id), state.to_dict())
@@ -164,30 +169,61 @@ class StateStore:
             return []
         return sorted(p.stem for p in directory.glob("*.json") if _HEX32.fullmatch(p.stem))
 
-    def write_manifest(self, manifest: Mapping[str, object]) -> Path:
-        """Write a run's manifest as ``runs/<UTC yyyymmddThhmmssZ>-<run_id>.json``."""
-        run_id = manifest.get("run_id")
+    def manifest_path(self, run_id: str) -> Path:
+        """Where the manifest of ``run_id`` goes: ``runs/<UTC yyyymmddThhmmssZ>-<run_id>.json``."""
         if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
             raise StateError(f"manifest run_id {run_id!r:.40} is not a short word")
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self.now()))
-        path = self.dir / "runs" / f"{stamp}-{run_id}.json"
+        return self.dir / "runs" / f"{stamp}-{run_id}.json"
+
+    def write_manifest(
+        self, manifest: Mapping[str, object], *, keep: int | None = None, path: Path | None = None,
+    ) -> Path:
+        """Write a run's manifest (at ``path``, else a new name), then keep the newest ``keep``."""
+        if path is None:
+            path = self.manifest_path(str(manifest.get("run_id")))
         self._write(path, dict(manifest))
+        if keep is not None:
+            self.prune_manifests(keep)
         return path
+
+    def prune_manifests(self, keep: int) -> int:
+        """Delete all but the newest ``keep`` manifests; how many went."""
+        paths = self._manifest_paths()
+        doomed = paths[:-keep] if keep > 0 else paths
+        for path in doomed:
+            path.unlink(missing_ok=True)
+        return len(doomed)
+
+    def manifests(self, user_id: str | None = None) -> Iterator[tuple[Path, dict[str, object]]]:
+        """Manifests, newest first; with ``user_id``, that account's and those of runs
+        that stopped before their account was known (``user_id`` null)."""
+        if user_id is not None:
+            _check_user_id(user_id)
+        for path in reversed(self._manifest_paths()):
+            try:
+                manifest = _read_json(path)
+            except StateError:
+                continue  # pruned by a concurrent run since listed, or not ours to judge
+            if not isinstance(manifest, dict):
+                continue
+            if user_id is None or manifest.get("user_id") in (user_id, None):
+                yield path, {str(k): v for k, v in manifest.items()}
 
     def latest_manifest(self, user_id: str) -> dict[str, object] | None:
         """The newest manifest of the account's runs, or None."""
         _check_user_id(user_id)
+        for _, manifest in self.manifests(user_id):
+            if manifest.get("user_id") == user_id:
+                return manifest
+        return None
+
+    def _manifest_paths(self) -> list[Path]:
+        """Manifest files, oldest first: names start with the UTC time, so name order is time."""
         directory = self.dir / "runs"
         if not directory.is_dir():
-            return None
-        # Names start with the UTC time, so name order is time order.
-        for path in sorted(directory.glob("*.json"), reverse=True):
-            if path.name.startswith("."):
-                continue
-            manifest = _read_json(path)
-            if isinstance(manifest, dict) and manifest.get("user_id") == user_id:
-                return {str(k): v for k, v in manifest.items()}
-        return None
+            return []
+        return sorted(p for p in directory.glob("*.json") if not p.name.startswith("."))
 
     def write_failures(self, user_id: str, failures: Sequence[FailedItem]) -> None:
         """The account's outstanding failures, pretty-printed for people to read."""
@@ -267,6 +303,25 @@ class RunLock:
         self._fd = fd
         return self
 
+    @staticmethod
+    def holder(root: Path) -> dict[str, object] | None:
+        """The running holder named in the lock file, without touching the lock; None if free.
+
+        A killed holder's details stay in the file; it counts as running only when
+        its pid is alive on this host (on another host it is taken at its word).
+        """
+        try:
+            info = orjson.loads((Path(root) / STATE_DIR / "lock").read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            return None
+        if not isinstance(info, dict):
+            return None
+        pid = info.get("pid")
+        dead = not isinstance(pid, int) or isinstance(pid, bool) or not _alive(pid)
+        if info.get("host") == socket.gethostname() and dead:
+            return None
+        return {str(k): v for k, v in info.items()}
+
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None,
         tb: TracebackType | None,
@@ -294,6 +349,16 @@ def _describe_holder(fd: int) -> str:
         return "a process that has not yet written its details"  # it is between lock and write
     return (f"pid {info.get('pid', '?')} on host {info.get('host', '?')}, "
             f"`{info.get('command', '?')}`, since {info.get('started_at', '?')}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    return pid > 0
 
 
 def _check_user_id(user_id: str) -> str:

@@ -20,6 +20,10 @@ ALLOWED: dict[str, set[str]] = {
     "state": {"errors", "files"},
     "pipeline": {"errors", "config", "client", "api", "lake", "state"},
     "run": {"errors", "config", "client", "api", "lake", "state", "pipeline", "__init__"},
+    "plan": {"errors", "config", "client", "api", "lake", "state"},
+    "status": {"errors", "config", "lake", "state"},
+    "console": set(),
+    "demo": {"errors", "config", "console", "run", "emulator"},
 }
 
 
