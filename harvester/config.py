@@ -194,13 +194,11 @@ def _resolve_paths(raw: dict[str, Any], folder: Path) -> None:
 
 
 def resolve_path(value: str, folder: Path) -> str:
-    """``value`` with ``~`` expanded and, when relative, anchored at ``folder``; URLs unchanged."""
-    if "://" in value:
+    """``value`` anchored at ``folder`` when relative; ``~`` paths (expanded at use),
+    absolute paths and URLs unchanged."""
+    if "://" in value or value.startswith("~") or Path(value).is_absolute():
         return value
-    expanded = Path(value).expanduser()
-    if expanded.is_absolute():
-        return str(expanded)
-    return os.path.normpath(folder / expanded)
+    return os.path.normpath(folder / value)
 
 
 def _with_line(message: str, text: str) -> str:

@@ -3,7 +3,7 @@
     _harvester/lock                      RunLock: flock'ed by the running harvest; names holder
     _harvester/state/<user_id>.json      AccountState: watermark, daily snapshots, failures, resume
     _harvester/failures/<user_id>.json   the items the last run could not fetch, for people to read
-    _harvester/runs/<UTC stamp>-<run_id>.json   one manifest per run (failed ones too),
+    _harvester/runs/<UTC stamp, µs>-<run_id>.json   one manifest per run (failed ones too),
                                          the oldest pruned beyond ``output.keep_runs``
 
 Every file is written atomically (temporary name, fsync, rename) with mode 0600,
@@ -170,10 +170,16 @@ class StateStore:
         return sorted(p.stem for p in directory.glob("*.json") if _HEX32.fullmatch(p.stem))
 
     def manifest_path(self, run_id: str) -> Path:
-        """Where the manifest of ``run_id`` goes: ``runs/<UTC yyyymmddThhmmssZ>-<run_id>.json``."""
+        """Where the manifest of ``run_id`` goes: ``runs/<UTC yyyymmddThhmmss.ffffffZ>-<run_id>.json``.
+
+        Microseconds, so runs within one second still sort in the order they ran
+        (pruning keeps the newest by name).
+        """
         if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
             raise StateError(f"manifest run_id {run_id!r:.40} is not a short word")
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self.now()))
+        now = self.now()
+        micros = int(round((now % 1) * 1_000_000)) % 1_000_000
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f".{micros:06d}Z"
         return self.dir / "runs" / f"{stamp}-{run_id}.json"
 
     def write_manifest(
