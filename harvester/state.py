@@ -178,7 +178,7 @@ class StateStore:
         if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
             raise StateError(f"manifest run_id {run_id!r:.40} is not a short word")
         now = self.now()
-        micros = int(round((now % 1) * 1_000_000)) % 1_000_000
+        micros = round((now % 1) * 1_000_000) % 1_000_000
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f".{micros:06d}Z"
         return self.dir / "runs" / f"{stamp}-{run_id}.json"
 

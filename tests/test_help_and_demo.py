@@ -129,8 +129,8 @@ async def test_emulator_first_lines_say_how_to_point_a_config_at_it(tmp_path: Pa
         lines = text.splitlines()
         url = lines[0]
         assert re.fullmatch(r"http://127\.0\.0\.1:\d+", url)
-        toml = "\n".join(line[4:] for line in lines if line.startswith("#   ") and "=" in line
-                         and "export" not in line or line == "#   [api]")
+        toml = "\n".join(line[4:] for line in lines if line == "#   [api]"
+                         or (line.startswith("#   ") and "=" in line and "export" not in line))
         assert f'base_url = "{url}"' in toml and f'auth_url = "{url}"' in toml
         [export] = [line[4:] for line in lines if line.startswith("#   export ")]
         env = cli_env(tmp_path)

@@ -216,7 +216,8 @@ async def test_json_log_format_makes_every_line_json(make_emulator: Any, tmp_pat
     assert len(_json_lines(done.stderr)) >= 1  # -v: at least the login line, as JSON
     [summary] = _json_lines(done.stdout)
     assert summary["event"] == "summary" and summary["workouts_new"] == 9
-    assert Path(summary["manifest"]).is_file() and summary["run_id"] in summary["manifest"]
+    assert await anyio.Path(summary["manifest"]).is_file()
+    assert summary["run_id"] in summary["manifest"]
     again = await run_cli_async(["refresh", *args], cli_env(tmp_path))
     [summary] = _json_lines(again.stdout)
     assert summary["workouts_new"] == 0 and summary["workouts_rechecked"] >= 1
