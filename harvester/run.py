@@ -246,7 +246,7 @@ def _record(store: StateStore, harvest: Harvest, attempt: _Attempt) -> RunReport
 
 def _write_manifest(store: StateStore, config: Config, report: RunReport) -> None:
     report.manifest = _manifest(report)
-    report.manifest_path = store.manifest_path(report.run_id)
+    report.manifest_path = store.manifest_path(report.run_id).absolute()  # for logs read elsewhere
     store.write_manifest(report.manifest, keep=config.output.keep_runs, path=report.manifest_path)
 
 
