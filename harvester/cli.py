@@ -313,7 +313,8 @@ def _run_emulator(args: argparse.Namespace) -> int:
 def _progress_factory(
     args: argparse.Namespace,
 ) -> Callable[[RequestStats], AbstractContextManager[ProgressHook | None]] | None:
-    if args.no_progress or not sys.stderr.isatty():
+    # A bar is not a JSON line: --log-format json promises nothing but those.
+    if args.no_progress or getattr(args, "log_format", "text") == "json" or not sys.stderr.isatty():
         return None
     return _tqdm_progress
 
