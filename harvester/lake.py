@@ -326,7 +326,9 @@ class Lake:
             return b"", f"not gzip: {exc}"
         return out, None if inflate.eof else "gzip stream cut short"
 
-    def replace_files(self, dataset: str, files: Sequence[tuple[str | None, str, Mapping[str, bytes]]]) -> None:
+    def replace_files(
+        self, dataset: str, files: Sequence[tuple[str | None, str, Mapping[str, bytes]]],
+    ) -> None:
         """Replace each ``(partition, stem)`` file whole with these lines (by key); none: removed."""
         staged: list[_Staged] = []
         try:
