@@ -73,3 +73,75 @@ def mirror_problems(
     problems += [f"temporary file {p}" for p in root.rglob(f"*{TEMP_MARK}*")
                  if "_harvester" not in p.relative_to(root).parts]
     return problems
+
+
+# -- the SIGKILL storm ------------------------------------------------------------
+
+
+async def storm(
+    emulator: Any, workdir: Path, *, kills: int, seed: int, harvest: dict[str, object],
+) -> dict[str, Any]:
+    """Backfills SIGKILLed at random points while the source deletes and re-dates workouts,
+    then clean backfills until the lake mirrors the source (at most two are allowed).
+
+    Returns what was measured: kills, deletes, moves, finishing runs, remaining problems.
+    """
+    import random
+    import signal
+
+    import anyio
+
+    from tests.harness import cli_env, run_cli_async, write_config
+    from tests.procs import start_cli, wait_until, whole_files
+
+    rng = random.Random(seed)
+    env = cli_env(workdir)
+    config = write_config(workdir, emulator.url, harvest=harvest)
+    root = workdir / "lake"
+    args = ["backfill", "--config", str(config), "--no-progress"]
+    must_record: set[str] = set()
+    moves = 0
+    for attempt in range(kills):
+        held = {row["id"] for _, row in dataset_rows(root, "workouts")} if root.exists() else set()
+        moves += _mutate(emulator, rng, held, must_record)
+        base = sum(emulator.stats.by_id["workout"].values())
+        target = rng.randint(0, max(1, len(emulator.account.workouts) // (kills + 1)))
+        cli = await start_cli(args, env, workdir / "logs", f"storm{attempt}")
+        await wait_until(lambda base=base, target=target: (
+            sum(emulator.stats.by_id["workout"].values()) - base >= target
+            or cli.process.returncode is not None))
+        if rng.random() < 0.5:  # a date changes under the running harvest
+            moves += _move(emulator, rng)
+        await anyio.sleep(rng.uniform(0.0, 0.03))
+        if cli.process.returncode is None:
+            cli.process.send_signal(signal.SIGKILL)
+        await cli.wait()
+        await anyio.sleep(0.05)
+        whole_files(root)
+    runs, problems = 0, ["not run"]
+    while problems and runs < 3:
+        done = await run_cli_async(args, env)
+        runs += 1
+        truth = [w.summary() for w in emulator.account.workouts]
+        problems = mirror_problems(root, truth, deleted=must_record)
+        if done.returncode != 0:
+            problems.append(f"finishing run {runs} exited {done.returncode}: {done.stderr[-300:]}")
+    return {"kills": kills, "deleted": len(must_record), "moves": moves,
+            "finishing_runs": runs, "problems": problems}
+
+
+def _mutate(emulator: Any, rng: Any, held: set[str], must_record: set[str]) -> int:
+    """Between runs: delete one workout the lake holds (a deletion to record), move another."""
+    candidates = [w.id for w in emulator.account.workouts if w.id in held and w.end_time]
+    if candidates and rng.random() < 0.7:
+        gone = rng.choice(candidates)
+        emulator.state.delete_workouts([gone])
+        must_record.add(gone)
+    return _move(emulator, rng)
+
+
+def _move(emulator: Any, rng: Any) -> int:
+    workouts = emulator.account.workouts
+    victim = workouts[rng.randrange(len(workouts))]
+    emulator.state.move_workout(victim.id, victim.created_at + rng.choice((-1, 1)) * rng.randint(1, 5) * 86_400)
+    return 1

@@ -8,8 +8,9 @@ from typing import Any
 import orjson
 
 from harvester.run import run_harvest
-from tests.chaos import dataset_rows, mirror_problems, utc_day
-from tests.harness import admin, harvest_config, stats
+from harvester.state import StateStore
+from tests.chaos import dataset_rows, mirror_problems, storm, utc_day
+from tests.harness import admin, cli_env, harvest_config, run_cli_async, stats, write_config
 
 DAY = 86_400
 
@@ -170,3 +171,68 @@ async def test_damaged_files_are_quarantined_healed_and_refetched(
             for p in (root / "_harvester" / "quarantine").rglob("*.jsonl")}
     want = {damaged[k].relative_to(root).parts for k in ("partial", "not_json", "twice")}
     assert kept == want  # a missing final newline is fixed, not quarantined
+
+
+async def test_sigkill_storm_with_deletes_and_moves_ends_a_mirror_within_two_runs(
+    make_emulator: Any, tmp_path: Path
+) -> None:
+    """Backfills SIGKILLed while the source deletes and re-dates: two clean runs make a mirror."""
+    emulator = await make_emulator(workouts=150, latency_ms=2.0, jitter_ms=2.0)
+    result = await storm(emulator, tmp_path, kills=4, seed=11,
+                         harvest={"concurrency": 4, "page_size": 50})
+    assert result["problems"] == [] and result["finishing_runs"] <= 2, result
+
+
+async def test_verify_reports_problems_and_repair_fixes_them(make_emulator: Any, tmp_path: Path) -> None:
+    """verify exits 0 on a whole lake, 3 listing each damage; --repair leaves it whole (exit 0)."""
+    emulator = await make_emulator(workouts=120)
+    config = write_config(tmp_path, emulator.url)
+    env = cli_env(tmp_path)
+    assert (await run_cli_async(["backfill", "--config", str(config), "--no-progress"], env)).returncode == 0
+    clean = await run_cli_async(["verify", "--config", str(config)], env)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    damaged = damage(tmp_path / "lake")
+    (tmp_path / "lake" / "workouts" / ".x.jsonl.tmp-1-abcd").write_bytes(b"{")
+    found = await run_cli_async(["verify", "--config", str(config)], env)
+    assert found.returncode == 3, found.stderr
+    for path in damaged.values():
+        assert str(path) in found.stdout
+    assert "temporary file" in found.stdout and "--repair" in found.stdout
+    repaired = await run_cli_async(["verify", "--repair", "--config", str(config)], env)
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert (await run_cli_async(["verify", "--config", str(config)], env)).returncode == 0
+    assert mirror_problems(tmp_path / "lake", await truth(emulator.url)) == []
+
+
+async def test_refresh_reconciles_when_the_total_disagrees_then_stays_cheap(
+    make_emulator: Any, tmp_path: Path
+) -> None:
+    """An old workout deleted at the source: the next refresh removes it; the one after only lists page 0."""
+    emulator = await make_emulator(workouts=250)
+    config = harvest_config(emulator.url, tmp_path)
+    await backfill(config)
+    old = emulator.account.workouts[-3].id
+    await admin(emulator.url, f"delete?id={old}")
+    report = await run_harvest(config, "refresh", backoff_base=0.0)
+    assert report.exit_code == 0 and report.outcome.deleted == [old], report.manifest
+    assert report.outcome.reconciled is not None
+    assert mirror_problems(tmp_path / "lake", await truth(emulator.url), deleted={old}) == []
+    await admin(emulator.url, "reset")
+    quiet = await run_harvest(config, "refresh", backoff_base=0.0)
+    assert quiet.outcome.reconciled is None
+    assert (await stats(emulator.url))["by_endpoint"]["workouts"] == 1  # plus the look-back re-reads
+
+
+async def test_refresh_reconciles_once_a_day(make_emulator: Any, tmp_path: Path) -> None:
+    """With nothing changed, a refresh on a new UTC day lists everything once (pages of 100)."""
+    emulator = await make_emulator(workouts=250)
+    config = harvest_config(emulator.url, tmp_path)
+    await backfill(config)
+    store = StateStore(tmp_path / "lake")
+    state = store.load(emulator.account.user_id)
+    state.reconciled_day = "2000-01-01"
+    store.save(state)
+    await admin(emulator.url, "reset")
+    report = await run_harvest(config, "refresh", backoff_base=0.0)
+    assert report.outcome.reconciled == "first reconcile today"
+    assert (await stats(emulator.url))["by_endpoint"]["workouts"] == 1 + 3
