@@ -73,7 +73,8 @@ async def moves(emulator: Emulator, work: Path) -> dict[str, Any]:
 
 async def deletes(emulator: Emulator, work: Path) -> dict[str, Any]:
     await backfill(emulator, work)
-    gone = [w.id for w in random.Random(2).sample(emulator.account.workouts, len(emulator.account.workouts) // 20)]
+    workouts = emulator.account.workouts
+    gone = [w.id for w in random.Random(2).sample(workouts, len(workouts) // 20)]
     emulator.state.delete_workouts(gone)
     report = await backfill(emulator, work)
     return {"deleted_at_source": len(gone), "deleted": len(report.outcome.deleted),

@@ -107,7 +107,7 @@ async def storm(
         base = sum(emulator.stats.by_id["workout"].values())
         target = rng.randint(0, max(1, len(emulator.account.workouts) // (kills + 1)))
         cli = await start_cli(args, env, workdir / "logs", f"storm{attempt}")
-        await wait_until(lambda base=base, target=target: (
+        await wait_until(lambda base=base, target=target, cli=cli: (
             sum(emulator.stats.by_id["workout"].values()) - base >= target
             or cli.process.returncode is not None))
         if rng.random() < 0.5:  # a date changes under the running harvest
@@ -143,5 +143,6 @@ def _mutate(emulator: Any, rng: Any, held: set[str], must_record: set[str]) -> i
 def _move(emulator: Any, rng: Any) -> int:
     workouts = emulator.account.workouts
     victim = workouts[rng.randrange(len(workouts))]
-    emulator.state.move_workout(victim.id, victim.created_at + rng.choice((-1, 1)) * rng.randint(1, 5) * 86_400)
+    shift = rng.choice((-1, 1)) * rng.randint(1, 5) * 86_400
+    emulator.state.move_workout(victim.id, victim.created_at + shift)
     return 1
