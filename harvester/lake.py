@@ -27,139 +27,41 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import math
 import os
-import re
 import zlib
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
 from pathlib import Path
 
 import orjson
 
 from harvester.errors import LakeError
 from harvester.files import TEMP_NAME, sync_filesystem, temp_name, write_temp
+from harvester.keys import (
+    DATASETS,
+    check_user_id,
+    partition_date,
+    primary_key,
+    row_problem,
+    utc_day,
+    workout_day,
+)
 
 Row = dict[str, object]
+__all__ = ["DATASETS", "Lake", "Row", "check_user_id", "partition_date", "primary_key",
+           "row_problem", "utc_day", "workout_day"]
 
-DATASETS = ("workouts", "performance_graphs", "rides", "instructors", "profiles", "deletions")
 # Workouts last: a workout row in the lake implies its graph and ride were committed before it.
 # Deletions first: a workout removed from the lake is recorded as deleted before it goes.
 COMMIT_ORDER = ("deletions", "performance_graphs", "rides", "instructors", "profiles", "workouts")
 SUFFIXES = {"none": ".jsonl", "gzip": ".jsonl.gz"}
 STATE_DIR = "_harvester"
-DEFAULT_RIDE_DATE = "1970-01-01"  # rides without an air time still get a real partition
 DEFAULT_GZIP_LEVEL = 6
 
-_KEY_FIELDS = {"workouts": "id", "performance_graphs": "workout_id", "rides": "ride_id",
-               "instructors": "id", "deletions": "workout_id"}
-# A workout's created_at must be whole epoch seconds between these: a millisecond
-# stamp or a float is a bad record (quarantined), never a partition in year 58000.
-MIN_EPOCH_S = 946_684_800  # 2000-01-01
-MAX_EPOCH_S = 4_102_444_800  # 2100-01-01
 _UNPARTITIONED = frozenset({"instructors"})
 # Instructors are the same for every account: one shared file keeps each id once
 # in a lake that several accounts share (runs on one lake never overlap: the lock).
 SHARED_FILES = {"instructors": "instructors"}
-_HEX32 = re.compile(r"[0-9a-f]{32}")
-_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
-
-
-# -- keys and partitions (pure) ------------------------------------------------
-
-
-def primary_key(dataset: str, row: Row) -> str:
-    """The row's primary key: profiles are keyed by ``user_id|run date``."""
-    if dataset == "profiles":
-        return f"{_text(dataset, row, 'user_id')}|{_iso_day(row, '_harvested_at')}"
-    field = _KEY_FIELDS.get(dataset)
-    if field is None:
-        raise LakeError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
-    return _text(dataset, row, field)
-
-
-def partition_date(dataset: str, row: Row) -> str | None:
-    """The UTC ``YYYY-MM-DD`` of the row's ``date=`` partition; None for instructors."""
-    if dataset in ("workouts", "performance_graphs"):
-        day = workout_day(row.get("created_at"))
-        if day is None:
-            key = primary_key(dataset, row)
-            raise LakeError(f"{dataset} row {key} has no whole epoch-seconds created_at "
-                            f"between 2000 and 2100")
-        return day
-    if dataset == "deletions":
-        return _iso_day(row, "detected_at")
-    if dataset == "rides":
-        ride = row.get("ride")
-        aired = ride.get("original_air_time") if isinstance(ride, dict) else None
-        return utc_day(aired) or DEFAULT_RIDE_DATE
-    if dataset == "profiles":
-        return _iso_day(row, "_harvested_at")
-    if dataset == "instructors":
-        return None
-    raise LakeError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
-
-
-def workout_day(created_at: object) -> str | None:
-    """The UTC day of a workout's ``created_at``: whole seconds in range, or None."""
-    if isinstance(created_at, bool) or not isinstance(created_at, int):
-        return None
-    if not MIN_EPOCH_S <= created_at < MAX_EPOCH_S:
-        return None
-    return utc_day(created_at)
-
-
-def row_problem(dataset: str, row: Row) -> str | None:
-    """Why the lake cannot hold ``row`` (no key, no partition, not JSON), or None."""
-    try:
-        primary_key(dataset, row)
-        partition_date(dataset, row)
-        orjson.dumps(row)
-    except LakeError as exc:
-        return str(exc)
-    except (TypeError, orjson.JSONEncodeError) as exc:
-        return f"{dataset} row cannot be written as JSON: {exc}"
-    return None
-
-
-def utc_day(epoch_s: object) -> str | None:
-    """``YYYY-MM-DD`` in UTC of an epoch-seconds number, or None if it is not one."""
-    if isinstance(epoch_s, bool) or not isinstance(epoch_s, int | float):
-        return None
-    if not math.isfinite(epoch_s):
-        return None
-    try:
-        return datetime.fromtimestamp(epoch_s, UTC).date().isoformat()
-    except (OverflowError, OSError, ValueError):
-        return None
-
-
-def _iso_day(row: Row, field: str) -> str:
-    stamp = row.get(field)
-    day = stamp[:10] if isinstance(stamp, str) else ""
-    try:
-        if _DAY.fullmatch(day):
-            date.fromisoformat(day)
-            return day
-    except ValueError:
-        pass
-    raise LakeError(f"row has no ISO-8601 {field} (got {type(stamp).__name__})")
-
-
-def _text(dataset: str, row: Row, field: str) -> str:
-    value = row.get(field)
-    if not isinstance(value, str) or not value:
-        raise LakeError(f"{dataset} row has no string {field!r} (got {type(value).__name__})")
-    return value
-
-
-def check_user_id(user_id: str) -> str:
-    """The id, if it is 32 lower-case hex digits (safe in a path); else LakeError."""
-    if not isinstance(user_id, str) or not _HEX32.fullmatch(user_id):
-        raise LakeError(f"user id {user_id!r:.60} is not 32 lower-case hex digits")
-    return user_id
-
 
 # -- the lake ------------------------------------------------------------------
 
