@@ -119,9 +119,14 @@ class LakeScan:
 # -- scan -----------------------------------------------------------------------
 
 
-def scan(lake: Lake, user_id: str) -> LakeScan:
-    """Read every file of the account (and the shared ones); never stops at damage."""
-    result = LakeScan(temp_files=lake.temp_files())
+def scan(lake: Lake, user_id: str, *, temp_files: bool = False) -> LakeScan:
+    """Read every file of the account (and the shared ones); never stops at damage.
+
+    ``temp_files``: also list stray temporary files (verify); a run has already
+    removed them under its lock (``Lake.clean_temp_files``), and listing them
+    costs a pass over every partition directory.
+    """
+    result = LakeScan(temp_files=lake.temp_files() if temp_files else [])
     for dataset in DATASETS:
         for part, path in lake.account_files(dataset, user_id):
             data, cut = lake.read_file(path)

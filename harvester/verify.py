@@ -53,7 +53,7 @@ def check_lake(config: Config) -> VerifyReport:
     temps: set[str] = set()
     for user_id in store.accounts() if root.exists() else []:
         report.accounts += 1
-        found = scan(lake, user_id)
+        found = scan(lake, user_id, temp_files=True)
         for problem in found.problems():
             if "temporary file" in problem:
                 temps.add(problem)  # lake-wide: the same for every account
