@@ -53,19 +53,26 @@ class Command:
 
 
 _HARVEST_OPTIONS = ("config", "out", "concurrency", "rps", "no-progress", "quiet", "log-format",
-                    "verbose")
+                    "verbose", "allow-mass-delete")
 COMMANDS: dict[str, Command] = {
     "backfill": Command(
-        "harvest the whole history (resumes where a stopped run left off)",
-        "Make the lake complete: fetch every workout the lake lacks, with its performance "
-        "graph and class details, then the daily datasets. Safe to stop and run again.",
+        "make the lake complete and equal to the source (resumes)",
+        "Make the lake complete and equal to the source: fetch every workout the lake lacks, "
+        "with its performance graph and class details, then the daily datasets; re-home rows "
+        "whose date changed and remove what the source deleted. Safe to stop and run again.",
         _HARVEST_OPTIONS),
     "refresh": Command(
-        "harvest what is new, plus a look-back window (for cron)",
+        "harvest what is new, plus a look-back window; reconcile at most daily (for cron)",
         "Fetch workouts newer than the watermark minus harvest.lookback_days, what failed "
-        "last time and workouts that were in progress. Cheap when nothing is new; exit 75 "
-        "means try again later.",
+        "last time and workouts that were in progress; reconcile deletes at most once a day. "
+        "Cheap when nothing is new; exit 75 means try again later.",
         _HARVEST_OPTIONS),
+    "verify": Command(
+        "check every lake invariant; exit 0 clean, 3 problems found",
+        "Check every lake invariant (each key once, rows in their partitions, whole files, a "
+        "graph per workout, a class per class workout, no stray temporary files) and print "
+        "what is wrong; --repair fixes it.",
+        ("config", "out", "repair", "concurrency", "rps", "no-progress", "log-format", "verbose")),
     "plan": Command(
         "count workouts and price the next run; writes nothing",
         "Page the workout list only and estimate the requests and time of the next run at the "
@@ -114,6 +121,11 @@ OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
         f"workouts in the synthetic account (default: {DEMO_WORKOUTS})")}),
     "seed": (("--seed",), {"type": int, "default": 1, "metavar": "N", "help": (
         "synthetic account seed (default: 1)")}),
+    "allow-mass-delete": (("--allow-mass-delete",), {"action": "store_true", "help": (
+        "apply deletions even when the listing would remove more than 10%% of an account's "
+        "workouts (and more than 5) (default: refuse them)")}),
+    "repair": (("--repair",), {"action": "store_true", "help": (
+        "fix what is wrong: quarantine damaged files, fetch what is missing (default: only check)")}),
 }
 
 
@@ -261,7 +273,9 @@ def _config(args: argparse.Namespace) -> Config:
 
         return load_config(None, overrides=demo_overrides(overrides), search_default=False)
     config = load_config(getattr(args, "config", None), overrides=overrides)
-    if args.command in ("backfill", "refresh", "plan"):
+    if args.command in ("backfill", "refresh", "plan") or (
+        args.command == "verify" and args.repair
+    ):
         require_credentials(config)
     return config
 
@@ -272,10 +286,15 @@ def _config(args: argparse.Namespace) -> Config:
 async def _dispatch(args: argparse.Namespace, config: Config, console: Console) -> int:
     command: str = args.command
     if command in ("backfill", "refresh"):
-        report = await run_harvest(config, command, progress=_progress_factory(args))
+        report = await run_harvest(config, command, progress=_progress_factory(args),
+                                   allow_mass_delete=args.allow_mass_delete)
         console.result(report.summary(), ok=report.exit_code == 0,
                        fields={"event": "summary", **report.fields()})
         return report.exit_code
+    if command == "verify":
+        from harvester.verify import verify
+
+        return await verify(config, repair=args.repair, print_line=console.result)
     if command == "plan":
         plan = await plan_harvest(config, progress=_progress_factory(args))
         console.result(plan.describe(), fields={"event": "plan", **plan.fields()})

@@ -84,6 +84,12 @@ class RunReport:
             parts.append(f"{len(self.outcome.in_progress)} in progress (next run)")
         if self.outcome.quarantined:
             parts.append(f"{len(self.outcome.quarantined)} quarantined")
+        if self.outcome.moved:
+            parts.append(f"{self.outcome.moved} moved to a new date")
+        if self.outcome.deleted:
+            parts.append(f"{len(self.outcome.deleted)} deleted at the source (removed)")
+        if self.outcome.healed:
+            parts.append(f"{len(self.outcome.healed)} lake problems healed")
         if self.outcome.failures:
             parts.append(f"{len(self.outcome.failures)} FAILED (retried next run)")
         if self.outcome.interrupted:
@@ -115,6 +121,7 @@ class _Attempt:
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     stats: RequestStats = field(default_factory=RequestStats)
     user_id: str = ""
+    recorded: bool = False  # its manifest is written: a late Ctrl-C must not add a second
 
 
 ProgressFactory = Callable[[RequestStats], AbstractContextManager[ProgressHook | None]]
@@ -126,6 +133,7 @@ async def run_harvest(
     *,
     progress: ProgressFactory | None = None,
     backoff_base: float = DEFAULT_BACKOFF_BASE_S,
+    allow_mass_delete: bool = False,
 ) -> RunReport:
     """Run ``backfill`` or ``refresh`` to the end, or until SIGINT/SIGTERM.
 
@@ -139,15 +147,17 @@ async def run_harvest(
     attempt = _Attempt(command, time.time())
     store = StateStore(config.output.root_path)
     try:
-        return await _run(config, attempt, store, progress=progress, backoff_base=backoff_base)
+        return await _run(config, attempt, store, progress=progress, backoff_base=backoff_base,
+                          allow_mass_delete=allow_mass_delete)
     except (Exception, KeyboardInterrupt) as exc:  # recorded, then re-raised
-        _record_failed(store, config, attempt, exc)
+        if not attempt.recorded:
+            _record_failed(store, config, attempt, exc)
         raise
 
 
 async def _run(
     config: Config, attempt: _Attempt, store: StateStore, *,
-    progress: ProgressFactory | None, backoff_base: float,
+    progress: ProgressFactory | None, backoff_base: float, allow_mass_delete: bool,
 ) -> RunReport:
     root = config.output.root_path
     lake = Lake(root, config.output.compression)
@@ -162,7 +172,8 @@ async def _run(
                 await watcher.start(_cancel_on_signal, stop)
                 try:
                     report = await _run_locked(config, attempt, lake, store, stop,
-                                               progress=progress, backoff_base=backoff_base)
+                                               progress=progress, backoff_base=backoff_base,
+                                               allow_mass_delete=allow_mass_delete)
                 finally:
                     watcher.cancel_scope.cancel()
         except BaseExceptionGroup as group:
@@ -176,7 +187,7 @@ async def _run(
 
 async def _run_locked(
     config: Config, attempt: _Attempt, lake: Lake, store: StateStore, stop: anyio.CancelScope,
-    *, progress: ProgressFactory | None, backoff_base: float,
+    *, progress: ProgressFactory | None, backoff_base: float, allow_mass_delete: bool,
 ) -> RunReport:
     """Authenticate and harvest inside ``stop``; then record the run, interrupted or not."""
     harvest: Harvest | None = None
@@ -187,16 +198,19 @@ async def _run_locked(
         with sink as hook, stop:
             attempt.user_id = await api.user_id()
             state = _load_state(store, lake, attempt)
-            harvest = Harvest(config, api, lake, state, mode=attempt.command, on_progress=hook)
+            harvest = Harvest(config, api, lake, state, mode=attempt.command, on_progress=hook,
+                              allow_mass_delete=allow_mass_delete)
             await harvest.run()
     if harvest is None:  # stopped before the account was known: nothing to record for it
         report = _report(attempt, Outcome(interrupted=True), EXIT_INTERRUPTED, None, None)
         _write_manifest(store, config, report)
+        attempt.recorded = True
         return report
     harvest.outcome.interrupted = harvest.outcome.interrupted or stop.cancelled_caught
     report = _record(store, harvest, attempt)
     report.tally = {k: dict(v) for k, v in lake.tally.items()}
     _write_manifest(store, config, report)
+    attempt.recorded = True
     return report
 
 
@@ -276,20 +290,28 @@ async def _cancel_on_signal(
 
     The receiver stays installed until the run has written its state and manifest:
     an impatient second Ctrl-C must not kill the process halfway through them
-    (SIGKILL still does; that is what the lake's atomic writes are for).
+    (SIGKILL still does; that is what the lake's atomic writes are for). Once a
+    stopped run is recorded the process is on its way out with exit 130, so from
+    then on the signals are ignored rather than turned into a KeyboardInterrupt
+    somewhere in the interpreter's teardown.
     """
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        task_status.started()
-        first = True
-        async for signum in signals:
-            name = signal.Signals(signum).name
-            if first:
-                log.warning("received %s: committing what is complete, then stopping", name)
-                scope.cancel()
-                first = False
-            else:
-                log.warning("received %s again: still writing state and the manifest, "
-                            "stopping in a moment", name)
+    received = 0
+    try:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            task_status.started()
+            async for signum in signals:
+                received += 1
+                name = signal.Signals(signum).name
+                if received == 1:
+                    log.warning("received %s: committing what is complete, then stopping", name)
+                    scope.cancel()
+                elif received == 2:
+                    log.warning("received %s again: still writing state and the manifest, "
+                                "stopping in a moment", name)
+    finally:
+        if received:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(signum, signal.SIG_IGN)
 
 
 def _update_state(state: AccountState, harvest: Harvest, command: str) -> None:
@@ -320,6 +342,9 @@ def _update_state(state: AccountState, harvest: Harvest, command: str) -> None:
         in_progress += [w for w in state.in_progress if w not in harvest.committed]
     state.in_progress = list(dict.fromkeys(in_progress))
     state.daily.update(outcome.daily_done)
+    if outcome.gap is not None and not outcome.interrupted:
+        state.reconciled_day = time.strftime("%Y-%m-%d", time.gmtime(harvest.now()))
+        state.reconciled_gap = outcome.gap
     state.missing_rides = sorted(set(state.missing_rides) | set(outcome.rides_not_found))
 
 
@@ -353,6 +378,10 @@ def _manifest(report: RunReport) -> dict[str, object]:
         "quarantined": [f.to_dict() for f in outcome.quarantined],
         "in_progress": list(outcome.in_progress),
         "rides_not_found": list(outcome.rides_not_found),
+        "moved": outcome.moved,
+        "deleted": list(outcome.deleted),
+        "healed": list(outcome.healed),
+        "reconciled": outcome.reconciled,
         "watermark_before": report.watermark_before,
         "watermark_after": report.watermark_after,
     }
