@@ -135,10 +135,31 @@ def _crontab_command() -> str:
     return lines[0].split(None, 5)[5]
 
 
-def test_crontab_line_runs_the_quiet_wrapper_with_a_config() -> None:
-    """The crontab line schedules refresh-quietly with an absolute --config."""
-    command = _crontab_command()
-    assert "examples/cron/refresh-quietly" in command and '--config "$HOME/' in command
+async def test_crontab_line_runs_as_written(make_emulator: Any, tmp_path: Path) -> None:
+    """The crontab command, run by sh with only HOME set (as cron does), reads the env file,
+    runs a quiet refresh through the wrapper, prints nothing and leaves a manifest."""
+    import anyio
+
+    from tests.harness import PASSWORD, USERNAME, write_config
+
+    emulator = await make_emulator(workouts=5)
+    home = tmp_path / "home"
+    secrets = home / ".config" / "peloton-harvester" / "env"
+    secrets.parent.mkdir(parents=True)
+    secrets.write_text(f"PELOTON_USERNAME='{USERNAME}'\nPELOTON_PASSWORD='{PASSWORD}'\n")
+    executable = home / "peloton-harvester" / ".venv" / "bin" / "peloton-harvester"
+    executable.parent.mkdir(parents=True)
+    executable.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -m harvester \"$@\"\n")
+    executable.chmod(0o755)
+    shutil.copytree(REPO / "examples", home / "peloton-harvester" / "examples")
+    (home / "peloton").mkdir()
+    write_config(home / "peloton", emulator.url).rename(home / "peloton" / "peloton-harvester.toml")
+    env = {"HOME": str(home), "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    done = await anyio.run_process(["sh", "-c", _crontab_command()], env=env, cwd="/", check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout + done.stderr == b""
+    [manifest] = (home / "peloton" / "lake" / "_harvester" / "runs").glob("*.json")
+    assert b'"command":"refresh"' in manifest.read_bytes()
 
 
 @pytest.mark.parametrize(("scenario", "code", "silent"), [("ok", 0, True), ("down", 0, True),
