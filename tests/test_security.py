@@ -26,8 +26,9 @@ class IssuedSecrets:
         self.values: set[str] = set()
         grant, open_session = issuer.grant, issuer.open_session
 
-        def recording_grant(now: float, ttl: float, rotate: bool = True) -> dict[str, object]:
-            answer = grant(now, ttl, rotate)
+        def recording_grant(now: float, ttl: float, client_id: str, scope: str,
+                            family_id: str | None = None) -> dict[str, object]:
+            answer = grant(now, ttl, client_id, scope, family_id)
             self.values.update(str(answer[k]) for k in ("access_token", "refresh_token", "id_token")
                                if k in answer)
             return answer

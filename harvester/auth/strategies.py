@@ -395,7 +395,7 @@ def _login_refused(exc: RejectedError) -> AuthError:
     if exc.status == 403 and "no longer accepting" in exc.reason.lower():
         return LegacyLoginGoneError(
             "Peloton switched off the legacy /auth/login endpoint; set auth.method = "
-            '"login" in your config')
+            '"login" in your config (or "token" with pasted tokens)')
     if isinstance(exc, UnauthorizedError):
         return AuthError(
             f"login failed: wrong username or password ({exc.reason or 'HTTP 401'}); "

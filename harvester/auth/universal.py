@@ -34,7 +34,12 @@ from yarl import URL
 
 from harvester.client import BASE_HEADERS, HttpClient, JsonObject, RejectedError, translate_exception
 from harvester.config import is_loopback
-from harvester.errors import AuthError, LoginAnomalyError, LoginRetryLaterError
+from harvester.errors import (
+    AuthError,
+    LoginAnomalyError,
+    LoginRetryLaterError,
+    UnexpectedResponseError,
+)
 
 REDIRECT_URI = "https://members.onepeloton.com/callback"  # fixed: Auth0 allows no other for this client
 AUDIENCE = "https://api.onepeloton.com/"
@@ -168,16 +173,19 @@ async def open_login_page(browser: Browser, tenant: Tenant, pkce: Pkce) -> Login
         target = urljoin(answer.url, answer.location)
         transaction = _query(target, "state") or transaction
         answer = await browser.send("GET", target)
+    if answer.status >= 500:
+        raise LoginRetryLaterError(f"the Peloton sign-in is failing ({_where(answer)}); try "
+                                   "again later")
     if answer.status != 200:
-        raise AuthError(f"Auth0 refused to start the sign-in ({_where(answer)}); check "
-                        "api.auth_url and auth.client_id")
+        raise UnexpectedResponseError(f"Auth0 refused to start the sign-in ({_where(answer)}); "
+                                      "check api.auth_url and auth.client_id")
     config = injected_config(answer.body)
     options = config.get("internalOptions")
     options = options if isinstance(options, dict) else {}
     transaction = transaction or _text(options.get("state"))
     if not transaction:
-        raise AuthError(f"the sign-in page carries no transaction state ({_where(answer)}); "
-                        "check api.auth_url")
+        raise UnexpectedResponseError(f"{_where(answer)} is not an Auth0 sign-in page (no "
+                                      "transaction state); check api.auth_url")
     csrf = browser.cookie(tenant.url("/usernamepassword/login"), CSRF_COOKIE)
     if not csrf:
         raise LoginAnomalyError("Auth0 set no _csrf cookie (Missing CSRF token); this is "
