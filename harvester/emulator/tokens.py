@@ -79,7 +79,7 @@ class TokenIssuer:
         iat = int(now)
         claims = {"iss": ISSUER, "sub": self.user_id, "aud": [AUDIENCE, f"{ISSUER}userinfo"],
                   "iat": iat, "exp": int(now + ttl), "scope": scope, "azp": client_id,
-                  USER_ID_CLAIM: self.user_id}
+                  "jti": secrets.token_hex(8), USER_ID_CLAIM: self.user_id}
         id_claims = {"iss": ISSUER, "sub": self.user_id, "aud": client_id, "iat": iat,
                      "exp": iat + ID_TOKEN_TTL, USER_ID_CLAIM: self.user_id}
         if family_id is None:
