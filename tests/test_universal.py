@@ -111,7 +111,7 @@ async def test_password_grant_refused_for_the_client_says_use_login(
     emulator = await make_emulator(workouts=1)
     config = harvest_config(emulator.url, tmp_path, auth__method="password",
                             auth__client_id="WVoJxVDdPoFx4RNewvvg6ch2mZ7bwnsM")
-    with pytest.raises(AuthError, match='unauthorized_client.*auth.method = "login"'):
+    with pytest.raises(AuthError, match=r'unauthorized_client.*auth\.method = "login"'):
         await sign_in(config)
 
 
@@ -120,7 +120,7 @@ async def test_a_server_that_is_not_auth0_is_a_config_error(tmp_path: Path) -> N
     async with serve() as srv:
         srv.routes["/authorize"] = lambda _r: page("<html>hi</html>")
         config = harvest_config(srv.url, tmp_path)
-        with pytest.raises(UnexpectedResponseError, match="api.auth_url") as info:
+        with pytest.raises(UnexpectedResponseError, match=r"api\.auth_url") as info:
             await sign_in(config)
     assert info.value.exit_code == 2
 

@@ -134,6 +134,12 @@ class _OAuth(Authenticator):
                 return  # `sent` predates an earlier renewal
             self._adopt(await self._renew(current, rejected=True), renewed=True)
 
+    async def sign_in(self, paste: Paste | None = None) -> None:
+        await super().sign_in(paste)
+        async with self._lock, self._exclusive():
+            if self._tokens is not None:
+                await self._save(self._tokens)  # pasted tokens too: later runs start from them
+
     async def _current_or_renewed(self) -> Tokens:
         tokens = self._tokens or await self._initial()
         if tokens is not None and not tokens.expiring(self._clocks.monotonic()):

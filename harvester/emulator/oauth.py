@@ -11,6 +11,7 @@ from aiohttp import web
 from harvester.emulator.settings import CLIENTS, WEB_CLIENT_ID, EmulatorSettings
 from harvester.emulator.state import STATE, EmulatorState
 
+STALL_POLL_S = 0.01
 WEB_SCOPE = "openid offline_access peloton-api.members:default"
 LEGACY_SCOPE = "openid offline_access"
 BAD_GRANT = {"error": "invalid_grant", "error_description": "Wrong email or password."}
@@ -60,7 +61,7 @@ async def token(request: web.Request) -> web.StreamResponse:
     if grant == "password":
         return password_grant(state, str(client_id), body)
     if grant == "refresh_token":
-        return await refresh_grant(state, str(client_id), body)
+        return await refresh_grant(request, str(client_id), body)
     if grant == "authorization_code":
         return code_grant(state, str(client_id), body)
     return json_response(
@@ -83,7 +84,9 @@ def password_grant(state: EmulatorState, client_id: str, body: dict[str, Any]) -
     )
 
 
-async def refresh_grant(state: EmulatorState, client_id: str, body: dict[str, Any]) -> web.Response:
+async def refresh_grant(request: web.Request, client_id: str,
+                        body: dict[str, Any]) -> web.Response:
+    state = request.app[STATE]
     outcome = state.tokens.refresh(
         str(body.get("refresh_token", "")), client_id, state.now(), state.settings.token_ttl
     )
@@ -94,14 +97,24 @@ async def refresh_grant(state: EmulatorState, client_id: str, body: dict[str, An
         return json_response(BAD_REFRESH, 403)
     state.stats.token_grants["refresh_token"] += 1
     state.stats.early_refreshes += outcome.early
-    stall = state.settings.refresh_stall_s
-    if stall:  # rotated already: a client killed now holds only the used token
+    if state.settings.refresh_stall_s:  # rotated already: a client killed now keeps the used token
         state.stats.refresh_in_flight += 1
         try:
-            await asyncio.sleep(stall)
+            await stall(request, state.settings.refresh_stall_s)
         finally:
             state.stats.refresh_in_flight -= 1
     return json_response(outcome.answer)
+
+
+async def stall(request: web.Request, seconds: float) -> None:
+    """Wait ``seconds``, or until the client has gone (so a stopping server need not wait)."""
+    loop = asyncio.get_running_loop()
+    until = loop.time() + seconds
+    while loop.time() < until:
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            return
+        await asyncio.sleep(STALL_POLL_S)
 
 
 def code_grant(state: EmulatorState, client_id: str, body: dict[str, Any]) -> web.Response:
