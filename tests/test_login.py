@@ -53,6 +53,23 @@ async def test_login_then_cron_runs_need_no_password_until_the_session_ends(
     assert_one_line_error(done.stderr, "sign-in has ended", "run `peloton-harvester login`")
 
 
+async def test_a_config_of_method_and_two_urls_plus_two_variables_backfills(
+        make_emulator: MakeEmulator, tmp_path: Path) -> None:
+    """Only method "login", base_url and auth_url (a name, not the IP) and the two variables."""
+    emulator = await make_emulator(workouts=20, orca_host="127.0.0.1")
+    url = emulator.url.replace("127.0.0.1", "localhost")
+    config = tmp_path / "minimal.toml"
+    config.write_text(f'[auth]\nmethod = "login"\n[api]\nbase_url = "{url}"\n'
+                      f'auth_url = "{url}"\n', encoding="utf-8")
+    env = {**cli_env(tmp_path), "HOME": str(tmp_path / "home")}  # the default token store
+    done = await run_cli_async(["backfill", "--config", str(config), "--out",
+                                str(tmp_path / "lake")], env)
+    assert done.returncode == 0, done.stderr
+    assert "20 workouts" in done.stdout
+    assert (tmp_path / "home" / ".cache" / "peloton-harvester" / "tokens.json").is_file()
+    assert emulator.stats_snapshot()["token_grants"]["authorization_code"] == 1
+
+
 async def test_login_off_a_terminal_without_credentials_exits_2(make_emulator: MakeEmulator,
                                                                 tmp_path: Path) -> None:
     """No password and no terminal to type it: one line naming the variables, exit 2."""
@@ -103,8 +120,11 @@ async def test_login_browser_with_the_person_pasting_the_callback(
     assert f"account {emulator.account.user_id}" in out and out.count("\n") == 1
     done = await run_cli_async(["backfill", "--config", str(config)], no_secrets_env(tmp_path))
     assert done.returncode == 0, done.stderr
+    emulator.advance_clock(172800 + 60)  # expired: the next run refreshes, still no password
+    done = await run_cli_async(["refresh", "--config", str(config)], no_secrets_env(tmp_path))
+    assert done.returncode == 0, done.stderr
     grants = emulator.stats_snapshot()["token_grants"]
-    assert grants == {"password": 0, "refresh_token": 0, "authorization_code": 1}
+    assert grants == {"password": 0, "refresh_token": 1, "authorization_code": 1}
 
 
 async def test_login_browser_refuses_a_callback_of_another_sign_in(
