@@ -106,11 +106,12 @@ async def test_plan_counts_without_writing(make_emulator: Any, tmp_path: Path) -
 
 
 def test_demo_backfills_a_small_account(tmp_path: Path) -> None:
-    """demo runs the emulator and a backfill end to end and prints a query."""
+    """demo signs in through the emulator's Universal Login, backfills and prints a query."""
     done = run_cli(
-        ["demo", "--workouts", "40", "--out", str(tmp_path / "demo"), "--no-progress"],
+        ["demo", "--workouts", "40", "--out", str(tmp_path / "demo"), "--no-progress", "-v"],
         cli_env(tmp_path), timeout=120,
     )
     assert done.returncode == 0, done.stderr
+    assert "signed in with Universal Login" in done.stderr
     assert "read_json(" in done.stdout
     assert list((tmp_path / "demo" / "workouts").glob("date=*/*.jsonl"))

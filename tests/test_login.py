@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import pty
+import select
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -186,3 +189,50 @@ async def test_two_processes_of_32_workers_share_one_store_with_2s_tokens(
     print(f"\nrefresh grants over two whole backfills ({durations} s, 2 s tokens): "
           f"{grants['refresh_token']}; reused {seen['refresh_reused']}, revoked "
           f"{seen['families_revoked']}, early {seen['early_refreshes']}")
+
+
+async def test_login_on_a_terminal_asks_for_the_password(make_emulator: MakeEmulator,
+                                                         tmp_path: Path) -> None:
+    """PELOTON_PASSWORD unset, stdin a terminal: getpass asks, nothing is echoed, login works."""
+    emulator = await make_emulator(workouts=1)
+    config = write_config(tmp_path, emulator.url)
+    env = cli_env(tmp_path)
+    del env["PELOTON_PASSWORD"]
+    master, slave = pty.openpty()
+    slave_name = os.ttyname(slave)
+
+    def own_terminal() -> None:  # a session whose controlling terminal is the pty, as a shell's
+        os.setsid()
+        os.close(os.open(slave_name, os.O_RDWR))
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "harvester", "login", "--config", str(config)], env=env,
+        stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=own_terminal)
+    os.close(slave)
+    try:
+        prompt = await anyio.to_thread.run_sync(read_until, master, b"password: ")
+        assert b"Peloton password: " in prompt
+        os.write(master, PASSWORD.encode() + b"\n")
+        out, err = await anyio.to_thread.run_sync(process.communicate, None, 30)
+        echoed = await anyio.to_thread.run_sync(read_until, master, b"")
+    finally:
+        os.close(master)
+    assert process.returncode == 0, err
+    assert emulator.account.user_id in out.decode() and PASSWORD.encode() not in echoed + err
+
+
+def read_until(fd: int, marker: bytes) -> bytes:
+    """What the terminal shows, up to ``marker`` (or until it goes quiet, for b"")."""
+    seen = b""
+    while not marker or marker not in seen:
+        ready, _, _ = select.select([fd], [], [], 0.5 if not marker else 20)
+        if not ready:
+            break
+        try:
+            chunk = os.read(fd, 1024)
+        except OSError:  # the other side closed
+            break
+        if not chunk:
+            break
+        seen += chunk
+    return seen
