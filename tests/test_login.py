@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import pty
 import select
@@ -205,9 +206,10 @@ async def test_login_on_a_terminal_asks_for_the_password(make_emulator: MakeEmul
         os.setsid()
         os.close(os.open(slave_name, os.O_RDWR))
 
-    process = subprocess.Popen(
-        [sys.executable, "-m", "harvester", "login", "--config", str(config)], env=env,
-        stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=own_terminal)
+    process = await anyio.to_thread.run_sync(functools.partial(
+        subprocess.Popen, [sys.executable, "-m", "harvester", "login", "--config", str(config)],
+        env=env, stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        preexec_fn=own_terminal))
     os.close(slave)
     try:
         prompt = await anyio.to_thread.run_sync(read_until, master, b"password: ")
