@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 
 from harvester.api import open_api
-from harvester.auth import Clocks, tokens, universal
+from harvester.auth import Clocks, make_authenticator, tokens, universal
 from harvester.cli import _first_harvester_error as first_harvester_error
 from harvester.client import RequestStats
 from harvester.config import Config, Credentials
@@ -213,8 +213,6 @@ async def test_expiry_is_judged_on_the_monotonic_clock(make_emulator: MakeEmulat
     clocks = Clocks(monotonic=lambda: mono[0], wall=lambda: wall[0])
     config = harvest_config(emulator.url, tmp_path)
     async with open_api(config, RequestStats()) as api:
-        from harvester.auth import make_authenticator
-
         auth = make_authenticator(config, api._http, clocks=clocks)
         first = await auth.headers()
         wall[0] += TWO_DAYS
@@ -260,8 +258,6 @@ async def test_two_clients_sharing_a_store_refresh_once(make_emulator: MakeEmula
     await sign_in(config)
     clocks = Clocks(wall=lambda: time.time() + 28)  # the stored token: 2 s left, margin 3 s
     async with open_api(config, RequestStats()) as a, open_api(config, RequestStats()) as b:
-        from harvester.auth import make_authenticator
-
         auths = [make_authenticator(config, api._http, clocks=clocks) for api in (a, b)]
         results: list[dict[str, str]] = []
 

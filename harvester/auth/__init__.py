@@ -13,17 +13,22 @@ from pathlib import Path
 
 from harvester.auth import tokens
 from harvester.auth.strategies import (
-    USER_ID_CLAIM,
     Authenticator,
     LoginAuth,
     PasswordAuth,
     Paste,
     SessionAuth,
     TokenAuth,
+)
+from harvester.auth.tokens import (
+    USER_ID_CLAIM,
+    Clocks,
+    Tokens,
+    TokenStore,
+    cache_key,
     jwt_expiry,
     jwt_user_id,
 )
-from harvester.auth.tokens import Clocks, Tokens, TokenStore, cache_key
 from harvester.auth.universal import Tenant
 from harvester.client import HttpClient
 from harvester.config import Config, require_credentials

@@ -15,7 +15,6 @@ the run's stats. No secret ever reaches a log line, a message or a repr.
 
 from __future__ import annotations
 
-import base64
 import logging
 import re
 from abc import ABC, abstractmethod
@@ -23,10 +22,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 
 import anyio
-import orjson
 
 from harvester.auth import universal
-from harvester.auth.tokens import Clocks, Tokens, TokenStore
+from harvester.auth.tokens import Clocks, Tokens, TokenStore, jwt_expiry, jwt_user_id
 from harvester.client import HttpClient, JsonObject, RejectedError, UnauthorizedError
 from harvester.errors import (
     AuthError,
@@ -41,40 +39,10 @@ log = logging.getLogger(__name__)
 OAUTH_SCOPE = "offline_access openid"  # what the older client's password grant asks for
 SESSION_COOKIE = "peloton_session_id"
 _HEADER_SAFE = re.compile(r"[A-Za-z0-9._~+/=-]+")  # what may go into a header unescaped
-# Peloton's access tokens name the account in this claim; public clients read the
-# user id from it instead of asking /api/me (the emulator's tokens carry it too).
-USER_ID_CLAIM = "http://onepeloton.com/user_id"
 LOGIN_HINT = "run `peloton-harvester login`"
 
 # Given the sign-in URL, returns the callback URL the person pasted back.
 Paste = Callable[[str], Awaitable[str]]
-
-
-def jwt_claims(token: str) -> dict[str, object]:
-    """A JWT's claims, read without verifying the signature; empty if it is not one."""
-    parts = token.split(".")
-    if len(parts) != 3:
-        return {}
-    payload = parts[1] + "=" * (-len(parts[1]) % 4)
-    try:
-        claims = orjson.loads(base64.urlsafe_b64decode(payload))
-    except (ValueError, orjson.JSONDecodeError):
-        return {}
-    return claims if isinstance(claims, dict) else {}
-
-
-def jwt_expiry(token: str) -> float | None:
-    """The ``exp`` claim of a JWT, read without verifying the signature; None if absent."""
-    exp = jwt_claims(token).get("exp")
-    if isinstance(exp, int | float) and not isinstance(exp, bool):
-        return float(exp)
-    return None
-
-
-def jwt_user_id(token: str | None) -> str | None:
-    """The account id Peloton puts in its access tokens (``USER_ID_CLAIM``), if there."""
-    found = jwt_claims(token).get(USER_ID_CLAIM) if token else None
-    return found if isinstance(found, str) and found else None
 
 
 class Authenticator(ABC):

@@ -14,10 +14,13 @@ Expiry is judged from ``expires_in`` at receipt on the monotonic clock, never
 from the JWT's ``exp`` against the host clock (a host clock two days ahead used
 to mean a refresh per request). The file also keeps a wall-clock expiry for the
 next process; a reader trusts it for no longer than the token's lifetime.
+The JWT readers at the end take the account id (and, for pasted tokens only,
+the expiry) from an access token without verifying it.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
 import hashlib
@@ -40,6 +43,10 @@ DEFAULT_REFRESH_MARGIN_S = 60.0  # refresh when the access token expires sooner 
 SHORT_TOKEN_MARGIN_FRACTION = 0.1  # ...or, for short-lived tokens, within this part of their life
 DEFAULT_LOCK_POLL_S = 0.01  # how often a waiter retries the store's lock
 _STORE_VERSION = 2
+
+# Peloton's access tokens name the account in this claim; public clients read the
+# user id from it instead of asking /api/me (the emulator's tokens carry it too).
+USER_ID_CLAIM = "http://onepeloton.com/user_id"
 
 Clock = Callable[[], float]
 
@@ -181,3 +188,30 @@ def _try_flock(fd: int) -> bool:
     except BlockingIOError:
         return False
     return True
+
+
+def jwt_claims(token: str) -> dict[str, object]:
+    """A JWT's claims, read without verifying the signature; empty if it is not one."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return {}
+    payload = parts[1] + "=" * (-len(parts[1]) % 4)
+    try:
+        claims = orjson.loads(base64.urlsafe_b64decode(payload))
+    except (ValueError, orjson.JSONDecodeError):
+        return {}
+    return claims if isinstance(claims, dict) else {}
+
+
+def jwt_expiry(token: str) -> float | None:
+    """The ``exp`` claim of a JWT, read without verifying the signature; None if absent."""
+    exp = jwt_claims(token).get("exp")
+    if isinstance(exp, int | float) and not isinstance(exp, bool):
+        return float(exp)
+    return None
+
+
+def jwt_user_id(token: str | None) -> str | None:
+    """The account id Peloton puts in its access tokens (``USER_ID_CLAIM``), if there."""
+    found = jwt_claims(token).get(USER_ID_CLAIM) if token else None
+    return found if isinstance(found, str) and found else None
