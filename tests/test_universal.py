@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import stat
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import anyio
+import orjson
 import pytest
 from aiohttp import web
 
@@ -271,3 +273,26 @@ async def test_two_clients_sharing_a_store_refresh_once(make_emulator: MakeEmula
     seen = emulator.stats_snapshot()
     assert seen["token_grants"]["refresh_token"] == 1
     assert (seen["refresh_reused"], seen["families_revoked"]) == (0, 0)
+
+
+async def test_transaction_state_from_the_injected_config_when_the_url_lacks_it(
+        tmp_path: Path) -> None:
+    """A login URL without ?state=: T comes from window.injectedConfig; _csrf from its path."""
+    config = base64.b64encode(orjson.dumps({"internalOptions": {"state": "T-from-page"}}))
+
+    async def authorize(_r: web.Request) -> web.StreamResponse:
+        response = await moved("/login")
+        response.set_cookie("_csrf", "c5rf", path="/usernamepassword/login")
+        return response
+
+    async with serve() as srv, client() as rig, universal.open_browser() as session:
+        srv.routes["/authorize"] = authorize
+        srv.routes["/login"] = lambda _r: page(
+            f"<script>window.injectedConfig = JSON.parse(decodeURIComponent(escape(window.atob("
+            f"'{config.decode()}'))));</script>")
+        tenant = universal.Tenant(srv.url, "WVoJxVDdPoFx4RNewvvg6ch2mZ7bwnsM")
+        browser = universal.Browser(rig.http, session)
+        login = await universal.open_login_page(browser, tenant, universal.new_pkce())
+        assert browser.cookie(f"{srv.url}/login", "_csrf") is None  # scoped to its path
+    assert (login.transaction, login.csrf) == ("T-from-page", "c5rf")
+    assert login.url.endswith("/login")
