@@ -163,7 +163,7 @@ class _OAuth(Authenticator):
 
     @abstractmethod
     async def _sign_in_again(self, source: Tokens | None, *, rejected: bool) -> Tokens:
-        """Tokens without a refresh token; raises AuthError when no way of getting them is left."""
+        """Tokens when there is no refresh token or it was refused; AuthError when no way is left."""
 
     async def _grant(self, body: Mapping[str, str], keep_refresh: str | None) -> Tokens:
         """POST the token endpoint; RejectedError (4xx) propagates for the caller to word."""

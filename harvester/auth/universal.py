@@ -139,10 +139,21 @@ class Browser:
                     method, url, json=json, data=data, headers=sent, allow_redirects=False,
                     timeout=self._http.timeout,
                 ) as resp:
-                    body = await resp.content.read(MAX_PAGE_BYTES)
+                    body = await _read_bounded(resp, method, url)
                     return Answer(resp.status, url, resp.headers.get("Location"), body)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise translate_exception(exc, method, url, self._http.timeout.total) from exc
+
+
+async def _read_bounded(resp: aiohttp.ClientResponse, method: str, url: str) -> bytes:
+    """The whole body, refusing one larger than any sign-in page."""
+    body = bytearray()
+    async for chunk in resp.content.iter_chunked(64 * 1024):
+        body += chunk
+        if len(body) > MAX_PAGE_BYTES:
+            raise UnexpectedResponseError(f"{method} {_path(url)}: answer larger than "
+                                          f"{MAX_PAGE_BYTES} bytes; check api.auth_url")
+    return bytes(body)
 
 
 def open_browser() -> aiohttp.ClientSession:
