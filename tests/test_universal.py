@@ -296,3 +296,16 @@ async def test_transaction_state_from_the_injected_config_when_the_url_lacks_it(
         assert browser.cookie(f"{srv.url}/login", "_csrf") is None  # scoped to its path
     assert (login.transaction, login.csrf) == ("T-from-page", "c5rf")
     assert login.url.endswith("/login")
+
+
+async def test_an_edge_429_during_the_sign_in_is_waited_out(make_emulator: MakeEmulator,
+                                                            tmp_path: Path) -> None:
+    """The edge's 429 on sign-in steps is backed off and retried; the sign-in completes."""
+    emulator = await make_emulator(workouts=1, rate_limit=20.0, rate_burst=1.0,
+                                   rate_limit_style="cloudflare")
+    stats = RequestStats()
+    config = harvest_config(emulator.url, tmp_path, api__max_attempts=20)
+    async with open_api(config, stats, backoff_base=0.01) as api:
+        assert await api.user_id() == emulator.account.user_id
+    assert stats.throttled > 0 and stats.throttled == emulator.stats.throttled
+    assert emulator.stats_snapshot()["token_grants"]["authorization_code"] == 1

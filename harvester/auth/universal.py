@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import random
 import re
 import secrets
 from dataclasses import dataclass, field
@@ -29,15 +30,24 @@ from html.parser import HTMLParser
 from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 
 import aiohttp
+import anyio
 import orjson
 from yarl import URL
 
-from harvester.client import BASE_HEADERS, HttpClient, JsonObject, RejectedError, translate_exception
+from harvester.client import (
+    BASE_HEADERS,
+    HttpClient,
+    JsonObject,
+    RejectedError,
+    parse_retry_after,
+    translate_exception,
+)
 from harvester.config import is_loopback
 from harvester.errors import (
     AuthError,
     LoginAnomalyError,
     LoginRetryLaterError,
+    RateLimitedError,
     UnexpectedResponseError,
 )
 
@@ -48,6 +58,7 @@ CONNECTION = "pelo-user-password"
 TENANT = "peloton-prod"
 AUTH0_CLIENT = base64.b64encode(b'{"name":"auth0.js-ulp","version":"9.14.3"}').decode()
 CSRF_COOKIE = "_csrf"
+TOO_MANY_ATTEMPTS = "too_many_attempts"  # Auth0's brute-force protection
 DEFAULT_MAX_HOPS = 20  # redirects followed before giving up on reaching the callback
 MAX_PAGE_BYTES = 2 * 1024 * 1024  # a login page or form is a few kB
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -91,6 +102,7 @@ class Answer:
     url: str
     location: str | None
     body: bytes = field(repr=False)
+    retry_after: str | None = None
 
     def json(self) -> dict[str, object]:
         try:
@@ -119,6 +131,7 @@ class Browser:
     def __init__(self, http: HttpClient, session: aiohttp.ClientSession) -> None:
         self._http = http
         self._session = session
+        self._rng = random.Random()  # backoff jitter
 
     def cookie(self, url: str, name: str) -> str | None:
         """The value the jar would send to ``url`` for cookie ``name``."""
@@ -128,19 +141,39 @@ class Browser:
     async def send(self, method: str, url: str, *, json: object = None,
                    data: dict[str, str] | None = None,
                    headers: dict[str, str] | None = None) -> Answer:
+        """One step; an edge's 429 is waited out (Retry-After, else backoff) like any request's,
+        Auth0's brute-force block (too_many_attempts) is not: waiting seconds will not lift it."""
         _check_scheme(url)
         sent = {"User-Agent": BASE_HEADERS["User-Agent"], **(headers or {})}
+        http, attempt = self._http, 0
+        while True:
+            attempt += 1
+            answer = await self._send_once(method, url, json, data, sent)
+            if answer.status != 429 or answer.json().get("code") == TOO_MANY_ATTEMPTS:
+                return answer
+            http.stats.throttled += 1
+            http.limiter.on_throttled()
+            throttled = RateLimitedError(f"{method} {_path(url)}: HTTP 429",
+                                         retry_after=parse_retry_after(answer.retry_after))
+            if not http.policy.should_retry(throttled, attempt):
+                return answer
+            http.stats.retries += 1
+            await anyio.sleep(http.policy.delay(throttled, attempt, self._rng))
+
+    async def _send_once(self, method: str, url: str, json: object,
+                         data: dict[str, str] | None, headers: dict[str, str]) -> Answer:
         stats = self._http.stats
         async with self._http.limiter:
             stats.requests += 1
             stats.by_endpoint[_LOGIN_ENDPOINT] = stats.by_endpoint.get(_LOGIN_ENDPOINT, 0) + 1
             try:
                 async with self._session.request(
-                    method, url, json=json, data=data, headers=sent, allow_redirects=False,
+                    method, url, json=json, data=data, headers=headers, allow_redirects=False,
                     timeout=self._http.timeout,
                 ) as resp:
                     body = await _read_bounded(resp, method, url)
-                    return Answer(resp.status, url, resp.headers.get("Location"), body)
+                    return Answer(resp.status, url, resp.headers.get("Location"), body,
+                                  resp.headers.get("Retry-After"))
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise translate_exception(exc, method, url, self._http.timeout.total) from exc
 
@@ -184,7 +217,7 @@ async def open_login_page(browser: Browser, tenant: Tenant, pkce: Pkce) -> Login
         target = urljoin(answer.url, answer.location)
         transaction = _query(target, "state") or transaction
         answer = await browser.send("GET", target)
-    if answer.status >= 500:
+    if answer.status >= 500 or answer.status == 429:
         raise LoginRetryLaterError(f"the Peloton sign-in is failing ({_where(answer)}); try "
                                    "again later")
     if answer.status != 200:
@@ -252,10 +285,13 @@ def _refusal(answer: Answer) -> AuthError:
     code = _text(body.get("code")) or _text(body.get("error")) or ""
     name = _text(body.get("name")) or ""
     description = _text(body.get("description")) or _text(body.get("error_description")) or ""
-    if answer.status == 429 or code == "too_many_attempts":
+    if code == TOO_MANY_ATTEMPTS:
         return LoginRetryLaterError(
             "Auth0 is blocking sign-ins to this account after too many attempts "
             "(too_many_attempts); wait, follow Peloton's unblock e-mail if one came, then try again")
+    if answer.status == 429:
+        return LoginRetryLaterError(f"Peloton is throttling the sign-in ({_where(answer)}); "
+                                    "try again later")
     if answer.status == 401 or code == "invalid_user_password":
         return AuthError("Peloton says: wrong email or password; check PELOTON_USERNAME and "
                          "PELOTON_PASSWORD")
