@@ -119,15 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     common = _common_options()
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    login = sub.add_parser(
-        "login", parents=[common],
-        help="sign in once and store the tokens, so later runs need no password",
-        description="Sign in and store the tokens at auth.token_cache. Headless with "
-        "PELOTON_USERNAME/PELOTON_PASSWORD (asked for on a terminal when not set), or "
-        "--browser: open the printed URL, sign in, paste the address the browser lands on.",
-    )
-    login.add_argument("--browser", action="store_true",
-                       help="sign in with a browser and paste the callback URL back")
+    _add_login(sub, common)
     for name, text in (
         ("backfill", "make the lake complete and equal to the source (resumes)"),
         ("refresh", "harvest what is new, plus a look-back window; reconcile at most daily"),
@@ -158,6 +150,19 @@ def build_parser() -> argparse.ArgumentParser:
     emulator = sub.add_parser("emulator", help="run the bundled Peloton API emulator")
     add_arguments(emulator)
     return parser
+
+
+def _add_login(sub: argparse._SubParsersAction[argparse.ArgumentParser],
+               common: argparse.ArgumentParser) -> None:
+    login = sub.add_parser(
+        "login", parents=[common],
+        help="sign in once and store the tokens, so later runs need no password",
+        description="Sign in and store the tokens at auth.token_cache. Headless with "
+        "PELOTON_USERNAME/PELOTON_PASSWORD (asked for on a terminal when not set), or "
+        "--browser: open the printed URL, sign in, paste the address the browser lands on.",
+    )
+    login.add_argument("--browser", action="store_true",
+                       help="sign in with a browser and paste the callback URL back")
 
 
 def _common_options() -> argparse.ArgumentParser:
