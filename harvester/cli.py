@@ -30,7 +30,7 @@ from harvester.console import Console, configure_logging
 from harvester.errors import ApiError, ConfigError, UsageError, first_harvester_error
 from harvester.pipeline import ProgressHook
 from harvester.plan import plan_harvest
-from harvester.run import run_harvest
+from harvester.run import run_harvest, run_login
 from harvester.status import read_status, render
 
 log = logging.getLogger("harvester")
@@ -55,6 +55,12 @@ class Command:
 _HARVEST_OPTIONS = ("config", "out", "concurrency", "rps", "no-progress", "quiet", "log-format",
                     "verbose", "allow-mass-delete")
 COMMANDS: dict[str, Command] = {
+    "login": Command(
+        "sign in once and store the tokens, so later runs need no password",
+        "Sign in and store the tokens at auth.token_cache. Headless with "
+        "PELOTON_USERNAME/PELOTON_PASSWORD (asked for on a terminal when not set), or "
+        "--browser: open the printed URL, sign in, paste the address the browser lands on.",
+        ("config", "browser", "log-format", "verbose")),
     "backfill": Command(
         "make the lake complete and equal to the source (resumes)",
         "Make the lake complete and equal to the source: fetch every workout the lake lacks, "
@@ -124,6 +130,8 @@ OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "allow-mass-delete": (("--allow-mass-delete",), {"action": "store_true", "help": (
         "apply deletions even when the listing would remove more than 10%% of an account's "
         "workouts (and more than 5) (default: refuse them)")}),
+    "browser": (("--browser",), {"action": "store_true", "help": (
+        "sign in with a browser and paste the callback URL back (default: headless sign-in)")}),
     "repair": (("--repair",), {"action": "store_true", "help": (
         "fix what is wrong: quarantine damaged files, fetch what is missing (default: only check)")}),
 }
@@ -155,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Secrets come from the environment: PELOTON_USERNAME, PELOTON_PASSWORD, "
         "PELOTON_ACCESS_TOKEN, PELOTON_REFRESH_TOKEN, never from the command line. Exit codes: "
         "0 ok, 1 internal error (a bug), 2 fix the config or system, 3 some items failed "
-        "(retried next run), 4 authentication failed, 75 temporary failure (try again later), "
+        "(retried next run), 4 authentication failed (run `login`), 75 temporary failure (try again later), "
         "130 interrupted.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -262,7 +270,7 @@ def _report_error(exc: BaseException, verbose: int, console: Console) -> int:
 
 def _config(args: argparse.Namespace) -> Config:
     overrides: dict[str, object] = {}
-    if args.out is not None:
+    if getattr(args, "out", None) is not None:
         overrides["output.root"] = args.out
     if getattr(args, "concurrency", None) is not None:
         overrides["harvest.concurrency"] = args.concurrency
@@ -273,6 +281,8 @@ def _config(args: argparse.Namespace) -> Config:
 
         return load_config(None, overrides=demo_overrides(overrides), search_default=False)
     config = load_config(getattr(args, "config", None), overrides=overrides)
+    if args.command == "login" and not args.browser:
+        return _with_prompted_credentials(config)
     if args.command in ("backfill", "refresh", "plan") or (
         args.command == "verify" and args.repair
     ):
@@ -280,11 +290,33 @@ def _config(args: argparse.Namespace) -> Config:
     return config
 
 
+def _with_prompted_credentials(config: Config) -> Config:
+    """`login` on a terminal asks for what the environment lacks; elsewhere it must be set."""
+    from dataclasses import replace
+
+    creds = config.credentials
+    if config.auth.method != "login" or (creds.username and creds.password):
+        return config
+    if not sys.stdin.isatty():
+        raise ConfigError("login needs PELOTON_USERNAME and PELOTON_PASSWORD in the environment "
+                          "(or a terminal to type them, or --browser)")
+    import getpass
+
+    username = creds.username or input("Peloton email: ").strip()
+    password = creds.password or getpass.getpass("Peloton password: ")
+    return replace(config, credentials=replace(creds, username=username, password=password))
+
+
 # -- commands -----------------------------------------------------------------
 
 
 async def _dispatch(args: argparse.Namespace, config: Config, console: Console) -> int:
     command: str = args.command
+    if command == "login":
+        user_id = await run_login(config, _paste_from_stdin if args.browser else None)
+        console.result(f"signed in to Peloton as account {user_id}; tokens stored in "
+                       f"{config.auth.token_cache_path}")
+        return 0
     if command in ("backfill", "refresh"):
         report = await run_harvest(config, command, progress=_progress_factory(args),
                                    allow_mass_delete=args.allow_mass_delete)
@@ -315,6 +347,18 @@ async def _dispatch(args: argparse.Namespace, config: Config, console: Console) 
         return await run_demo(config, console, workouts=args.workouts, seed=args.seed,
                               progress=_progress_factory(args))
     raise ConfigError(f"unknown command {command!r}")
+
+
+async def _paste_from_stdin(url: str) -> str:
+    """Show the sign-in URL on a line of its own; read the pasted callback URL."""
+    print("Open this address in a browser and sign in to Peloton; then copy the address the "
+          "browser lands on (https://members.onepeloton.com/callback?code=...) and paste it "
+          "here:", file=sys.stderr, flush=True)
+    print(url, flush=True)
+    line: str = await anyio.to_thread.run_sync(sys.stdin.readline)
+    if not line.strip():
+        raise ConfigError("no callback URL was pasted; run `peloton-harvester login --browser` again")
+    return line.strip()
 
 
 def _run_emulator(args: argparse.Namespace) -> int:

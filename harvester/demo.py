@@ -70,7 +70,8 @@ async def run_demo(
             demo_config = replace(
                 config,
                 api=replace(config.api, base_url=url, auth_url=url),
-                auth=replace(config.auth, method="password", token_cache=f"{tmp}/tokens.json"),
+                auth=replace(config.auth, method="login", client_id="",
+                             token_cache=f"{tmp}/tokens.json"),
                 credentials=Credentials(username=settings.username, password=settings.password),
             )
             report = await run_harvest(demo_config, "backfill", progress=progress)

@@ -4,7 +4,10 @@
     ├── ConfigError                   exit 2: bad config file, key, value or missing credential
     │   └── UsageError                exit 2: a bad command line (never echoes what was typed)
     ├── AuthError                     exit 4: wrong credentials, expired tokens
-    │   └── LegacyLoginGoneError      /auth/login answers 403 "no longer accepting requests"
+    │   ├── LegacyLoginGoneError      /auth/login answers 403 "no longer accepting requests"
+    │   ├── SessionEndedError         no stored sign-in (or it was revoked) and no password: run `login`
+    │   └── LoginRetryLaterError      exit 75: Auth0 throttles the login, or a transient anomaly
+    │       └── LoginAnomalyError     AnomalyDetected / Invalid state / no _csrf: one retry first
     ├── ApiError                      exit 2: a request that did not give usable JSON
     │   ├── TransientApiError         exit 75, worth retrying: 5xx, resets, timeouts, empty/truncated
     │   │   ├── RateLimitedError      429, with the server's Retry-After when it sent one
@@ -60,6 +63,20 @@ class AuthError(HarvesterError):
 
 class LegacyLoginGoneError(AuthError):
     """The legacy session login endpoint has been switched off by Peloton."""
+
+
+class SessionEndedError(AuthError):
+    """No usable stored sign-in and no credentials to sign in again with."""
+
+
+class LoginRetryLaterError(AuthError):
+    """The sign-in failed in a way that waiting may cure (throttling, an Auth0 anomaly)."""
+
+    exit_code = 75
+
+
+class LoginAnomalyError(LoginRetryLaterError):
+    """Auth0 saw an anomaly (Invalid state, no _csrf cookie): known to pass; worth one retry."""
 
 
 class ApiError(HarvesterError):
