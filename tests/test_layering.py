@@ -45,6 +45,13 @@ def test_core_modules_import_only_lower_layers() -> None:
         assert not extra, f"{name}.py imports {sorted(extra)}"
 
 
+def test_storage_stands_below_lake_and_state() -> None:
+    """storage/ imports only errors, files, config and itself: lake and state will stand on it."""
+    for path in (PACKAGE / "storage").glob("*.py"):
+        extra = harvester_imports(path) - {"errors", "files", "config", "storage"}
+        assert not extra, f"storage/{path.name} imports {sorted(extra)}"
+
+
 def test_emulator_imports_nothing_from_the_harvester() -> None:
     """The emulator is an independent model of the remote API."""
     for path in (PACKAGE / "emulator").glob("*.py"):
