@@ -206,13 +206,13 @@ class LocalStorage:
         if str(parent) in self._made and not private:
             return
         if private:
+            self.root.mkdir(parents=True, exist_ok=True)
             for directory in reversed([parent, *parent.parents]):
-                if directory == self.root or self.root not in directory.parents:
+                if self.root not in directory.parents:
                     continue
                 directory.mkdir(mode=PRIVATE_DIR_MODE, exist_ok=True)
                 if directory.stat().st_mode & 0o777 != PRIVATE_DIR_MODE:
                     directory.chmod(PRIVATE_DIR_MODE)
-            self.root.mkdir(parents=True, exist_ok=True)
         else:
             parent.mkdir(parents=True, exist_ok=True)
         self._made.add(str(parent))
