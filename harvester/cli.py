@@ -17,6 +17,7 @@ import anyio
 import orjson
 
 from harvester import __version__
+from harvester.accounts import check_credentials, check_lake_root, exit_code, failure_line, harvest_accounts
 from harvester.client import RequestStats
 from harvester.config import Config, load_config, require_credentials
 from harvester.errors import ApiError, ConfigError, HarvesterError
@@ -62,7 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "emulator":
             return _run_emulator(args)
         config = _config(args)
-        secrets = config.credentials.secrets()
+        secrets = [*config.credentials.secrets(),
+                   *(s for account in config.accounts for s in account.credentials.secrets())]
         configure_logging(verbose, getattr(args, "log_format", "text"), secrets)
         return anyio.run(_dispatch, args, config)
     except KeyboardInterrupt:
@@ -143,6 +145,8 @@ def _common_options() -> argparse.ArgumentParser:
     common.add_argument("--config", type=Path, metavar="PATH",
                         help="TOML config (default ./peloton-harvester.toml when present)")
     common.add_argument("--out", metavar="DIR", help="lake root (overrides output.root)")
+    common.add_argument("--account", action="append", metavar="NAME",
+                        help="harvest only this [[accounts]] entry (repeatable; default all)")
     common.add_argument("--concurrency", type=int, metavar="N",
                         help="workers (overrides harvest.concurrency)")
     common.add_argument("--rps", type=float, metavar="X",
@@ -167,10 +171,13 @@ def _config(args: argparse.Namespace) -> Config:
         overrides.setdefault("output.root", "./demo-lake")
         overrides.setdefault("harvest.requests_per_second", DEMO_RPS)
         overrides.setdefault("harvest.concurrency", DEMO_CONCURRENCY)
-        return load_config(args.config, overrides=overrides, search_default=False)
+        demo = load_config(args.config, overrides=overrides, search_default=False)
+        check_lake_root(demo)
+        return demo
     config = load_config(args.config, overrides=overrides)
+    check_lake_root(config)
     if args.command in ("backfill", "refresh", "plan"):
-        require_credentials(config)
+        check_credentials(config, args.account)
     return config
 
 
@@ -180,11 +187,24 @@ def _config(args: argparse.Namespace) -> Config:
 async def _dispatch(args: argparse.Namespace, config: Config) -> int:
     command: str = args.command
     if command in ("backfill", "refresh"):
-        report = await run_harvest(config, command, progress=_progress_factory(args))
-        print(report.summary())
-        return report.exit_code
+        outcomes = await harvest_accounts(config, command, args.account,
+                                          progress=_progress_factory(args))
+        for outcome in outcomes:
+            if outcome.report is not None:
+                named = len(outcomes) > 1 or bool(config.accounts)
+                print(f"{outcome.name}: " * named + outcome.report.summary())
+        failed = failure_line(outcomes)
+        if failed is not None:
+            _say_error(failed, config)
+        return exit_code(outcomes)
     if command == "plan":
-        print((await plan_harvest(config)).describe())
+        accounts = config.select(args.account)
+        if not accounts:
+            print((await plan_harvest(config)).describe())
+        for account in accounts:
+            own = config.for_account(account)
+            require_credentials(own, account)
+            print(f"{account.name}: {(await plan_harvest(own)).describe()}")
         return 0
     if command == "status":
         print("\n".join(read_status(config)))
@@ -192,6 +212,14 @@ async def _dispatch(args: argparse.Namespace, config: Config) -> int:
     if command == "demo":
         return await _demo(args, config)
     raise ConfigError(f"unknown command {command!r}")
+
+
+def _say_error(message: str, config: Config) -> None:
+    """One error line on stderr, every account's secrets redacted."""
+    for account in config.accounts:
+        for secret in account.credentials.secrets():
+            message = message.replace(secret, "[redacted]")
+    print(f"{PROG}: error: {message}", file=sys.stderr)
 
 
 async def _demo(args: argparse.Namespace, config: Config) -> int:

@@ -20,6 +20,7 @@ ALLOWED: dict[str, set[str]] = {
     "state": {"errors", "files"},
     "pipeline": {"errors", "config", "client", "api", "lake", "state"},
     "run": {"errors", "config", "client", "api", "lake", "state", "pipeline", "__init__"},
+    "accounts": {"errors", "config", "client", "run", "storage"},
 }
 
 

@@ -1,0 +1,108 @@
+"""A command over the accounts ``--account`` selects: each one's run, one account's failure isolated.
+
+Without ``[[accounts]]`` there is one account (``[auth]`` and ``PELOTON_*``)
+and its errors end the command as they always did. With ``[[accounts]]``
+every selected account runs with its own method, token cache and secrets;
+an account that fails (authentication, an outage, a missing variable) is
+named on stderr and the others still run: the command then exits 3.
+
+The accounts run one after another in this version: the local lake's lock and
+its shared files (instructors) are not yet safe for two runs at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from harvester.client import DEFAULT_BACKOFF_BASE_S
+from harvester.config import AccountConfig, Config, require_credentials
+from harvester.errors import ConfigError, HarvesterError
+from harvester.run import EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, ProgressFactory, RunReport, run_harvest
+from harvester.storage import is_object_url, parse_object_url
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class AccountOutcome:
+    """One account's run: its report, or the error that stopped it."""
+
+    name: str
+    report: RunReport | None = None
+    error: HarvesterError | None = None
+
+    @property
+    def exit_code(self) -> int:
+        if self.report is not None:
+            return self.report.exit_code
+        return self.error.exit_code if self.error is not None else EXIT_OK
+
+
+def check_lake_root(config: Config) -> None:
+    """Refuse an object-store root clearly until the lake is ported onto storage/ (never a folder 's3:')."""
+    root = config.output.root
+    if is_object_url(root):
+        url = parse_object_url(root)  # a malformed URL says what is wrong with it
+        raise ConfigError(
+            f"output.root {url}: this version writes lakes to local folders only; "
+            "object-store lakes (s3://, gs://, az://) arrive with the storage port"
+        )
+
+
+def check_credentials(config: Config, names: Sequence[str] | None) -> None:
+    """Without [[accounts]], fail early when the one account lacks its secrets (as before)."""
+    config.select(names)  # an unknown --account is a usage error whatever happens next
+    if not config.accounts:
+        require_credentials(config)
+
+
+async def harvest_accounts(
+    config: Config, command: str, names: Sequence[str] | None, *,
+    progress: ProgressFactory | None = None, backoff_base: float = DEFAULT_BACKOFF_BASE_S,
+) -> list[AccountOutcome]:
+    """Run ``backfill`` or ``refresh`` for each selected account; stop early only when interrupted."""
+    accounts = config.select(names)
+    if not accounts:
+        report = await run_harvest(config, command, progress=progress, backoff_base=backoff_base)
+        return [AccountOutcome("default", report=report)]
+    outcomes: list[AccountOutcome] = []
+    for account in accounts:
+        outcome = await _harvest_one(config, account, command, progress, backoff_base)
+        outcomes.append(outcome)
+        if outcome.exit_code == EXIT_INTERRUPTED:
+            break
+    return outcomes
+
+
+async def _harvest_one(
+    config: Config, account: AccountConfig, command: str, progress: ProgressFactory | None,
+    backoff_base: float,
+) -> AccountOutcome:
+    own = config.for_account(account)
+    try:
+        require_credentials(own, account)
+        report = await run_harvest(own, command, progress=progress, backoff_base=backoff_base)
+    except HarvesterError as exc:
+        log.error("account %s failed: %s", account.name, exc)
+        return AccountOutcome(account.name, error=exc)
+    return AccountOutcome(account.name, report=report)
+
+
+def exit_code(outcomes: Sequence[AccountOutcome]) -> int:
+    """One account: its own code. Several: 130 if interrupted, 3 if any failed, else 0."""
+    if len(outcomes) == 1:
+        return outcomes[0].exit_code
+    codes = [o.exit_code for o in outcomes]
+    if EXIT_INTERRUPTED in codes:
+        return EXIT_INTERRUPTED
+    return EXIT_OK if all(code == EXIT_OK for code in codes) else EXIT_PARTIAL
+
+
+def failure_line(outcomes: Sequence[AccountOutcome]) -> str | None:
+    """``accounts that failed: bob (…); carol (…)``, or None when none did."""
+    failed = [o for o in outcomes if o.error is not None]
+    if not failed:
+        return None
+    return "accounts that failed: " + "; ".join(f"{o.name} ({o.error})" for o in failed)

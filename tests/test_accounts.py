@@ -1,0 +1,156 @@
+"""Several accounts: [[accounts]] parsed and checked, --account selecting, one account's failure isolated."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from harvester.config import AccountConfig, load_config
+from harvester.errors import ConfigError
+from tests.harness import PASSWORD, USERNAME, cli_env, run_cli_async, write_config
+
+TWO_ACCOUNTS = """
+[[accounts]]
+name = "alice"
+username_env = "ALICE_USER"
+password_env = "ALICE_PASS"
+token_cache = "{tmp}/alice.json"
+
+[[accounts]]
+name = "bob"
+method = "token"
+access_token_env = "BOB_TOKEN"
+token_cache = "{tmp}/bob.json"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "c.toml"
+    path.write_text(text.replace("{tmp}", str(tmp_path)), encoding="utf-8")
+    return path
+
+
+def test_accounts_parse_with_their_own_secret_variables(tmp_path: Path) -> None:
+    """Each entry reads its secrets from the variables it names (PELOTON_* otherwise); for_account gives its method and cache."""
+    env = {"ALICE_USER": "a@example.com", "ALICE_PASS": "pa", "BOB_TOKEN": "tok",
+           "PELOTON_USERNAME": "someone-else"}
+    config = load_config(write(tmp_path, TWO_ACCOUNTS), env=env)
+    alice, bob = config.accounts
+    assert (alice.name, alice.credentials.username, alice.credentials.password) == ("alice", "a@example.com", "pa")
+    assert bob.credentials.access_token == "tok"
+    assert bob.credentials.username == "someone-else"  # a variable it does not name: the PELOTON_* default
+    own = config.for_account(bob)
+    assert own.auth.method == "token" and own.auth.token_cache == str(tmp_path / "bob.json")
+    assert own.credentials.access_token == "tok"
+    assert config.for_account(alice).auth.method == config.auth.method
+    assert "pa" not in repr(config) and "tok" not in repr(config)
+
+
+def test_default_token_cache_is_per_account() -> None:
+    """An entry without token_cache gets ~/.cache/peloton-harvester/<name>.json, never the shared one."""
+    assert AccountConfig(name="carol").token_cache_path.name == "carol.json"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('[[accounts]]\nname = "a"\nusername_evn = "X"\n',
+         "unknown config key accounts[0].username_evn; did you mean 'username_env'?"),
+        ('[[accounts]]\nmethod = "token"\n', "accounts[0].name must be 1-64 letters"),
+        ('[[accounts]]\nname = "../etc"\n', "accounts[0].name must be 1-64 letters"),
+        ('[[accounts]]\nname = "a"\npassword_env = "NOT A VAR"\n',
+         "accounts[0].password_env must name an environment variable"),
+        ('[[accounts]]\nname = "a"\n[[accounts]]\nname = "a"\n', "[[accounts]] name 'a' appears twice"),
+        ('[[accounts]]\nname = "a"\ntoken_cache = "/x/t.json"\n[[accounts]]\nname = "b"\n'
+         'token_cache = "/x/t.json"\n', "accounts 'a' and 'b' share the token cache"),
+        ('[[accounts]]\nname = "a"\nmethod = "oauth"\n', "accounts 'a': method must be one of"),
+        ('[[accounts]]\nname = 3\n', "config key accounts[0].name must be a string"),
+        ('accounts = "alice"\n', "config key 'accounts' must be an array of tables"),
+    ],
+)
+def test_bad_accounts_name_the_entry_and_key(tmp_path: Path, text: str, expected: str) -> None:
+    """Each mistake in [[accounts]] is one ConfigError line naming the entry and the key."""
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text), env={})
+    assert expected in str(info.value) and "\n" not in str(info.value)
+
+
+def test_select_by_name_in_config_order_and_refuse_strangers(tmp_path: Path) -> None:
+    """--account picks entries (config order kept); an unknown name is refused with a suggestion."""
+    config = load_config(write(tmp_path, TWO_ACCOUNTS), env={})
+    assert [a.name for a in config.select(["bob", "alice"])] == ["alice", "bob"]
+    assert [a.name for a in config.select(["bob"])] == ["bob"]
+    assert [a.name for a in config.select(None)] == ["alice", "bob"]
+    with pytest.raises(ConfigError, match="--account 'alcie' is not in \\[\\[accounts\\]\\]; did you mean 'alice'"):
+        config.select(["alcie"])
+    with pytest.raises(ConfigError, match="--account needs \\[\\[accounts\\]\\]"):
+        load_config(write(tmp_path, ""), env={}).select(["alice"])
+
+
+# -- the CLI ---------------------------------------------------------------------
+
+
+def accounts_config(tmp_path: Path, url: str, entries: str) -> Path:
+    path = write_config(tmp_path, url)
+    path.write_text(path.read_text(encoding="utf-8") + "\n" + entries, encoding="utf-8")
+    return path
+
+
+async def test_one_accounts_failure_does_not_stop_the_others(make_emulator: Any, tmp_path: Path) -> None:
+    """bob's wrong password fails bob alone: alice is harvested, the run exits 3 naming bob, no secret shown."""
+    emulator = await make_emulator(workouts=12)
+    entries = (f'[[accounts]]\nname = "bob"\nusername_env = "BOB_USER"\npassword_env = "BOB_PASS"\n'
+               f'token_cache = "{tmp_path}/bob.json"\n'
+               f'[[accounts]]\nname = "alice"\nusername_env = "ALICE_USER"\npassword_env = "ALICE_PASS"\n'
+               f'token_cache = "{tmp_path}/alice.json"\n')
+    path = accounts_config(tmp_path, emulator.url, entries)
+    env = cli_env(tmp_path, ALICE_USER=USERNAME, ALICE_PASS=PASSWORD, BOB_USER=USERNAME,
+                  BOB_PASS="wrong-secret-for-bob")
+    done = await run_cli_async(["backfill", "--config", str(path), "--no-progress"], env)
+    assert done.returncode == 3, done.stderr
+    assert "alice: backfill: " in done.stdout and "12 workouts" in done.stdout
+    errors = [line for line in done.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "accounts that failed: bob (" in errors[0], done.stderr
+    assert "wrong-secret-for-bob" not in done.stdout + done.stderr
+    assert len(list((tmp_path / "lake" / "workouts").glob("date=*/*.jsonl"))) >= 1
+
+
+async def test_account_option_runs_only_the_named_account(make_emulator: Any, tmp_path: Path) -> None:
+    """--account alice harvests alice only: bob (whose secrets are not even set) is not tried."""
+    emulator = await make_emulator(workouts=5)
+    entries = ('[[accounts]]\nname = "alice"\n'
+               f'token_cache = "{tmp_path}/alice.json"\n'
+               '[[accounts]]\nname = "bob"\nusername_env = "BOB_USER"\npassword_env = "BOB_PASS"\n'
+               f'token_cache = "{tmp_path}/bob.json"\n')
+    path = accounts_config(tmp_path, emulator.url, entries)
+    done = await run_cli_async(["backfill", "--config", str(path), "--account", "alice", "--no-progress"],
+                               cli_env(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("alice: backfill: ") and "bob" not in done.stdout + done.stderr
+    unknown = await run_cli_async(["refresh", "--config", str(path), "--account", "carol"], cli_env(tmp_path))
+    assert unknown.returncode == 2 and "--account 'carol' is not in [[accounts]]" in unknown.stderr
+
+
+async def test_an_s3_root_is_refused_clearly_and_no_folder_named_s3_appears(
+    make_emulator: Any, tmp_path: Path
+) -> None:
+    """output.root = s3://… exits 2 with one line until the lake runs on object storage; nothing local."""
+    emulator = await make_emulator(workouts=3)
+    path = write_config(tmp_path, emulator.url, output={"root": "s3://bucket/lake"})
+    env = cli_env(tmp_path)
+    work = tmp_path / "cwd"
+    work.mkdir()
+    done = await anyio.run_process(
+        [sys.executable, "-m", "harvester", "backfill", "--config", str(path)],
+        env=env, cwd=work, check=False,
+    )
+    stderr = done.stderr.decode()
+    assert done.returncode == 2, stderr
+    assert len(stderr.strip().splitlines()) == 1 and "output.root s3://bucket/lake" in stderr
+    assert list(work.iterdir()) == [] and not (tmp_path / "s3:").exists()
+    bad = await run_cli_async(["backfill", "--config", str(path), "--out", "s3://x/../y"], env)
+    assert bad.returncode == 2 and "bucket" in bad.stderr
