@@ -36,18 +36,18 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_accounts_parse_with_their_own_secret_variables(tmp_path: Path) -> None:
     """Each entry reads its secrets from the variables it names (PELOTON_* otherwise); for_account gives its method and cache."""
-    env = {"ALICE_USER": "a@example.com", "ALICE_PASS": "pa", "BOB_TOKEN": "tok",
+    env = {"ALICE_USER": "a@example.com", "ALICE_PASS": "alice-secret-pw", "BOB_TOKEN": "bob-secret-token",
            "PELOTON_USERNAME": "someone-else"}
     config = load_config(write(tmp_path, TWO_ACCOUNTS), env=env)
     alice, bob = config.accounts
-    assert (alice.name, alice.credentials.username, alice.credentials.password) == ("alice", "a@example.com", "pa")
-    assert bob.credentials.access_token == "tok"
+    assert (alice.name, alice.credentials.username, alice.credentials.password) == ("alice", "a@example.com", "alice-secret-pw")
+    assert bob.credentials.access_token == "bob-secret-token"
     assert bob.credentials.username == "someone-else"  # a variable it does not name: the PELOTON_* default
     own = config.for_account(bob)
     assert own.auth.method == "token" and own.auth.token_cache == str(tmp_path / "bob.json")
-    assert own.credentials.access_token == "tok"
+    assert own.credentials.access_token == "bob-secret-token"
     assert config.for_account(alice).auth.method == config.auth.method
-    assert "pa" not in repr(config) and "tok" not in repr(config)
+    assert "alice-secret-pw" not in repr(config) and "bob-secret-token" not in repr(config)
 
 
 def test_default_token_cache_is_per_account() -> None:
