@@ -101,22 +101,32 @@ def accounts_config(tmp_path: Path, url: str, entries: str) -> Path:
 
 
 async def test_one_accounts_failure_does_not_stop_the_others(make_emulator: Any, tmp_path: Path) -> None:
-    """bob's wrong password fails bob alone: alice is harvested, the run exits 3 naming bob, no secret shown."""
-    emulator = await make_emulator(workouts=12)
-    entries = (f'[[accounts]]\nname = "bob"\nusername_env = "BOB_USER"\npassword_env = "BOB_PASS"\n'
-               f'token_cache = "{tmp_path}/bob.json"\n'
-               f'[[accounts]]\nname = "alice"\nusername_env = "ALICE_USER"\npassword_env = "ALICE_PASS"\n'
-               f'token_cache = "{tmp_path}/alice.json"\n')
+    """Three members into one lake; bob's wrong password fails bob alone: exit 3 naming bob, no secret shown."""
+    emulator = await make_emulator(workouts=12, accounts=3)
+    entries = "".join(
+        f'[[accounts]]\nname = "{name}"\nusername_env = "{name.upper()}_USER"\n'
+        f'password_env = "{name.upper()}_PASS"\ntoken_cache = "{tmp_path}/{name}.json"\n'
+        for name in ("alice", "bob", "carol")
+    )
     path = accounts_config(tmp_path, emulator.url, entries)
-    env = cli_env(tmp_path, ALICE_USER=USERNAME, ALICE_PASS=PASSWORD, BOB_USER=USERNAME,
-                  BOB_PASS="wrong-secret-for-bob")
+    env = cli_env(tmp_path, ALICE_USER=USERNAME, ALICE_PASS=PASSWORD, BOB_USER="user2@example.com",
+                  BOB_PASS="wrong-secret-for-bob", CAROL_USER="user3@example.com", CAROL_PASS="pass3")
     done = await run_cli_async(["backfill", "--config", str(path), "--no-progress"], env)
     assert done.returncode == 3, done.stderr
-    assert "alice: backfill: " in done.stdout and "12 workouts" in done.stdout
+    assert "alice: backfill: " in done.stdout and "carol: backfill: " in done.stdout
     errors = [line for line in done.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and "accounts that failed: bob (" in errors[0], done.stderr
     assert "wrong-secret-for-bob" not in done.stdout + done.stderr
-    assert len(list((tmp_path / "lake" / "workouts").glob("date=*/*.jsonl"))) >= 1
+    alice, _bob, carol = (a.user_id for a in emulator.state.accounts)
+    files = {p.name for p in (tmp_path / "lake" / "workouts").glob("date=*/*.jsonl")}
+    assert files == {f"{alice}.jsonl", f"{carol}.jsonl"}
+    assert rows(tmp_path / "lake", "workouts", alice) == rows(tmp_path / "lake", "workouts", carol) == 12
+    instructors = list((tmp_path / "lake" / "instructors").glob("*.jsonl"))
+    assert len(instructors) == 1  # shared by the members, kept once
+
+
+def rows(root: Path, dataset: str, user_id: str) -> int:
+    return sum(p.read_bytes().count(b"\n") for p in (root / dataset).glob(f"date=*/{user_id}.jsonl"))
 
 
 async def test_account_option_runs_only_the_named_account(make_emulator: Any, tmp_path: Path) -> None:

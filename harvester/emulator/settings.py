@@ -37,6 +37,9 @@ RUNTIME_KNOBS = frozenset(
 )
 
 
+MAX_ACCOUNTS = 1000
+
+
 class SettingsError(ValueError):
     """A knob was given a value the emulator cannot honour."""
 
@@ -62,9 +65,11 @@ class EmulatorSettings:
     arrive_every: int | None = None
     extra_field: bool = False
     quirks: frozenset[str] = field(default_factory=frozenset)
+    accounts: int = 1  # members served; see logins()
 
     def __post_init__(self) -> None:
         _check(self.workouts >= 0, "workouts must be >= 0")
+        _check(1 <= self.accounts <= MAX_ACCOUNTS, f"accounts must be between 1 and {MAX_ACCOUNTS}")
         _check(self.faults in FAULT_PROFILES, f"faults must be one of {FAULT_PROFILES}")
         _check(
             self.rate_limit_style in RATE_LIMIT_STYLES,
@@ -77,6 +82,13 @@ class EmulatorSettings:
         _check(self.latency_ms >= 0 and self.jitter_ms >= 0, "latency must be >= 0")
         unknown = set(self.quirks) - QUIRKS
         _check(not unknown, f"unknown quirks {sorted(unknown)}; known: {sorted(QUIRKS)}")
+
+    def logins(self) -> list[tuple[str, str]]:
+        """(username, password) of each account: the first is --username/--password,
+        account k (2, 3, ...) is ``user<k>@example.com`` / ``pass<k>``."""
+        return [(self.username, self.password)] + [
+            (f"user{k}@example.com", f"pass{k}") for k in range(2, self.accounts + 1)
+        ]
 
     @property
     def burst(self) -> float:
@@ -129,6 +141,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"login name of the synthetic account (default {d.username})",
     )
     add("--password", default=d.password, help=f"its password (default {d.password})")
+    add(
+        "--accounts",
+        type=int,
+        default=d.accounts,
+        help="members served, sharing classes and instructors: the first logs in with "
+        "--username/--password, account K (2, 3, ...) with userK@example.com / passK; "
+        "each has --workouts workouts (default 1)",
+    )
     add(
         "--latency-ms", type=float, default=d.latency_ms, help="fixed delay per request (default 0)"
     )
@@ -211,5 +231,6 @@ def settings_from_args(ns: argparse.Namespace) -> tuple[EmulatorSettings, str, i
         arrive_every=ns.arrive_every,
         extra_field=ns.extra_field,
         quirks=parse_quirks(ns.quirks),
+        accounts=ns.accounts,
     )
     return settings, ns.host, ns.port
