@@ -39,7 +39,7 @@ from pathlib import Path
 import orjson
 
 from harvester.errors import LakeError
-from harvester.files import TEMP_NAME, sync_filesystem, temp_name, write_temp
+from harvester.files import TEMP_NAME, locked_dir, sync_filesystem, temp_name, write_temp
 
 Row = dict[str, object]
 
@@ -55,7 +55,8 @@ _KEY_FIELDS = {"workouts": "id", "performance_graphs": "workout_id", "rides": "r
                "instructors": "id"}
 _UNPARTITIONED = frozenset({"instructors"})
 # Instructors are the same for every account: one shared file keeps each id once
-# in a lake that several accounts share (runs on one lake never overlap: the lock).
+# in a lake that several accounts share; runs of different accounts may commit at
+# once, so its merge holds the directory's flock (_shared_files_lock).
 SHARED_FILES = {"instructors": "instructors"}
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -183,14 +184,26 @@ class Lake:
         # workout implies its graph and ride files were renamed before it.
         staged: list[_Staged] = []
         try:
-            for dataset, directory, lines in plan:
-                staged.append(self._stage(dataset, directory, SHARED_FILES.get(dataset, user_id), lines))
-            self._publish(staged)
+            with self._shared_files_lock(plan):
+                for dataset, directory, lines in plan:
+                    staged.append(self._stage(dataset, directory, SHARED_FILES.get(dataset, user_id), lines))
+                self._publish(staged)
         except OSError as exc:
             raise LakeError(f"cannot write the lake at {self.root}: {exc.strerror or exc}") from None
         finally:
             _discard(staged)  # whatever an error left unrenamed; empty after a publish
         return counts
+
+    @contextlib.contextmanager
+    def _shared_files_lock(self, plan: Sequence[tuple[str, Path, object]]) -> Iterator[None]:
+        """Runs of different accounts commit side by side: a commit that merges a file shared
+        by all accounts (instructors) holds its directory's flock from read to rename."""
+        shared = sorted({str(directory) for dataset, directory, _ in plan if dataset in SHARED_FILES})
+        with contextlib.ExitStack() as stack:
+            for directory in shared:  # one order everywhere: no deadlock
+                Path(directory).mkdir(parents=True, exist_ok=True)
+                stack.enter_context(locked_dir(Path(directory)))
+            yield
 
     def workout_ids(self, user_id: str) -> dict[str, int]:
         """``id -> created_at`` of every committed workout of the account."""

@@ -21,11 +21,13 @@ from anyio.abc import TaskStatus
 from harvester import __version__
 from harvester.api import NULL_RIDE_ID, open_api, workout_ref
 from harvester.client import DEFAULT_BACKOFF_BASE_S, RequestStats
-from harvester.config import Config
+from harvester.config import DEFAULT_ACCOUNT, Config
 from harvester.errors import ApiError
 from harvester.lake import Lake
 from harvester.pipeline import Harvest, Outcome, ProgressHook
-from harvester.state import AccountState, RunLock, StateStore
+from harvester.state import AccountState, StateStore
+from harvester.storage import LocalStorage
+from harvester.storage.lease import run_lock
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +93,13 @@ async def run_harvest(
     lake = Lake(root, config.output.compression)
     lake.check_writable()
     store = StateStore(root)
-    with RunLock(root, command):
-        await anyio.to_thread.run_sync(lake.clean_temp_files)
+    account = config.accounts[0].name if config.accounts else DEFAULT_ACCOUNT
+
+    def sweep() -> None:  # temporaries of killed runs; only while no other run is writing
+        lake.clean_temp_files()
         store.clean_temp_files()
+
+    async with run_lock(LocalStorage(root), account, command, sweep=sweep):
         stop = anyio.CancelScope()
         error: BaseException | None = None
         try:

@@ -26,7 +26,7 @@ def detail_requests(emulator: Any) -> int:
 
 def lock_holder(root: Path) -> dict[str, Any] | None:
     try:
-        info = orjson.loads((root / "_harvester" / "lock").read_bytes())
+        info = orjson.loads((root / "_harvester" / "locks" / "default.lock").read_bytes())
     except (FileNotFoundError, orjson.JSONDecodeError):
         return None
     return info if isinstance(info, dict) else None

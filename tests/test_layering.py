@@ -19,7 +19,7 @@ ALLOWED: dict[str, set[str]] = {
     "lake": {"errors", "files"},
     "state": {"errors", "files"},
     "pipeline": {"errors", "config", "client", "api", "lake", "state"},
-    "run": {"errors", "config", "client", "api", "lake", "state", "pipeline", "__init__"},
+    "run": {"errors", "config", "client", "api", "lake", "state", "pipeline", "storage", "__init__"},
     "accounts": {"errors", "config", "client", "run", "storage"},
 }
 

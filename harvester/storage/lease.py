@@ -1,6 +1,7 @@
 """The run lock, one per account: an ``flock`` on a local lake, a lease object on an object store.
 
     _harvester/locks/<account>.lock     local: flock'ed while the run lives; the kernel frees it
+    _harvester/lock                     local: shared by all runs, exclusive only to sweep temporaries
     _harvester/locks/<account>.json     object store: the lease, {"holder", "expires_at", ...}
 
 A lease is taken with a conditional write: ``create`` when there is none,
@@ -15,6 +16,7 @@ machines sharing a lake need clocks within a small part of the lifetime (NTP).
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import re
@@ -40,7 +42,10 @@ from harvester.storage.local import LocalStorage, RunFileLock
 log = logging.getLogger(__name__)
 
 DEFAULT_LEASE_TTL_S = 60.0
+DEFAULT_LAKE_WAIT_S = 30.0  # longest wait for another run's sweep of temporaries
+LAKE_POLL_S = 0.05
 LOCKS_PREFIX = "_harvester/locks"
+LAKE_LOCK = "_harvester/lock"
 ACCOUNT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
@@ -181,15 +186,72 @@ async def _renew(lease: Lease) -> None:
 @asynccontextmanager
 async def run_lock(
     storage: Storage, account: str, command: str, *, ttl_s: float = DEFAULT_LEASE_TTL_S,
+    sweep: Callable[[], object] | None = None,
 ) -> AsyncIterator[None]:
-    """The account's run lock on ``storage``: a local flock, or a renewed lease object."""
+    """The account's run lock on ``storage``: a local flock, or a renewed lease object.
+
+    ``sweep`` (removing temporaries killed runs left) runs only where no other
+    run can be writing: locally, while this run alone holds the lake's lock.
+    """
     check_account_name(account)
     if isinstance(storage, LocalStorage):
-        with _AccountFileLock(storage, account, command):
+        with _AccountFileLock(storage, account, command), _LakeLock(storage) as lake:
+            await lake.enter(sweep)
             yield
         return
     async with hold_lease(Lease(storage, account, command, ttl_s=ttl_s)):
         yield
+
+
+class _LakeLock:
+    """``_harvester/lock``: held shared by every run on a local lake, exclusive only to sweep.
+
+    A temporary file in the lake may be another live run's staged commit, so
+    only a run that finds itself alone (the exclusive flock) removes them.
+    """
+
+    def __init__(self, storage: LocalStorage) -> None:
+        self.storage = storage
+        self.path = storage.path(LAKE_LOCK)
+        self._fd: int | None = None
+
+    def __enter__(self) -> _LakeLock:
+        try:
+            self.storage.ensure_parent(self.path, private=True)
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            raise StateError(f"cannot open lock file {self.path}: {exc.strerror or exc}") from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # releases the flock
+
+    async def enter(self, sweep: Callable[[], object] | None) -> None:
+        """Sweep if alone, then hold the lock shared; wait out another run's short sweep."""
+        assert self._fd is not None
+        if self._try(fcntl.LOCK_EX):
+            if sweep is not None:
+                await anyio.to_thread.run_sync(sweep)
+            fcntl.flock(self._fd, fcntl.LOCK_SH)  # we hold it exclusively: this cannot wait
+            return
+        with anyio.move_on_after(DEFAULT_LAKE_WAIT_S):
+            # Another process holds the flock: there is no event to await, and a
+            # blocking flock in a thread could not be cancelled.
+            while not self._try(fcntl.LOCK_SH):  # noqa: ASYNC110
+                await anyio.sleep(LAKE_POLL_S)
+            return
+        raise LockedError(f"the lake at {self.storage.root} stayed locked exclusively for "
+                          f"{DEFAULT_LAKE_WAIT_S:.0f} s (an older version's run?); try again later")
+
+    def _try(self, mode: int) -> bool:
+        assert self._fd is not None
+        try:
+            fcntl.flock(self._fd, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
 
 
 class _AccountFileLock:

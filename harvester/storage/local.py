@@ -26,7 +26,7 @@ from pathlib import Path
 from types import TracebackType
 
 from harvester.errors import StorageConflictError, StorageError
-from harvester.files import TEMP_NAME, fsync_dir, sync_filesystem, temp_name, write_temp
+from harvester.files import TEMP_NAME, fsync_dir, locked_dir, sync_filesystem, temp_name, write_temp
 from harvester.storage.base import Batch, Blob, Entry, check_key, check_prefix
 
 PUBLIC_MODE = 0o666  # lake files follow the umask: readers need them
@@ -123,7 +123,7 @@ class LocalStorage:
         path = self.path(key)
         try:
             self.ensure_parent(path, private)
-            with _locked_dir(path.parent):
+            with locked_dir(path.parent):
                 try:
                     current = content_version(path.read_bytes())
                 except FileNotFoundError:
@@ -300,17 +300,6 @@ class RunFileLock:
             fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
-
-
-@contextlib.contextmanager
-def _locked_dir(directory: Path) -> Iterator[None]:
-    """An exclusive flock on ``directory`` itself: compare-and-swap writers there take turns."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the flock
 
 
 def _durable_temp(target: Path, data: bytes, private: bool) -> Path:
