@@ -6,18 +6,25 @@ every selected account runs with its own method, token cache and secrets;
 an account that fails (authentication, an outage, a missing variable) is
 named on stderr and the others still run: the command then exits 3.
 
-The accounts run one after another in this version: the local lake's lock and
-its shared files (instructors) are not yet safe for two runs at once.
+Several accounts run at once, in one task group: each behind its own limiter
+at ``requests_per_second`` and its own run lock, all over one connection pool,
+all stopped together by one SIGINT/SIGTERM watcher.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import aiohttp
+import anyio
+from anyio.abc import TaskStatus
+
+from harvester.api import open_session
 from harvester.client import DEFAULT_BACKOFF_BASE_S
-from harvester.config import AccountConfig, Config, require_credentials
+from harvester.config import DEFAULT_ACCOUNT, AccountConfig, Config, require_credentials
 from harvester.errors import ConfigError, HarvesterError
 from harvester.run import EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, ProgressFactory, RunReport, run_harvest
 from harvester.storage import is_object_url, parse_object_url
@@ -62,32 +69,61 @@ async def harvest_accounts(
     config: Config, command: str, names: Sequence[str] | None, *,
     progress: ProgressFactory | None = None, backoff_base: float = DEFAULT_BACKOFF_BASE_S,
 ) -> list[AccountOutcome]:
-    """Run ``backfill`` or ``refresh`` for each selected account; stop early only when interrupted."""
+    """Run ``backfill`` or ``refresh`` for each selected account, all at once; outcomes in config order."""
     accounts = config.select(names)
     if not accounts:
         report = await run_harvest(config, command, progress=progress, backoff_base=backoff_base)
-        return [AccountOutcome("default", report=report)]
-    outcomes: list[AccountOutcome] = []
-    for account in accounts:
-        outcome = await _harvest_one(config, account, command, progress, backoff_base)
-        outcomes.append(outcome)
-        if outcome.exit_code == EXIT_INTERRUPTED:
-            break
+        return [AccountOutcome(DEFAULT_ACCOUNT, report=report)]
+    if len(accounts) > 1:
+        progress = None  # one bar per account would garble the terminal; summaries follow
+    outcomes = [AccountOutcome(account.name) for account in accounts]
+    stop_requested = anyio.Event()
+    pool = open_session(config.harvest.concurrency * len(accounts))
+    async with pool as session, anyio.create_task_group() as watcher:
+        await watcher.start(_set_on_signal, stop_requested)
+        async with anyio.create_task_group() as runs:
+            for outcome, account in zip(outcomes, accounts, strict=True):
+                runs.start_soon(_harvest_one, config.for_account(account), account, command, outcome,
+                                _RunOptions(progress, backoff_base, stop_requested, session))
+        watcher.cancel_scope.cancel()
     return outcomes
 
 
+@dataclass(frozen=True, slots=True)
+class _RunOptions:
+    progress: ProgressFactory | None
+    backoff_base: float
+    stop_requested: anyio.Event
+    session: aiohttp.ClientSession
+
+
 async def _harvest_one(
-    config: Config, account: AccountConfig, command: str, progress: ProgressFactory | None,
-    backoff_base: float,
-) -> AccountOutcome:
-    own = config.for_account(account)
+    config: Config, account: AccountConfig, command: str, outcome: AccountOutcome,
+    options: _RunOptions,
+) -> None:
+    """One account's run; its error is recorded in ``outcome``, never raised into the others."""
     try:
-        require_credentials(own, account)
-        report = await run_harvest(own, command, progress=progress, backoff_base=backoff_base)
+        require_credentials(config, account)
+        outcome.report = await run_harvest(
+            config, command, progress=options.progress, backoff_base=options.backoff_base,
+            stop_requested=options.stop_requested, session=options.session,
+        )
     except HarvesterError as exc:
         log.error("account %s failed: %s", account.name, exc)
-        return AccountOutcome(account.name, error=exc)
-    return AccountOutcome(account.name, report=report)
+        outcome.error = exc
+
+
+async def _set_on_signal(
+    event: anyio.Event, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+) -> None:
+    """Set ``event`` on the first SIGINT or SIGTERM: every account's run commits, then stops."""
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
+        async for signum in signals:
+            log.warning("received %s: every account commits what is complete, then stops",
+                        signal.Signals(signum).name)
+            event.set()
+            return
 
 
 def exit_code(outcomes: Sequence[AccountOutcome]) -> int:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
+import aiohttp
 import anyio
 from anyio.abc import TaskStatus
 
@@ -81,6 +82,8 @@ async def run_harvest(
     *,
     progress: ProgressFactory | None = None,
     backoff_base: float = DEFAULT_BACKOFF_BASE_S,
+    stop_requested: anyio.Event | None = None,
+    session: aiohttp.ClientSession | None = None,
 ) -> RunReport:
     """Run ``backfill`` or ``refresh`` to the end, or until SIGINT/SIGTERM.
 
@@ -88,6 +91,8 @@ async def run_harvest(
     stops the run: what is complete is committed, state and manifest are
     written, and the report says exit 130.
     ``backoff_base`` scales retry back-off; tests shrink it so no test sleeps for seconds.
+    Several accounts' runs in one process pass ``stop_requested`` (set by the one
+    signal watcher of them all) and ``session`` (one connection pool for all).
     """
     root = config.output.root_path
     lake = Lake(root, config.output.compression)
@@ -104,10 +109,13 @@ async def run_harvest(
         error: BaseException | None = None
         try:
             async with anyio.create_task_group() as watcher:
-                await watcher.start(_cancel_on_signal, stop)
+                if stop_requested is None:
+                    await watcher.start(_cancel_on_signal, stop)
+                else:
+                    watcher.start_soon(_cancel_on_event, stop, stop_requested)
                 try:
-                    report = await _run_locked(config, command, lake, store, stop,
-                                               progress=progress, backoff_base=backoff_base)
+                    report = await _run_locked(config, command, lake, store, stop, progress=progress,
+                                               backoff_base=backoff_base, session=session)
                 finally:
                     watcher.cancel_scope.cancel()
         except BaseExceptionGroup as group:
@@ -122,13 +130,14 @@ async def run_harvest(
 async def _run_locked(
     config: Config, command: str, lake: Lake, store: StateStore, stop: anyio.CancelScope,
     *, progress: ProgressFactory | None, backoff_base: float,
+    session: aiohttp.ClientSession | None = None,
 ) -> RunReport:
     """Authenticate and harvest inside ``stop``; then record the run, interrupted or not."""
     stats = RequestStats()
     started = time.time()
     run_id = uuid.uuid4().hex[:12]
     harvest: Harvest | None = None
-    async with open_api(config, stats, backoff_base=backoff_base) as api:
+    async with open_api(config, stats, backoff_base=backoff_base, session=session) as api:
         sink: AbstractContextManager[ProgressHook | None] = (
             progress(stats) if progress is not None else nullcontext(None)
         )
@@ -193,6 +202,12 @@ async def _cancel_on_signal(
                         signal.Signals(signum).name)
             scope.cancel()
             return
+
+
+async def _cancel_on_event(scope: anyio.CancelScope, event: anyio.Event) -> None:
+    """Cancel ``scope`` once ``event`` is set (by a watcher shared with other accounts' runs)."""
+    await event.wait()
+    scope.cancel()
 
 
 def _update_state(state: AccountState, harvest: Harvest, command: str) -> None:

@@ -20,7 +20,7 @@ ALLOWED: dict[str, set[str]] = {
     "state": {"errors", "files"},
     "pipeline": {"errors", "config", "client", "api", "lake", "state"},
     "run": {"errors", "config", "client", "api", "lake", "state", "pipeline", "storage", "__init__"},
-    "accounts": {"errors", "config", "client", "run", "storage"},
+    "accounts": {"errors", "config", "client", "api", "run", "storage"},
 }
 
 
