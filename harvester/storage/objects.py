@@ -45,7 +45,7 @@ DEFAULT_MAX_RETRIES = 4
 DEFAULT_RETRY_TIMEOUT_S = 60.0
 # Where each provider's standard environment names a custom endpoint.
 ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT", "AWS_ENDPOINT_URL_S3",
-                      "GOOGLE_SERVICE_ENDPOINT", "AZURE_STORAGE_ENDPOINT", "AZURE_ENDPOINT")
+                      "GOOGLE_BASE_URL", "AZURE_STORAGE_ENDPOINT", "AZURE_ENDPOINT")
 T = TypeVar("T")
 
 
