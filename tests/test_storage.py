@@ -52,6 +52,18 @@ def test_write_replaces_the_whole_object(storage: Storage) -> None:
     assert blob is not None and blob.data == b"short\n"
 
 
+def test_move_puts_the_whole_object_under_the_new_key(storage: Storage) -> None:
+    """move() (quarantine uses it) leaves the content under the new key only; a missing source is an error."""
+    storage.write("workouts/date=2024-01-01/u.jsonl", b"damaged\n")
+    storage.write("_harvester/quarantine/u.jsonl", b"older\n")
+    storage.move("workouts/date=2024-01-01/u.jsonl", "_harvester/quarantine/u.jsonl")
+    assert storage.read("workouts/date=2024-01-01/u.jsonl") is None
+    blob = storage.read("_harvester/quarantine/u.jsonl")
+    assert blob is not None and blob.data == b"damaged\n"
+    with pytest.raises(StorageError):
+        storage.move("workouts/date=2024-01-01/u.jsonl", "_harvester/quarantine/v.jsonl")
+
+
 def test_keys_that_escape_the_root_are_refused(storage: Storage) -> None:
     """A key is plain relative segments: '..', absolute paths and empty segments are a bug."""
     for key in ("../x", "/etc/passwd", "a//b", "a/./b", ""):

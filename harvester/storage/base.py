@@ -8,6 +8,7 @@ Every operation works on whole objects:
     create(key, data)              only if absent, else StorageConflictError; -> version
     replace(key, data, version)    only if unchanged since read, else StorageConflictError; -> version
     delete(key)                    gone (absent is fine)
+    move(key, to)                  to ``to`` (replacing it); local: one rename, objects: copy + delete
     stat(key)                      -> Entry | None, without reading the content
     walk(prefix) / list_dir(prefix)  whole objects only, never a temporary name
     batch()                        stage many writes, then publish them together and in order
@@ -109,6 +110,8 @@ class Storage(Protocol):
     def replace(self, key: str, data: bytes, version: str, *, private: bool = False) -> str: ...
 
     def delete(self, key: str) -> None: ...
+
+    def move(self, key: str, to: str) -> None: ...
 
     def walk(self, prefix: str) -> Iterator[Entry]: ...
 

@@ -151,6 +151,18 @@ class LocalStorage:
         except OSError as exc:
             raise _error("delete", path, exc) from None
 
+    def move(self, key: str, to: str) -> None:
+        """Rename ``key`` to ``to`` (replacing it), durably; StorageError if ``key`` is absent."""
+        source, target = self.path(key), self.path(to)
+        try:
+            self.ensure_parent(target, private=to.startswith("_harvester/"))
+            os.replace(source, target)
+            fsync_dir(target.parent)
+            if source.parent != target.parent:
+                fsync_dir(source.parent)
+        except OSError as exc:
+            raise _error("move", source, exc) from None
+
     def walk(self, prefix: str) -> Iterator[Entry]:
         """Every file under ``prefix``, recursively, in key order; no temporaries, no folders."""
         dirs, files = self.list_dir(prefix)

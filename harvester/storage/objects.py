@@ -152,6 +152,12 @@ class ObjectStorage:
 
         self._call("delete", key, lambda: obstore.delete(self._store, check_key(key)), missing=True)
 
+    def move(self, key: str, to: str) -> None:
+        """Copy then delete (object stores have no rename): ``to`` is whole either way."""
+        import obstore
+
+        self._call("move", key, lambda: obstore.rename(self._store, check_key(key), check_key(to)))
+
     def walk(self, prefix: str) -> Iterator[Entry]:
         import obstore
 
@@ -203,8 +209,8 @@ class ObjectStorage:
         except FileNotFoundError as exc:  # obstore's NotFoundError
             if missing:
                 return None
-            raise StorageError(f"cannot {op} {self._url}/{key}: bucket or container not found "
-                               f"({_first_line(exc)})") from None
+            raise StorageError(f"cannot {op} {self._url}/{key}: not found (no such object, or the "
+                               f"bucket or container does not exist: {_first_line(exc)})") from None
         except (exceptions.AlreadyExistsError, exceptions.PreconditionError):
             raise StorageConflictError(
                 f"{self._url}/{key} already exists or changed since it was read"
