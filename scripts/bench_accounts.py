@@ -8,7 +8,8 @@ members; one ``backfill`` of N ``[[accounts]]`` entries (pinned to core 1)
 harvests them all at once, each behind its own limiter at ``--rps``. The
 allowance is N x rps requests per second; utilisation is the requests the
 emulator saw divided by (allowance x time), over the CLI's wall time (process
-start included) and over the window from first to last request.
+start included) and over the window from first to last request; and per
+account, from its run manifest, its requests / its duration / rps.
 """
 
 from __future__ import annotations
@@ -45,7 +46,9 @@ def start_emulator(accounts: int, workouts: int, latency_ms: float) -> tuple[sub
     return proc, url
 
 
-def write_config(tmp: Path, url: str, accounts: int, rps: float, concurrency: int) -> tuple[Path, dict[str, str]]:
+def write_config(
+    tmp: Path, url: str, accounts: int, rps: float, concurrency: int,
+) -> tuple[Path, dict[str, str]]:
     lines = [f'[api]\nbase_url = "{url}"\nauth_url = "{url}"\n',
              f"[harvest]\nconcurrency = {concurrency}\nrequests_per_second = {rps}\n",
              f'[output]\nroot = "{tmp / "lake"}"\n']
@@ -76,6 +79,10 @@ def main(argv: list[str]) -> int:
                              "--no-progress"], env)
             with urllib.request.urlopen(f"{url}/_emulator/stats?arrivals=1", timeout=60) as resp:
                 stats = json.loads(resp.read())
+            runs = (Path(tmp) / "lake" / "_harvester" / "runs").glob("*.json")
+            manifests = [json.loads(path.read_bytes()) for path in runs]
+            # each account's own run: its requests over its own duration, against its rps
+            per_account = sorted(m["requests"] / m["duration_s"] / args.rps for m in manifests)
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -93,6 +100,8 @@ def main(argv: list[str]) -> int:
         "allowance_rps": allowance,
         "utilisation_wall": round(stats["requests"] / child.wall_s / allowance, 3),
         "utilisation_window": round((stats["requests"] - 1) / window / allowance, 3),
+        "utilisation_per_account_min": round(per_account[0], 3),
+        "utilisation_per_account_median": round(per_account[len(per_account) // 2], 3),
         "client_cpu_s": round(child.user_s + child.sys_s, 2), "client_maxrss_mb": round(child.maxrss_mb, 1),
         "summary_lines": len(child.stdout.splitlines()),
     }
