@@ -68,11 +68,13 @@ def check_credentials(config: Config, names: Sequence[str] | None) -> None:
 async def harvest_accounts(
     config: Config, command: str, names: Sequence[str] | None, *,
     progress: ProgressFactory | None = None, backoff_base: float = DEFAULT_BACKOFF_BASE_S,
+    allow_mass_delete: bool = False,
 ) -> list[AccountOutcome]:
     """Run ``backfill`` or ``refresh`` for each selected account, all at once; outcomes in config order."""
     accounts = config.select(names)
     if not accounts:
-        report = await run_harvest(config, command, progress=progress, backoff_base=backoff_base)
+        report = await run_harvest(config, command, progress=progress, backoff_base=backoff_base,
+                                   allow_mass_delete=allow_mass_delete)
         return [AccountOutcome(DEFAULT_ACCOUNT, report=report)]
     if len(accounts) > 1:
         progress = None  # one bar per account would garble the terminal; summaries follow
@@ -84,7 +86,8 @@ async def harvest_accounts(
         async with anyio.create_task_group() as runs:
             for outcome, account in zip(outcomes, accounts, strict=True):
                 runs.start_soon(_harvest_one, config.for_account(account), account, command, outcome,
-                                _RunOptions(progress, backoff_base, stop_requested, session))
+                                _RunOptions(progress, backoff_base, allow_mass_delete,
+                                            stop_requested, session))
         watcher.cancel_scope.cancel()
     return outcomes
 
@@ -93,6 +96,7 @@ async def harvest_accounts(
 class _RunOptions:
     progress: ProgressFactory | None
     backoff_base: float
+    allow_mass_delete: bool
     stop_requested: anyio.Event
     session: aiohttp.ClientSession
 
@@ -106,7 +110,8 @@ async def _harvest_one(
         require_credentials(config, account)
         outcome.report = await run_harvest(
             config, command, progress=options.progress, backoff_base=options.backoff_base,
-            stop_requested=options.stop_requested, session=options.session,
+            allow_mass_delete=options.allow_mass_delete, stop_requested=options.stop_requested,
+            session=options.session,
         )
     except HarvesterError as exc:
         log.error("account %s failed: %s", account.name, exc)
