@@ -114,8 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Copy a Peloton workout history into a date-partitioned JSONL lake.",
         epilog="Secrets come from PELOTON_USERNAME, PELOTON_PASSWORD, PELOTON_ACCESS_TOKEN "
-        "and PELOTON_REFRESH_TOKEN. Exit codes: 0 ok, 1 internal error, 2 usage/config, "
-        "3 some items failed, 4 authentication failed, 130 interrupted.",
+        "and PELOTON_REFRESH_TOKEN (or the variables an [[accounts]] entry names). Exit codes: "
+        "0 ok, 1 internal error, 2 usage/config, 3 some items or accounts failed, "
+        "4 authentication failed, 75 try again later (another run holds the account), "
+        "130 interrupted.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     common = _common_options()
