@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -104,7 +105,10 @@ async def test_a_lease_lost_while_held_stops_the_block(s3_root: str) -> None:
     lease = Lease(storage, "alice", "backfill", ttl_s=0.3)
     with anyio.fail_after(10), pytest.raises(LeaseLostError):
         async with hold_lease(lease):
-            Lease(storage, "alice", "thief", ttl_s=TTL_S, clock=lambda: time.time() + 1).acquire()
+            thief = Lease(storage, "alice", "thief", ttl_s=TTL_S, clock=lambda: time.time() + 1)
+            while not thief.held:
+                with contextlib.suppress(LockedError):  # a renewal landed between read and replace
+                    thief.acquire()
             await anyio.sleep(10)  # cancelled by the failed renewal well before this ends
     assert lease_body(storage, "alice")["command"] == "thief"
 
