@@ -10,8 +10,9 @@ from aiohttp import web
 
 from harvester.emulator.account import Account, Workout
 from harvester.emulator.faults import FaultInjector, TokenBucket
+from harvester.emulator.logins import LoginState
 from harvester.emulator.render import month_summary
-from harvester.emulator.settings import CLIENT_ID, EmulatorSettings
+from harvester.emulator.settings import EmulatorSettings
 from harvester.emulator.stats import Stats
 from harvester.emulator.tokens import TokenIssuer
 
@@ -65,8 +66,10 @@ class EmulatorState:
             Account(settings.workouts, settings.seed ^ (k * 0x9E3779B1), username, shared=self.account)
             for k, (username, _) in enumerate(settings.logins()[1:], start=1)
         ]
-        self.tokens = TokenIssuer(self.account.user_id, CLIENT_ID)
-        self.issuers = [self.tokens] + [TokenIssuer(a.user_id, CLIENT_ID) for a in self.accounts[1:]]
+        self.tokens = TokenIssuer(self.account.user_id)
+        self.issuers = [self.tokens] + [TokenIssuer(a.user_id) for a in self.accounts[1:]]
+        self.login = LoginState()
+        self.orca_url = ""  # the second listener's base URL once started; "" skips that hop
         self.stats = Stats(time.monotonic())
         self.faults = FaultInjector(settings.seed)
         self.jitter = random.Random(settings.seed ^ 0x717)
@@ -85,6 +88,10 @@ class EmulatorState:
     def apply(self, settings: EmulatorSettings) -> None:
         """Swap in new runtime knobs."""
         old, self.settings = self.settings, settings
+        if old.anomalies != settings.anomalies:
+            self.login.anomalies_served = 0
+        if old.missing_csrf != settings.missing_csrf:
+            self.login.csrf_dropped = 0
         if (old.rate_limit, old.burst) != (settings.rate_limit, settings.burst):
             self._reset_bucket()
 
@@ -101,14 +108,18 @@ class EmulatorState:
             self._summary = (generation, month_summary(account))
         return self._summary[1]
 
-    def login(self, username: object, password: object) -> int | None:
-        """The index of the account these credentials sign in to, or None."""
+    def account_index(self, username: object, password: object) -> int | None:
+        """The index of the member these credentials sign in as, or None."""
         if not isinstance(username, str):
             return None
         for index, (name, secret) in enumerate(self.settings.logins()):
             if username.lower() == name.lower() and password == secret:
                 return index
         return None
+
+    def refresh_issuer(self, token: str) -> TokenIssuer:
+        """The issuer of the member a refresh token was granted to (the first if none was)."""
+        return next((i for i in self.issuers if token in i.refresh_tokens), self.tokens)
 
     def bearer_account(self, token: str) -> Account | None:
         """The account an unexpired bearer token was issued for, or None."""
