@@ -209,3 +209,22 @@ async def test_one_signal_stops_every_account_of_the_run(make_emulator: Any, tmp
     lines = cli.stdout().splitlines()
     assert len(lines) == 2 and all("INTERRUPTED" in line for line in lines), cli.stdout()
     assert whole_files(tmp_path / "lake") == []
+
+
+async def test_login_signs_in_the_named_account_into_its_own_token_cache(
+    make_emulator: Any, tmp_path: Path
+) -> None:
+    """login --account bob signs in member 2 with bob's variables into bob's cache; without --account: exit 2."""
+    emulator = await make_emulator(workouts=3, accounts=2)
+    path, env = members_config(tmp_path, emulator.url, 2)
+    ambiguous = await run_cli_async(["login", "--config", str(path)], env)
+    assert ambiguous.returncode == 2 and "login signs in one account at a time" in ambiguous.stderr
+    done = await run_cli_async(["login", "--config", str(path), "--account", "m2"], env)
+    assert done.returncode == 0, done.stderr
+    assert emulator.state.accounts[1].user_id in done.stdout
+    assert (tmp_path / "m2.json").exists() and not (tmp_path / "m1.json").exists()
+    no_password = {k: v for k, v in env.items() if not k.startswith("M2_")}
+    later = await run_cli_async(["refresh", "--config", str(path), "--account", "m2", "--no-progress"],
+                                no_password)  # the stored sign-in does: no password needed
+    assert later.returncode == 0, later.stderr
+    assert later.stdout.startswith("m2: refresh: ")
