@@ -24,13 +24,14 @@ import anyio
 import orjson
 
 from harvester import __version__
+from harvester.accounts import check_credentials, check_lake_root, exit_code, failure_line, harvest_accounts
 from harvester.client import RequestStats
 from harvester.config import SECRET_KEYS, Config, load_config, require_credentials
 from harvester.console import Console, configure_logging
 from harvester.errors import ApiError, ConfigError, UsageError, first_harvester_error
 from harvester.pipeline import ProgressHook
 from harvester.plan import plan_harvest
-from harvester.run import run_harvest, run_login
+from harvester.run import run_login
 from harvester.status import read_status, render
 
 log = logging.getLogger("harvester")
@@ -52,15 +53,15 @@ class Command:
     options: tuple[str, ...]  # keys of OPTIONS
 
 
-_HARVEST_OPTIONS = ("config", "out", "concurrency", "rps", "no-progress", "quiet", "log-format",
-                    "verbose", "allow-mass-delete")
+_HARVEST_OPTIONS = ("config", "out", "account", "concurrency", "rps", "no-progress", "quiet",
+                    "log-format", "verbose", "allow-mass-delete")
 COMMANDS: dict[str, Command] = {
     "login": Command(
         "sign in once and store the tokens, so later runs need no password",
         "Sign in and store the tokens at auth.token_cache. Headless with "
         "PELOTON_USERNAME/PELOTON_PASSWORD (asked for on a terminal when not set), or "
         "--browser: open the printed URL, sign in, paste the address the browser lands on.",
-        ("config", "browser", "log-format", "verbose")),
+        ("config", "account", "browser", "log-format", "verbose")),
     "backfill": Command(
         "make the lake complete and equal to the source (resumes)",
         "Make the lake complete and equal to the source: fetch every workout the lake lacks, "
@@ -83,7 +84,7 @@ COMMANDS: dict[str, Command] = {
         "count workouts and price the next run; writes nothing",
         "Page the workout list only and estimate the requests and time of the next run at the "
         "configured rate: a backfill, or on a complete lake a refresh. Progress on stderr.",
-        ("config", "out", "rps", "no-progress", "log-format", "verbose")),
+        ("config", "out", "account", "rps", "no-progress", "log-format", "verbose")),
     "status": Command(
         "show the last run and attempt, a running harvest, rows, items to retry",
         "Read the lake's state, run manifests and lock: per account the watermark, the last "
@@ -108,6 +109,8 @@ OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
         "(default: ./peloton-harvester.toml when present)")}),
     "out": (("--out",), {"metavar": "DIR", "help": (
         f"lake root, relative to the current directory (default: output.root, {_O.root})")}),
+    "account": (("--account",), {"action": "append", "metavar": "NAME", "help": (
+        "only this [[accounts]] entry (repeatable; default: all)")}),
     "concurrency": (("--concurrency",), {"type": int, "metavar": "N", "help": (
         f"workers (default: harvest.concurrency, {_H.concurrency})")}),
     "rps": (("--rps",), {"type": float, "metavar": "X", "help": (
@@ -161,9 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Copy a Peloton workout history into a date-partitioned JSONL lake.",
         epilog="Secrets come from the environment: PELOTON_USERNAME, PELOTON_PASSWORD, "
-        "PELOTON_ACCESS_TOKEN, PELOTON_REFRESH_TOKEN, never from the command line. Exit codes: "
-        "0 ok, 1 internal error (a bug), 2 fix the config or system, 3 some items failed "
-        "(retried next run), 4 authentication failed (run `login`), 75 temporary failure (try again later), "
+        "PELOTON_ACCESS_TOKEN, PELOTON_REFRESH_TOKEN (or the variables an [[accounts]] entry "
+        "names), never from the command line. Exit codes: "
+        "0 ok, 1 internal error (a bug), 2 fix the config or system, 3 some items or accounts "
+        "failed (retried next run), 4 authentication failed (run `login`), "
+        "75 temporary failure (try again later), "
         "130 interrupted.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -219,7 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "emulator":
             return _run_emulator(args)
         config = _config(args)
-        console.secrets = config.credentials.secrets()
+        console.secrets = [*config.credentials.secrets(),
+                           *(s for account in config.accounts for s in account.credentials.secrets())]
         configure_logging(verbose, console.fmt, console.secrets)
         return anyio.run(_dispatch, args, config, console)
     except KeyboardInterrupt:
@@ -279,15 +285,31 @@ def _config(args: argparse.Namespace) -> Config:
     if args.command == "demo":
         from harvester.demo import demo_overrides
 
-        return load_config(None, overrides=demo_overrides(overrides), search_default=False)
+        demo = load_config(None, overrides=demo_overrides(overrides), search_default=False)
+        check_lake_root(demo)
+        return demo
     config = load_config(getattr(args, "config", None), overrides=overrides)
-    if args.command == "login" and not args.browser:
-        return _with_prompted_credentials(config)
-    if args.command in ("backfill", "refresh", "plan") or (
-        args.command == "verify" and args.repair
-    ):
+    if args.command == "login":
+        config = _login_account(config, args.account)
+        return config if args.browser else _with_prompted_credentials(config)
+    check_lake_root(config)
+    if args.command in ("backfill", "refresh", "plan"):
+        check_credentials(config, args.account)
+    elif args.command == "verify" and args.repair:
         require_credentials(config)
     return config
+
+
+def _login_account(config: Config, names: list[str] | None) -> Config:
+    """`login` signs in one account: the one --account names when there are [[accounts]]."""
+    if not config.accounts:
+        config.select(names)  # --account without [[accounts]]: the usage error it always is
+        return config
+    chosen = config.select(names)
+    if len(chosen) != 1:
+        known = ", ".join(a.name for a in config.accounts)
+        raise ConfigError(f"login signs in one account at a time: add --account NAME (one of {known})")
+    return config.for_account(chosen[0])
 
 
 def _with_prompted_credentials(config: Config) -> Config:
@@ -318,19 +340,26 @@ async def _dispatch(args: argparse.Namespace, config: Config, console: Console) 
                        f"{config.auth.token_cache_path}")
         return 0
     if command in ("backfill", "refresh"):
-        report = await run_harvest(config, command, progress=_progress_factory(args),
-                                   allow_mass_delete=args.allow_mass_delete)
-        console.result(report.summary(), ok=report.exit_code == 0,
-                       fields={"event": "summary", **report.fields()})
-        return report.exit_code
+        outcomes = await harvest_accounts(config, command, args.account,
+                                          progress=_progress_factory(args),
+                                          allow_mass_delete=args.allow_mass_delete)
+        named = len(outcomes) > 1 or bool(config.accounts)
+        for outcome in outcomes:
+            if outcome.report is not None:
+                report = outcome.report
+                console.result(f"{outcome.name}: " * named + report.summary(),
+                               ok=report.exit_code == 0,
+                               fields={"event": "summary", "account": outcome.name, **report.fields()})
+        failed = failure_line(outcomes)
+        if failed is not None:
+            console.error(failed)
+        return exit_code(outcomes)
     if command == "verify":
         from harvester.verify import verify
 
         return await verify(config, repair=args.repair, print_line=console.result)
     if command == "plan":
-        plan = await plan_harvest(config, progress=_progress_factory(args))
-        console.result(plan.describe(), fields={"event": "plan", **plan.fields()})
-        return 0
+        return await _plan(args, config, console)
     if command == "status":
         document = read_status(config)
         if args.json:
@@ -359,6 +388,18 @@ async def _paste_from_stdin(url: str) -> str:
     if not line.strip():
         raise ConfigError("no callback URL was pasted; run `peloton-harvester login --browser` again")
     return line.strip()
+
+
+async def _plan(args: argparse.Namespace, config: Config, console: Console) -> int:
+    accounts = config.select(args.account)
+    for account in accounts or [None]:
+        own = config if account is None else config.for_account(account)
+        if account is not None:
+            require_credentials(own, account)
+        plan = await plan_harvest(own, progress=_progress_factory(args))
+        prefix = f"{account.name}: " if account is not None else ""
+        console.result(prefix + plan.describe(), fields={"event": "plan", **plan.fields()})
+    return 0
 
 
 def _run_emulator(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import anyio
 from anyio.abc import TaskStatus
 
@@ -25,11 +26,13 @@ from harvester import __version__
 from harvester.api import open_api
 from harvester.auth import Paste
 from harvester.client import DEFAULT_BACKOFF_BASE_S, RequestStats
-from harvester.config import Config
+from harvester.config import DEFAULT_ACCOUNT, Config
 from harvester.errors import EXIT_TEMPORARY, NeedsBackfillError, StateError, first_harvester_error
 from harvester.lake import Lake
 from harvester.pipeline import Harvest, Outcome, ProgressHook
-from harvester.state import AccountState, RunLock, StateStore
+from harvester.state import AccountState, StateStore
+from harvester.storage import LocalStorage
+from harvester.storage.lease import run_lock
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +138,8 @@ async def run_harvest(
     progress: ProgressFactory | None = None,
     backoff_base: float = DEFAULT_BACKOFF_BASE_S,
     allow_mass_delete: bool = False,
+    stop_requested: anyio.Event | None = None,
+    session: aiohttp.ClientSession | None = None,
 ) -> RunReport:
     """Run ``backfill`` or ``refresh`` to the end, or until SIGINT/SIGTERM.
 
@@ -144,37 +149,50 @@ async def run_harvest(
     writes its manifest (outcome, exit code, the error's one line) before the
     error goes on to the CLI.
     ``backoff_base`` scales retry back-off; tests shrink it so no test sleeps for seconds.
+    Several accounts' runs in one process pass ``stop_requested`` (set by the one
+    signal watcher of them all) and ``session`` (one connection pool for all).
     """
     attempt = _Attempt(command, time.time())
     store = StateStore(config.output.root_path)
     try:
-        return await _run(config, attempt, store, progress=progress, backoff_base=backoff_base,
-                          allow_mass_delete=allow_mass_delete)
+        return await _run(config, attempt, store, _Options(
+            progress, backoff_base, allow_mass_delete, stop_requested, session))
     except (Exception, KeyboardInterrupt) as exc:  # recorded, then re-raised
         if not attempt.recorded:
             _record_failed(store, config, attempt, exc)
         raise
 
 
-async def _run(
-    config: Config, attempt: _Attempt, store: StateStore, *,
-    progress: ProgressFactory | None, backoff_base: float, allow_mass_delete: bool,
-) -> RunReport:
+@dataclass(frozen=True, slots=True)
+class _Options:
+    progress: ProgressFactory | None
+    backoff_base: float
+    allow_mass_delete: bool
+    stop_requested: anyio.Event | None
+    session: aiohttp.ClientSession | None
+
+
+async def _run(config: Config, attempt: _Attempt, store: StateStore, options: _Options) -> RunReport:
     root = config.output.root_path
     lake = Lake(root, config.output.compression)
     lake.check_writable()
-    with RunLock(root, attempt.command):
-        await anyio.to_thread.run_sync(lake.clean_temp_files)
+    account = config.accounts[0].name if config.accounts else DEFAULT_ACCOUNT
+
+    def sweep() -> None:  # temporaries of killed runs; only while no other run is writing
+        lake.clean_temp_files()
         store.clean_temp_files()
+
+    async with run_lock(LocalStorage(root), account, attempt.command, sweep=sweep):
         stop = anyio.CancelScope()
         error: BaseException | None = None
         try:
             async with anyio.create_task_group() as watcher:
-                await watcher.start(_cancel_on_signal, stop)
+                if options.stop_requested is None:
+                    await watcher.start(_cancel_on_signal, stop)
+                else:
+                    watcher.start_soon(_cancel_on_event, stop, options.stop_requested)
                 try:
-                    report = await _run_locked(config, attempt, lake, store, stop,
-                                               progress=progress, backoff_base=backoff_base,
-                                               allow_mass_delete=allow_mass_delete)
+                    report = await _run_locked(config, attempt, lake, store, stop, options)
                 finally:
                     watcher.cancel_scope.cancel()
         except BaseExceptionGroup as group:
@@ -188,11 +206,13 @@ async def _run(
 
 async def _run_locked(
     config: Config, attempt: _Attempt, lake: Lake, store: StateStore, stop: anyio.CancelScope,
-    *, progress: ProgressFactory | None, backoff_base: float, allow_mass_delete: bool,
+    options: _Options,
 ) -> RunReport:
     """Authenticate and harvest inside ``stop``; then record the run, interrupted or not."""
     harvest: Harvest | None = None
-    async with open_api(config, attempt.stats, backoff_base=backoff_base) as api:
+    progress = options.progress
+    async with open_api(config, attempt.stats, backoff_base=options.backoff_base,
+                        session=options.session) as api:
         sink: AbstractContextManager[ProgressHook | None] = (
             progress(attempt.stats) if progress is not None else nullcontext(None)
         )
@@ -200,7 +220,7 @@ async def _run_locked(
             attempt.user_id = await api.user_id()
             state = _load_state(store, lake, attempt)
             harvest = Harvest(config, api, lake, state, mode=attempt.command, on_progress=hook,
-                              allow_mass_delete=allow_mass_delete)
+                              allow_mass_delete=options.allow_mass_delete)
             await harvest.run()
     if harvest is None:  # stopped before the account was known: nothing to record for it
         report = _report(attempt, Outcome(interrupted=True), EXIT_INTERRUPTED, None, None)
@@ -313,6 +333,12 @@ async def _cancel_on_signal(
         if received:
             for signum in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(signum, signal.SIG_IGN)
+
+
+async def _cancel_on_event(scope: anyio.CancelScope, event: anyio.Event) -> None:
+    """Cancel ``scope`` once ``event`` is set (by a watcher shared with other accounts' runs)."""
+    await event.wait()
+    scope.cancel()
 
 
 def _update_state(state: AccountState, harvest: Harvest, command: str) -> None:

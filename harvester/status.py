@@ -1,20 +1,25 @@
 """``status``: what the lake's state, manifests and lock say, as a document or as text.
 
-Read-only: it never takes the lock (a status during a run must not make the
-run's start fail), it reads the holder's details from the lock file instead.
+Read-only: it never takes a lock (a status during a run must not make the
+run's start fail); it reads the holders' details from the lock files instead.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from pathlib import Path
+
+import orjson
 
 from harvester.config import Config
 from harvester.errors import LakeError
 from harvester.lake import Lake
-from harvester.state import RunLock, StateStore
+from harvester.state import StateStore
 
 DEFAULT_LISTED = 5  # items of each kind named in the text form; --json lists them all
+LOCKS = "_harvester/locks"  # storage/lease.py's local run locks, one per account
 _ATTEMPT_KEYS = ("run_id", "command", "started_at", "duration_s", "outcome", "exit_code", "error")
 
 Document = dict[str, object]
@@ -32,10 +37,43 @@ def read_status(config: Config) -> Document:
     latest = next(store.manifests(), None)
     return {
         "root": str(root),
-        "running": RunLock.holder(root),
+        "running": running_holders(root),
         "last_attempt": _attempt(*latest) if latest else None,
         "accounts": accounts,
     }
+
+
+def running_holders(root: Path) -> list[dict[str, object]]:
+    """The runs holding an account's lock now, from ``_harvester/locks/*.lock``.
+
+    A finished run empties its file; a killed one leaves its details behind, so a
+    holder counts as running only while its pid lives on this host (one on
+    another host is taken at its word).
+    """
+    holders: list[dict[str, object]] = []
+    for path in sorted((root / LOCKS).glob("*.lock")):
+        try:
+            info = orjson.loads(path.read_bytes() or b"null")
+        except (OSError, orjson.JSONDecodeError):
+            continue
+        if not isinstance(info, dict):
+            continue
+        pid = info.get("pid")
+        dead = not isinstance(pid, int) or isinstance(pid, bool) or not _alive(pid)
+        if info.get("host") == socket.gethostname() and dead:
+            continue
+        holders.append({str(k): v for k, v in info.items()})
+    return holders
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    return pid > 0
 
 
 def _account(store: StateStore, lake: Lake, user_id: str) -> Document:
@@ -65,9 +103,10 @@ def render(document: Document) -> list[str]:
     """The document as lines for people."""
     lines = [f"lake {document['root']}"]
     running = document.get("running")
-    if isinstance(running, dict):
-        lines.append(f"running now: {running.get('command', '?')}, pid {running.get('pid', '?')} "
-                     f"on host {running.get('host', '?')}, since {running.get('started_at', '?')}")
+    for holder in running if isinstance(running, list) else []:
+        lines.append(f"running now: {holder.get('command', '?')} of account "
+                     f"{holder.get('account', '?')}, pid {holder.get('pid', '?')} on host "
+                     f"{holder.get('host', '?')}, since {holder.get('started_at', '?')}")
     accounts = document.get("accounts")
     attempt = document.get("last_attempt")
     if not accounts:

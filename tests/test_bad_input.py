@@ -23,7 +23,8 @@ from aiohttp import web
 
 from harvester import cli
 from harvester.run import run_harvest
-from harvester.state import RunLock
+from harvester.storage import LocalStorage
+from harvester.storage.lease import run_lock
 from tests.conftest import MakeEmulator
 from tests.harness import PASSWORD, USERNAME, cli_env, harvest_config, run_cli_async, write_config
 from tests.test_cli import assert_one_line_error
@@ -96,15 +97,15 @@ def test_output_root_under_a_file_exits_2(tmp_path: Path, capsys: pytest.Capture
     assert blocker.read_text(encoding="utf-8") == "not a directory\n"
 
 
-async def test_lake_locked_by_another_run_exits_75_and_leaves_it_alone(
+async def test_account_locked_by_another_run_exits_75_and_leaves_the_lake_alone(
         make_emulator: MakeEmulator, tmp_path: Path) -> None:
-    """A second run on a locked lake refuses at once (75: try later), naming the holder; the lake
-    is unchanged and the refused run leaves a manifest saying so."""
+    """A second run of the account refuses at once (exit 75: try later), naming the holder; the
+    lake is unchanged and the refused run leaves a manifest saying so."""
     emulator = await make_emulator(workouts=10)
     config = write_config(tmp_path, emulator.url)
     await run_harvest(harvest_config(emulator.url, tmp_path), "backfill")
     before = lake_digest(tmp_path / "lake")
-    with RunLock(tmp_path / "lake", "backfill"):
+    async with run_lock(LocalStorage(tmp_path / "lake"), "default", "backfill"):
         done = await run_cli_async(["refresh", "--config", str(config), "--no-progress"],
                                    cli_env(tmp_path))
     assert done.returncode == 75, done.stderr
@@ -115,9 +116,12 @@ async def test_lake_locked_by_another_run_exits_75_and_leaves_it_alone(
     manifest = orjson.loads((tmp_path / "lake" / new_manifests[0]).read_bytes())
     assert manifest["exit_code"] == 75 and manifest["outcome"] == "temporary failure"
     assert "in use by another run" in manifest["error"]
-    unchanged = {"_harvester/lock", *new_manifests}
-    assert {k: v for k, v in after.items() if k not in unchanged} == {
-        k: v for k, v in before.items() if k not in unchanged}
+
+    def unchanged(digest: dict[str, str]) -> dict[str, str]:
+        return {k: v for k, v in digest.items()
+                if not k.startswith("_harvester/lock") and k not in new_manifests}
+
+    assert unchanged(after) == unchanged(before)
 
 
 @pytest.mark.parametrize(

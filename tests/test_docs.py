@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 # What a README message may hold that the code's text does not: placeholders and examples.
-PLACEHOLDER = re.compile(r"[(),;:…]|\.\.\.|\b(?:X|N|M|U|T|H|HOST|HTTP|\d+)\b|\S*[._'\"=/<>{}`-]\S*")
+PLACEHOLDER = re.compile(r"[(),;:…]|\.\.\.|\b(?:A|X|N|M|U|T|H|HOST|HTTP|\d+)\b|\S*[._'\"=/<>{}`-]\S*")
 RECIPE = re.compile(r"<!-- recipe -->\n```sh\n(.*?)```", re.S)
 
 

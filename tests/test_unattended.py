@@ -17,7 +17,9 @@ from harvester.config import load_config
 from harvester.errors import ConfigError
 from harvester.lake import Lake
 from harvester.run import run_harvest
-from harvester.state import AccountState, FailedItem, RunLock, StateStore
+from harvester.state import AccountState, FailedItem, StateStore
+from harvester.storage import LocalStorage
+from harvester.storage.lease import run_lock
 from tests.harness import cli_env, harvest_config, run_cli, run_cli_async, write_config
 from tests.procs import start_cli, wait_until
 from tests.test_bad_input import outage
@@ -121,7 +123,7 @@ async def test_failed_runs_leave_manifests_and_status_shows_the_last_attempt(
     [account] = doc["accounts"]
     assert account["user_id"] == emulator.account.user_id
     assert account["last_run"]["outcome"] == "success"
-    assert account["last_attempt"]["exit_code"] == 4 and doc["running"] is None
+    assert account["last_attempt"]["exit_code"] == 4 and doc["running"] == []
     assert account["rows"]["workouts"] == 8 and account["backfill_complete"] is True
 
 
@@ -146,7 +148,7 @@ def test_status_of_a_missing_lake_exits_2(tmp_path: Path) -> None:
     assert_one_line_error(done.stderr, "no lake at", "nowhere")
 
 
-def test_status_shows_the_running_harvest_and_what_to_retry(tmp_path: Path) -> None:
+async def test_status_shows_the_running_harvest_and_what_to_retry(tmp_path: Path) -> None:
     """status names the lock's live holder, and never says 'backfill complete: yes' beside
     failures; in-progress workouts and classes without details are listed."""
     root = tmp_path / "lake"
@@ -156,19 +158,20 @@ def test_status_shows_the_running_harvest_and_what_to_retry(tmp_path: Path) -> N
         user_id=user, watermark=1_700_000_000, backfill_complete=True,
         failures=[FailedItem("workout", "b" * 32, "/api/workout/x", "HTTP 503", 6)] * 3,
         in_progress=["c" * 32], missing_rides=["d" * 32]))
-    with RunLock(root, "backfill"):
-        done = run_cli(["status", "--out", str(root)], cli_env(tmp_path))
-        doc = orjson.loads(run_cli(["status", "--out", str(root), "--json"], cli_env(tmp_path)).stdout)
+    env = cli_env(tmp_path)
+    async with run_lock(LocalStorage(root), "default", "backfill"):
+        done = await run_cli_async(["status", "--out", str(root)], env)
+        doc = orjson.loads((await run_cli_async(["status", "--out", str(root), "--json"], env)).stdout)
     assert done.returncode == 0, done.stderr
-    assert f"running now: backfill, pid {os.getpid()}" in done.stdout
+    assert f"running now: backfill of account default, pid {os.getpid()}" in done.stdout
     assert "backfill complete: no, 3 items still to retry" in done.stdout
     assert "backfill complete: yes" not in done.stdout
     assert "failures to retry: 3 (workout " + "b" * 32 + ": HTTP 503" in done.stdout
     assert "in progress at the source (fetched once finished): 1 (" + "c" * 32 in done.stdout
     assert "classes without details" in done.stdout and "d" * 32 in done.stdout
-    assert doc["running"]["pid"] == os.getpid()
+    assert [holder["pid"] for holder in doc["running"]] == [os.getpid()]
     assert doc["accounts"][0]["backfill_complete"] is False
-    after = run_cli(["status", "--out", str(root)], cli_env(tmp_path))
+    after = await run_cli_async(["status", "--out", str(root)], env)
     assert "running now" not in after.stdout
 
 
