@@ -307,32 +307,29 @@ def _record_failed(store: StateStore, config: Config, attempt: _Attempt, exc: Ba
 async def _cancel_on_signal(
     scope: anyio.CancelScope, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
 ) -> None:
-    """Cancel ``scope`` on the first SIGINT or SIGTERM; later ones are absorbed, not fatal.
+    """Cancel ``scope`` on the first SIGINT or SIGTERM; later ones are absorbed, not fatal."""
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
+        async for received in signals:
+            signum = received
+            break
+    absorb_further_signals()
+    log.warning("received %s: committing what is complete, then stopping",
+                signal.Signals(signum).name)
+    scope.cancel()
 
-    The receiver stays installed until the run has written its state and manifest:
-    an impatient second Ctrl-C must not kill the process halfway through them
-    (SIGKILL still does; that is what the lake's atomic writes are for). Once a
-    stopped run is recorded the process is on its way out with exit 130, so from
-    then on the signals are ignored rather than turned into a KeyboardInterrupt
-    somewhere in the interpreter's teardown.
+
+def absorb_further_signals() -> None:
+    """After the first SIGINT/SIGTERM, ignore the next ones for the rest of the process.
+
+    The run is already stopping: it commits what is complete, writes its state and
+    manifest and exits 130 within moments. An impatient second Ctrl-C must not
+    turn that into a KeyboardInterrupt halfway through (SIGKILL still ends it at
+    once; that is what the lake's atomic writes are for). Installed right after
+    the first signal's receiver closes, before anything is said or done about it.
     """
-    received = 0
-    try:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            task_status.started()
-            async for signum in signals:
-                received += 1
-                name = signal.Signals(signum).name
-                if received == 1:
-                    log.warning("received %s: committing what is complete, then stopping", name)
-                    scope.cancel()
-                elif received == 2:
-                    log.warning("received %s again: still writing state and the manifest, "
-                                "stopping in a moment", name)
-    finally:
-        if received:
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(signum, signal.SIG_IGN)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 async def _cancel_on_event(scope: anyio.CancelScope, event: anyio.Event) -> None:

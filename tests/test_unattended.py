@@ -333,3 +333,36 @@ async def test_a_second_ctrl_c_still_leaves_state_and_manifest(make_emulator: An
     assert manifest["outcome"] == "interrupted" and manifest["exit_code"] == 130
     assert manifest["run_id"] == state.last_run["run_id"]
     assert "Traceback" not in cli.stderr()
+
+
+async def test_repeated_ctrl_c_in_a_multi_account_run_still_records_every_account(
+        make_emulator: Any, tmp_path: Path) -> None:
+    """[[accounts]]: more SIGINTs while the runs stop still leave each account's state and
+    manifest saying interrupted, exit 130."""
+    from tests.test_accounts import members_config
+
+    emulator = await make_emulator(workouts=150, accounts=2, latency_ms=10.0)
+    path, env = members_config(tmp_path, emulator.url, 2, concurrency=2)
+    cli = await start_cli(["backfill", "--config", str(path), "--no-progress"], env,
+                          tmp_path / "logs", "run")
+    await wait_until(lambda: int(emulator.stats_snapshot()["by_endpoint"].get("workout", 0)) >= 20)
+    cli.process.send_signal(signal.SIGINT)
+    await wait_until(lambda: "received SIGINT" in cli.stderr())
+    for _ in range(200):
+        try:
+            os.kill(cli.pid, signal.SIGINT)
+        except ProcessLookupError:
+            break
+        await anyio.sleep(0.001)
+        if cli.process.returncode is not None:
+            break
+    assert await cli.wait() == 130, cli.stderr()
+    root = tmp_path / "lake"
+    store = StateStore(root)
+    assert len(store.accounts()) == 2
+    for user_id in store.accounts():
+        state = store.load(user_id)
+        assert state.last_run is not None and state.last_run["outcome"] == "interrupted"
+        manifest = store.latest_manifest(user_id)
+        assert manifest is not None and manifest["outcome"] == "interrupted"
+    assert "Traceback" not in cli.stderr()
