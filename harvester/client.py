@@ -2,7 +2,9 @@
 
     request_json(method, url)
       1. wait for the shared limiter (every attempt, auth requests included)
-      2. send with Peloton-Platform and User-Agent, per-attempt timeout
+      2. send with Peloton-Platform and User-Agent; each attempt has a total deadline
+         (api.timeout_s: connect, headers and the whole body), reads at most
+         max_body_bytes of decompressed body, and follows at most DEFAULT_MAX_REDIRECTS
       3. classify: status / exception / body  ->  JsonObject or an ApiError subclass
       4. TransientApiError -> back off (Retry-After, else full jitter) and repeat,
          up to api.max_attempts attempts; anything else is raised at once
@@ -32,6 +34,7 @@ from harvester.errors import (
     NotFoundError,
     PermanentApiError,
     RateLimitedError,
+    ResponseTooLargeError,
     TlsError,
     TransientApiError,
     UnexpectedResponseError,
@@ -48,6 +51,11 @@ DEFAULT_USER_AGENT = (
 DEFAULT_BACKOFF_BASE_S = 0.5
 DEFAULT_BACKOFF_CAP_S = 30.0
 DEFAULT_MAX_RETRY_AFTER_S = 600.0  # honour Retry-After, but never park a run for hours
+# Decompressed: a gzip bomb must not grow memory. The largest real answer (a
+# two-hour ride's performance graph with GPS) is well under a megabyte.
+DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
+DEFAULT_MAX_REDIRECTS = 5  # for requests that follow redirects at all (most do not)
+_READ_CHUNK = 256 * 1024
 BASE_HEADERS: Mapping[str, str] = {
     "Peloton-Platform": "web",  # needed by /overview; adds GPS to performance graphs
     "User-Agent": DEFAULT_USER_AGENT,
@@ -127,6 +135,7 @@ class _Request:
     headers: Mapping[str, str]
     json: object
     data: Mapping[str, str] | None
+    follow_redirects: bool = False
 
 
 class HttpClient:
@@ -143,9 +152,12 @@ class HttpClient:
         rng: random.Random | None = None,
         backoff_base: float = DEFAULT_BACKOFF_BASE_S,
         backoff_cap: float = DEFAULT_BACKOFF_CAP_S,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
         self._session = session
+        # total, not only an idle timeout: a body dripping a byte a second ends here too
         self._timeout = aiohttp.ClientTimeout(total=api.timeout_s)
+        self._max_body = max_body_bytes
         self._limiter = limiter
         self.stats = stats
         self._sleep = sleep
@@ -162,10 +174,11 @@ class HttpClient:
         headers: Mapping[str, str] | None = None,
         json: object = None,
         data: Mapping[str, str] | None = None,
+        follow_redirects: bool = False,
     ) -> JsonObject:
         """Send until a JSON object comes back or the policy gives up."""
         request = _Request(method, url, endpoint, params, {**BASE_HEADERS, **(headers or {})},
-                           json, data)
+                           json, data, follow_redirects)
         attempt = 0
         while True:
             attempt += 1
@@ -205,14 +218,48 @@ class HttpClient:
         try:
             async with self._session.request(
                 request.method, request.url, params=request.params, headers=request.headers,
-                json=request.json, data=request.data, timeout=self._timeout, allow_redirects=False,
+                json=request.json, data=request.data, timeout=self._timeout,
+                allow_redirects=request.follow_redirects, max_redirects=DEFAULT_MAX_REDIRECTS,
             ) as resp:
-                body = await resp.read()
+                body = await read_capped(resp, self._max_body)
+                if body is None:
+                    body = self._oversized(request, resp.status)
                 return _Reply(
                     resp.status, body, resp.headers.get("Retry-After"), resp.headers.get("Location")
                 )
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise translate_exception(exc, request.method, request.url, self._timeout.total) from exc
+
+    def _oversized(self, request: _Request, status: int) -> bytes:
+        """An error answer's status still tells enough; a success answer that big is refused."""
+        if not 200 <= status < 300:
+            return b""
+        path = _path(request.url)
+        raise ResponseTooLargeError(
+            f"{request.method} {path}: HTTP {status} answer larger than "
+            f"{self._max_body // (1024 * 1024)} MB (decompressed); stopped reading it. No Peloton "
+            "answer is that big: check api.base_url and any proxy in between",
+            status=status, url=path)
+
+
+async def read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    """The body as aiohttp decodes it (gzip undone), or None once it passes ``limit`` bytes.
+
+    Read in chunks so memory never holds more than ``limit`` plus one chunk: aiohttp
+    decompresses incrementally under flow control, so neither an endless body nor a
+    gzip bomb is ever inflated past the cap. The rest of the body is never read.
+    """
+    declared = resp.content_length
+    if declared is not None and declared > limit and "Content-Encoding" not in resp.headers:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(_READ_CHUNK):
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def translate_exception(
@@ -228,6 +275,10 @@ def translate_exception(
             "certificates, proxy or api.base_url", url=path)
     if isinstance(exc, TimeoutError):  # aiohttp's ServerTimeoutError is one too
         return TransientApiError(f"{where}: no complete answer within {timeout_s:g} s", url=path)
+    if isinstance(exc, aiohttp.TooManyRedirects):
+        return UnexpectedResponseError(
+            f"{where}: still redirected after {DEFAULT_MAX_REDIRECTS} redirects; check "
+            "api.base_url and api.auth_url", url=path)
     if isinstance(exc, aiohttp.ClientConnectorError):  # DNS failure, refused, unreachable
         return UnreachableError(
             f"cannot connect to {host}: {_os_reason(exc)}; check api.base_url, api.auth_url "

@@ -11,7 +11,9 @@
     │   └── PermanentApiError         not worth retrying: 4xx, a body that is not the expected JSON
     │       ├── NotFoundError         404 for an unknown id
     │       ├── TlsError              exit 2: certificate or handshake failure
-    │       └── UnexpectedResponseError  exit 2: a 200 that is HTML, not an object, lacks `data`
+    │       ├── UnexpectedResponseError  exit 2: a 200 that is HTML, not an object, lacks `data`
+    │       │   └── ResponseTooLargeError  a body past the cap, decompressed size counted
+    │       └── ListingError          exit 3: the workout list repeats, or misses its total
     ├── LakeError                     exit 2: output root not writable, corrupt lake file
     └── StateError                    exit 2: state unreadable
         └── LockedError               another run holds the lake's lock
@@ -99,6 +101,20 @@ class UnexpectedResponseError(PermanentApiError):
     """A success answer that is not the Peloton API's JSON (HTML, a list, no ``data``)."""
 
     exit_code = 2
+
+
+class ResponseTooLargeError(UnexpectedResponseError):
+    """The answer grew past the body cap (its decompressed size, a gzip bomb included)."""
+
+
+class ListingError(PermanentApiError):
+    """Paging the workout list stopped making sense: a page with nothing new, a broken total.
+
+    Recorded as a failure of the listing (exit 3); the listing is never "complete".
+    Where it stops a command outright (``plan``), that command exits 3 as well.
+    """
+
+    exit_code = 3
 
 
 class LakeError(HarvesterError):

@@ -41,8 +41,15 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from harvester.api import NULL_RIDE_ID, PelotonApi, WorkoutRef, is_ride_id, workout_ref
 from harvester.client import JsonObject
 from harvester.config import Config
-from harvester.errors import ApiError, AuthError, NotFoundError, UnexpectedResponseError
+from harvester.errors import (
+    ApiError,
+    AuthError,
+    ListingError,
+    NotFoundError,
+    UnexpectedResponseError,
+)
 from harvester.lake import Lake
+from harvester.listing import ListingGuard
 from harvester.state import AccountState, FailedItem
 
 log = logging.getLogger(__name__)
@@ -183,6 +190,7 @@ class Harvest:
     async def _list_workouts(self, send: ObjectSendStream[WorkoutRef], seen: set[str]) -> None:
         limit = self.config.harvest.page_size
         horizon = self._horizon()
+        guard = ListingGuard()
         page = 0
         while True:
             try:
@@ -213,12 +221,15 @@ class Harvest:
                     self.done += 1
                     continue
                 await self._enqueue(send, ref)
-            page += 1
-            if not listing.items or listing.show_next is False or (
-                listing.page_count is not None and page >= listing.page_count
-            ):
+            try:
+                last = guard.finished(page, listing)
+            except ListingError as exc:  # the server's paging cannot be trusted: exit 3
+                self.outcome.failures.append(_failure("list", f"page {page}", exc))
+                return
+            if last:
                 self.outcome.listing_complete = True
                 return
+            page += 1
 
     def _horizon(self) -> int | None:
         """Refresh stops at the first workout created at or before this instant."""

@@ -17,6 +17,11 @@ FAULT_PROFILES = ("none", "flaky", "hostile")
 RATE_LIMIT_STYLES = ("cloudflare", "retry-after", "http-date")
 LEGACY_LOGIN_MODES = ("ok", "gone")
 QUIRKS = frozenset({"bad_id", "missing_created_at", "null_numbers", "unknown_enum"})
+# Answers built to hang or exhaust a client (hostile.py describes each).
+HOSTILE_MODES = ("none", "repeat_page", "ignore_page", "lying_total", "lying_page_count",
+                 "endless_body", "drip", "gzip_bomb")
+ROUTES = frozenset({"me", "user", "overview", "workouts", "workout", "performance_graph",
+                    "metadata_mappings", "ride", "ride_details", "instructors", "instructor"})
 
 # Knobs that only change how requests are answered; the rest shape the synthetic
 # account and need a new emulator.
@@ -33,6 +38,9 @@ RUNTIME_KNOBS = frozenset(
         "legacy_login",
         "arrive_every",
         "extra_field",
+        "hostile",
+        "hostile_routes",
+        "drip_s",
     }
 )
 
@@ -62,6 +70,9 @@ class EmulatorSettings:
     arrive_every: int | None = None
     extra_field: bool = False
     quirks: frozenset[str] = field(default_factory=frozenset)
+    hostile: str = "none"
+    hostile_routes: frozenset[str] = field(default_factory=frozenset)  # empty: every /api route
+    drip_s: float = 1.0
 
     def __post_init__(self) -> None:
         _check(self.workouts >= 0, "workouts must be >= 0")
@@ -77,6 +88,10 @@ class EmulatorSettings:
         _check(self.latency_ms >= 0 and self.jitter_ms >= 0, "latency must be >= 0")
         unknown = set(self.quirks) - QUIRKS
         _check(not unknown, f"unknown quirks {sorted(unknown)}; known: {sorted(QUIRKS)}")
+        _check(self.hostile in HOSTILE_MODES, f"hostile must be one of {HOSTILE_MODES}")
+        routes = set(self.hostile_routes) - ROUTES
+        _check(not routes, f"unknown hostile_routes {sorted(routes)}; known: {sorted(ROUTES)}")
+        _check(self.drip_s > 0, "drip_s must be > 0")
 
     @property
     def burst(self) -> float:
@@ -189,6 +204,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add("--extra-field", action="store_true", help="add an undocumented key to every workout")
     add("--quirks", default="", help=f"comma list of {','.join(sorted(QUIRKS))} (default none)")
+    add(
+        "--hostile",
+        choices=HOSTILE_MODES,
+        default=d.hostile,
+        help="answer like a hostile server: repeat_page, ignore_page, lying_total, "
+        "lying_page_count (the workout list); endless_body, drip, gzip_bomb (bodies) "
+        "(default none)",
+    )
+    add(
+        "--hostile-routes",
+        default="",
+        help="comma list of routes the body modes hit, e.g. workouts,performance_graph "
+        "(default: every /api route)",
+    )
+    add("--drip-s", type=float, default=d.drip_s,
+        help=f"seconds between two bytes of a drip answer (default {d.drip_s:g})")
 
 
 def settings_from_args(ns: argparse.Namespace) -> tuple[EmulatorSettings, str, int]:
@@ -211,5 +242,8 @@ def settings_from_args(ns: argparse.Namespace) -> tuple[EmulatorSettings, str, i
         arrive_every=ns.arrive_every,
         extra_field=ns.extra_field,
         quirks=parse_quirks(ns.quirks),
+        hostile=ns.hostile,
+        hostile_routes=parse_quirks(ns.hostile_routes),
+        drip_s=ns.drip_s,
     )
     return settings, ns.host, ns.port
