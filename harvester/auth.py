@@ -27,7 +27,7 @@ import anyio.to_thread
 import orjson
 
 from harvester.client import HttpClient, JsonObject, RejectedError, UnauthorizedError
-from harvester.config import Config, require_credentials
+from harvester.config import Config, require_credentials, require_token_text
 from harvester.errors import AuthError, LegacyLoginGoneError
 from harvester.files import atomic_write
 
@@ -134,6 +134,8 @@ class TokenCache:
                                                          "expires_at"))
         if not isinstance(access, str) or not isinstance(refresh, str | None):
             return None
+        for token in (access, refresh):  # a damaged cache: say which file, don't send it
+            require_token_text(token, f"the token cache {self.path}")
         expires_at = float(expires) if isinstance(expires, int | float) else None
         return Tokens(access, refresh, expires_at)
 

@@ -11,6 +11,7 @@ in directories of mode 0700: state can name the account and its history.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
@@ -275,7 +276,11 @@ class RunLock:
         if fd is None:
             return
         try:
-            os.ftruncate(fd, 0)  # no stale holder info for the next reader
+            # No stale holder info for the next reader. On a disk that turned read-only
+            # or full this fails: harmless (closing frees the lock), and it must not
+            # mask the error that is ending the run.
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
             fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +12,7 @@ DEFAULT_USERNAME = "demo@example.com"
 DEFAULT_PASSWORD = "peloton-demo"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
+MAX_PORT = 65535
 CLIENT_ID = "mgsmWCD0A8Qn6uz6mmqI6qeBNHH9IPwS"
 
 FAULT_PROFILES = ("none", "flaky", "hostile")
@@ -46,7 +48,11 @@ RUNTIME_KNOBS = frozenset(
 
 
 class SettingsError(ValueError):
-    """A knob was given a value the emulator cannot honour."""
+    """A knob was given a value the emulator cannot honour; ``knob`` names it when one did."""
+
+    def __init__(self, message: str, knob: str | None = None) -> None:
+        super().__init__(message)
+        self.knob = knob
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,23 +81,28 @@ class EmulatorSettings:
     drip_s: float = 1.0
 
     def __post_init__(self) -> None:
-        _check(self.workouts >= 0, "workouts must be >= 0")
-        _check(self.faults in FAULT_PROFILES, f"faults must be one of {FAULT_PROFILES}")
-        _check(
-            self.rate_limit_style in RATE_LIMIT_STYLES,
-            f"rate_limit_style must be one of {RATE_LIMIT_STYLES}",
-        )
-        _check(self.legacy_login in LEGACY_LOGIN_MODES, "legacy_login must be ok or gone")
-        _check(self.rate_limit is None or self.rate_limit > 0, "rate_limit must be > 0")
-        _check(self.rate_burst is None or self.rate_burst >= 1, "rate_burst must be >= 1")
-        _check(self.arrive_every is None or self.arrive_every >= 1, "arrive_every must be >= 1")
-        _check(self.latency_ms >= 0 and self.jitter_ms >= 0, "latency must be >= 0")
+        _check(self.workouts >= 0, "workouts", "must be 0 or more")
+        _check(self.faults in FAULT_PROFILES, "faults", f"must be one of {FAULT_PROFILES}")
+        _check(self.rate_limit_style in RATE_LIMIT_STYLES, "rate_limit_style",
+               f"must be one of {RATE_LIMIT_STYLES}")
+        _check(self.legacy_login in LEGACY_LOGIN_MODES, "legacy_login", "must be ok or gone")
+        _check(self.rate_limit is None or _finite(self.rate_limit) > 0, "rate_limit",
+               "must be a number of requests per second greater than 0")
+        _check(self.rate_burst is None or _finite(self.rate_burst) >= 1, "rate_burst",
+               "must be 1 or more")
+        _check(self.arrive_every is None or self.arrive_every >= 1, "arrive_every",
+               "must be 1 or more")
+        _check(_finite(self.latency_ms) >= 0, "latency_ms", "must be 0 or more")
+        _check(_finite(self.jitter_ms) >= 0, "jitter_ms", "must be 0 or more")
+        _check(_finite(self.slow_s) >= 0, "slow_s", "must be 0 or more")
+        _check(_finite(self.token_ttl) > 0, "token_ttl", "must be greater than 0")
         unknown = set(self.quirks) - QUIRKS
-        _check(not unknown, f"unknown quirks {sorted(unknown)}; known: {sorted(QUIRKS)}")
-        _check(self.hostile in HOSTILE_MODES, f"hostile must be one of {HOSTILE_MODES}")
+        _check(not unknown, "quirks", f"has unknown {sorted(unknown)}; known: {sorted(QUIRKS)}")
+        _check(self.hostile in HOSTILE_MODES, "hostile", f"must be one of {HOSTILE_MODES}")
         routes = set(self.hostile_routes) - ROUTES
-        _check(not routes, f"unknown hostile_routes {sorted(routes)}; known: {sorted(ROUTES)}")
-        _check(self.drip_s > 0, "drip_s must be > 0")
+        _check(not routes, "hostile_routes",
+               f"has unknown {sorted(routes)}; known: {sorted(ROUTES)}")
+        _check(_finite(self.drip_s) > 0, "drip_s", "must be greater than 0")
 
     @property
     def burst(self) -> float:
@@ -103,16 +114,22 @@ class EmulatorSettings:
     def updated(self, changes: dict[str, Any]) -> EmulatorSettings:
         """A copy with runtime knobs changed; account-shaping knobs are refused."""
         refused = set(changes) - RUNTIME_KNOBS
-        _check(not refused, f"cannot change {sorted(refused)} at runtime")
+        if refused:
+            raise SettingsError(f"cannot change {sorted(refused)} at runtime")
         try:
             return dataclasses.replace(self, **changes)
         except TypeError as exc:
             raise SettingsError(str(exc)) from exc
 
 
-def _check(ok: bool, message: str) -> None:
+def _check(ok: bool, knob: str, rule: str) -> None:
     if not ok:
-        raise SettingsError(message)
+        raise SettingsError(f"{knob} {rule}", knob)
+
+
+def _finite(value: float) -> float:
+    """``value``, or NaN (which fails every comparison) when it is infinite or NaN."""
+    return value if math.isfinite(value) else math.nan
 
 
 def parse_quirks(text: str) -> frozenset[str]:
@@ -223,8 +240,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(ns: argparse.Namespace) -> tuple[EmulatorSettings, str, int]:
-    """Settings, host and port from parsed arguments; SettingsError on bad values."""
-    settings = EmulatorSettings(
+    """Settings, host and port from parsed arguments; SettingsError naming the option."""
+    if not 0 <= ns.port <= MAX_PORT:
+        raise SettingsError(f"--port must be between 0 and {MAX_PORT} (0: any free port)")
+    try:
+        return _settings(ns), ns.host, ns.port
+    except SettingsError as exc:
+        if exc.knob is None:
+            raise
+        option = "--" + exc.knob.replace("_", "-")
+        raise SettingsError(f"{option}{str(exc).removeprefix(exc.knob)}", exc.knob) from None
+
+
+def _settings(ns: argparse.Namespace) -> EmulatorSettings:
+    return EmulatorSettings(
         workouts=ns.workouts,
         seed=ns.seed,
         username=ns.username,
@@ -246,4 +275,3 @@ def settings_from_args(ns: argparse.Namespace) -> tuple[EmulatorSettings, str, i
         hostile_routes=parse_quirks(ns.hostile_routes),
         drip_s=ns.drip_s,
     )
-    return settings, ns.host, ns.port
