@@ -19,6 +19,7 @@ send; none of them is what Peloton does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import zlib
 from collections.abc import Awaitable, Callable
@@ -91,9 +92,11 @@ def _page(request: web.Request) -> int:
 async def _endless(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "application/json"})
     await response.prepare(request)
-    await response.write(b'{"data": [')
-    while True:  # until the client hangs up: the write then raises and the handler ends
-        await response.write(ENDLESS_CHUNK)
+    with contextlib.suppress(ConnectionError):  # the client hung up: what this is waiting for
+        await response.write(b'{"data": [')
+        while True:
+            await response.write(ENDLESS_CHUNK)
+    return response
 
 
 async def _drip(request: web.Request, handler: Handler, every_s: float) -> web.StreamResponse:
@@ -103,10 +106,11 @@ async def _drip(request: web.Request, handler: Handler, every_s: float) -> web.S
         return real
     response = web.StreamResponse(status=real.status, headers={"Content-Type": "application/json"})
     await response.prepare(request)
-    for i in range(len(body)):
-        await response.write(body[i : i + 1])
-        await asyncio.sleep(every_s)
-    await response.write_eof()
+    with contextlib.suppress(ConnectionError):  # the client gave up first, as it should
+        for i in range(len(body)):
+            await response.write(body[i : i + 1])
+            await asyncio.sleep(every_s)
+        await response.write_eof()
     return response
 
 
