@@ -4,7 +4,9 @@
       1. wait for the shared limiter (every attempt, auth requests included)
       2. send with Peloton-Platform and User-Agent; each attempt has a total deadline
          (api.timeout_s: connect, headers and the whole body), reads at most
-         max_body_bytes of decompressed body, and follows at most DEFAULT_MAX_REDIRECTS
+         max_body_bytes of decompressed body, and follows at most DEFAULT_MAX_REDIRECTS;
+         a body still incomplete at the deadline is StalledResponseError (not retried:
+         a dripping server would cost a whole deadline per attempt)
       3. classify: status / exception / body  ->  JsonObject or an ApiError subclass
       4. TransientApiError -> back off (Retry-After, else full jitter) and repeat,
          up to api.max_attempts attempts; anything else is raised at once
@@ -35,6 +37,7 @@ from harvester.errors import (
     PermanentApiError,
     RateLimitedError,
     ResponseTooLargeError,
+    StalledResponseError,
     TlsError,
     TransientApiError,
     UnexpectedResponseError,
@@ -221,7 +224,10 @@ class HttpClient:
                 json=request.json, data=request.data, timeout=self._timeout,
                 allow_redirects=request.follow_redirects, max_redirects=DEFAULT_MAX_REDIRECTS,
             ) as resp:
-                body = await read_capped(resp, self._max_body)
+                try:
+                    body = await read_capped(resp, self._max_body)
+                except TimeoutError:
+                    raise self._stalled(request, resp.status) from None
                 if body is None:
                     body = self._oversized(request, resp.status)
                 return _Reply(
@@ -229,6 +235,13 @@ class HttpClient:
                 )
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise translate_exception(exc, request.method, request.url, self._timeout.total) from exc
+
+    def _stalled(self, request: _Request, status: int) -> StalledResponseError:
+        path = _path(request.url)
+        return StalledResponseError(
+            f"{request.method} {path}: HTTP {status} answer still incomplete after "
+            f"{self._timeout.total:g} s (the server sends its body too slowly or stalls); "
+            "not retried in this run", status=status, url=path)
 
     def _oversized(self, request: _Request, status: int) -> bytes:
         """An error answer's status still tells enough; a success answer that big is refused."""

@@ -11,6 +11,7 @@
     │   └── PermanentApiError         not worth retrying: 4xx, a body that is not the expected JSON
     │       ├── NotFoundError         404 for an unknown id
     │       ├── TlsError              exit 2: certificate or handshake failure
+    │       ├── StalledResponseError  exit 75: headers came, the body did not finish by the deadline
     │       ├── UnexpectedResponseError  exit 2: a 200 that is HTML, not an object, lacks `data`
     │       │   └── ResponseTooLargeError  a body past the cap, decompressed size counted
     │       └── ListingError          exit 3: the workout list repeats, or misses its total
@@ -95,6 +96,16 @@ class TlsError(PermanentApiError):
     """The TLS handshake or certificate check failed: retrying will not help."""
 
     exit_code = 2
+
+
+class StalledResponseError(PermanentApiError):
+    """The server answered, then sent its body too slowly to finish within the deadline.
+
+    Not retried within the run (another attempt would cost another whole
+    deadline, and a dripping server drips again); the next run tries again.
+    """
+
+    exit_code = 75
 
 
 class UnexpectedResponseError(PermanentApiError):

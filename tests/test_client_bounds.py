@@ -15,7 +15,12 @@ from aiohttp import web
 
 from harvester.client import DEFAULT_MAX_REDIRECTS, HttpClient, RequestStats
 from harvester.config import ApiConfig
-from harvester.errors import ResponseTooLargeError, TransientApiError, UnexpectedResponseError
+from harvester.errors import (
+    ResponseTooLargeError,
+    StalledResponseError,
+    TransientApiError,
+    UnexpectedResponseError,
+)
 from harvester.limiter import AdaptiveLimiter
 from tests.test_client import RecordingSleep, raw_reply, serve
 
@@ -80,8 +85,8 @@ async def test_an_oversized_error_answer_is_still_judged_by_its_status() -> None
     assert srv.count("/busy") == 2
 
 
-async def test_a_dripping_body_ends_at_the_total_deadline() -> None:
-    """Bytes that keep arriving slowly do not extend an attempt: it ends at api.timeout_s."""
+async def test_a_dripping_body_ends_at_the_total_deadline_and_is_not_retried() -> None:
+    """Bytes that keep arriving slowly do not extend an attempt; a stalled body is not retried."""
     async def drip(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         await response.prepare(request)
@@ -89,11 +94,25 @@ async def test_a_dripping_body_ends_at_the_total_deadline() -> None:
             await response.write(b" ")
             await asyncio.sleep(0.02)  # far quicker than any idle timeout would notice
 
-    async with serve() as srv, capped_client(max_attempts=2, timeout_s=0.3) as http:
+    async with serve() as srv, capped_client(max_attempts=3, timeout_s=0.3) as http:
         srv.routes["/drip"] = drip
-        with pytest.raises(TransientApiError, match=r"no complete answer within 0\.3 s"):
+        with pytest.raises(StalledResponseError, match=r"answer still incomplete after 0\.3 s"):
             await http.request_json("GET", srv.url + "/drip", endpoint="x")
-    assert srv.count("/drip") == 2
+    assert srv.count("/drip") == 1
+    assert StalledResponseError("x").exit_code == 75  # temporary: the next run tries again
+
+
+async def test_no_answer_at_all_by_the_deadline_is_still_retried() -> None:
+    """Headers that never come are a transient timeout, retried: only a stalled body is not."""
+    async def silent(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(5)
+        return raw_reply(200, b"{}")
+
+    async with serve() as srv, capped_client(max_attempts=2, timeout_s=0.2) as http:
+        srv.routes["/silent"] = silent
+        with pytest.raises(TransientApiError, match=r"no complete answer within 0\.2 s"):
+            await http.request_json("GET", srv.url + "/silent", endpoint="x")
+    assert srv.count("/silent") == 2
 
 
 async def test_followed_redirects_are_bounded() -> None:
