@@ -16,12 +16,17 @@ ALLOWED: dict[str, set[str]] = {
     "client": {"errors", "config", "limiter", "__init__"},
     "auth": {"errors", "config", "client", "files"},
     "api": {"errors", "config", "client", "auth", "limiter"},
-    "lake": {"errors", "files"},
+    "keys": {"errors"},
+    "lake": {"errors", "files", "keys"},
     "state": {"errors", "files"},
     "listing": {"errors", "api"},
-    "pipeline": {"errors", "config", "client", "api", "lake", "state", "listing"},
+    "heal": {"errors", "lake"},
+    "reconcile": {"heal", "lake"},
+    "pipeline": {"errors", "config", "client", "api", "lake", "state", "heal", "reconcile",
+                 "listing"},
     "run": {"errors", "config", "client", "api", "lake", "state", "pipeline", "listing",
             "__init__"},
+    "verify": {"api", "config", "heal", "lake", "state", "run"},
 }
 
 
