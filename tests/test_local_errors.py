@@ -19,6 +19,7 @@ import anyio
 import orjson
 import pytest
 
+from harvester.cli import main
 from harvester.config import load_config
 from harvester.errors import ConfigError
 from tests.harness import cli_env, run_cli, run_cli_async, write_config
@@ -126,8 +127,11 @@ def test_an_unreadable_lake_folder_is_exit_2_naming_it(tmp_path: Path) -> None:
 # -- tokens ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("variable", ["PELOTON_ACCESS_TOKEN", "PELOTON_REFRESH_TOKEN"])
-@pytest.mark.parametrize("bad", ["tok\x01en", "token\n", "tok en"])
+@pytest.mark.parametrize(("variable", "bad"), [
+    ("PELOTON_ACCESS_TOKEN", "tok\x01en"),
+    ("PELOTON_REFRESH_TOKEN", "token\n"),
+    ("PELOTON_ACCESS_TOKEN", "tok en"),
+])
 def test_an_unsafe_token_in_the_environment_is_exit_2_naming_the_variable(
     tmp_path: Path, variable: str, bad: str
 ) -> None:
@@ -184,15 +188,15 @@ def test_a_base_url_ending_in_api_is_one_line_from_the_cli(tmp_path: Path) -> No
 # -- the emulator command ---------------------------------------------------------------
 
 
-def test_an_emulator_on_a_port_in_use_is_exit_2() -> None:
+def test_an_emulator_on_a_port_in_use_is_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     """A port another socket listens on: one line saying so and what to do, exit 2."""
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        done = run_cli(["emulator", "--port", str(port)], dict(os.environ), timeout=30)
-    line = one_line(done.stderr)
-    assert done.returncode == 2
+        code = main(["emulator", "--port", str(port)])
+    line = one_line(capsys.readouterr().err)
+    assert code == 2
     assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in line
     assert "--port" in line
 
@@ -208,12 +212,12 @@ def test_an_emulator_on_a_port_in_use_is_exit_2() -> None:
     (["--hostile-routes", "nosuch"], "--hostile-routes has unknown ['nosuch']"),
 ])
 def test_nonsense_emulator_numbers_are_exit_2_naming_the_option(
-    args: list[str], named: str
+    capsys: pytest.CaptureFixture[str], args: list[str], named: str
 ) -> None:
     """Each option value the emulator cannot honour: one line naming the option, exit 2."""
-    done = run_cli(["emulator", "--port", "0", *args], dict(os.environ), timeout=30)
-    assert done.returncode == 2, done.stderr
-    assert named in one_line(done.stderr)
+    code = main(["emulator", "--port", "0", *args])
+    assert code == 2
+    assert named in one_line(capsys.readouterr().err)
 
 
 async def test_the_port_check_leaves_a_free_port_working(tmp_path: Path) -> None:
