@@ -227,7 +227,7 @@ class HttpClient:
                 try:
                     body = await read_capped(resp, self._max_body)
                 except TimeoutError:
-                    raise self._stalled(request, resp.status) from None
+                    body = self._stalled(request, resp.status)
                 if body is None:
                     body = self._oversized(request, resp.status)
                 return _Reply(
@@ -236,9 +236,12 @@ class HttpClient:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise translate_exception(exc, request.method, request.url, self._timeout.total) from exc
 
-    def _stalled(self, request: _Request, status: int) -> StalledResponseError:
+    def _stalled(self, request: _Request, status: int) -> bytes:
+        """As ``_oversized``: an error answer is judged by its status, a success one refused."""
+        if not 200 <= status < 300:
+            return b""
         path = _path(request.url)
-        return StalledResponseError(
+        raise StalledResponseError(
             f"{request.method} {path}: HTTP {status} answer still incomplete after "
             f"{self._timeout.total:g} s (the server sends its body too slowly or stalls); "
             "not retried in this run", status=status, url=path)

@@ -102,6 +102,22 @@ async def test_a_dripping_body_ends_at_the_total_deadline_and_is_not_retried() -
     assert StalledResponseError("x").exit_code == 75  # temporary: the next run tries again
 
 
+async def test_a_dripping_error_answer_is_judged_by_its_status() -> None:
+    """A 503 whose page drips is still a 503: transient, retried, its body left unread."""
+    async def drip503(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(status=503, headers={"Content-Type": "text/html"})
+        await response.prepare(request)
+        while True:
+            await response.write(b"<")
+            await asyncio.sleep(0.02)
+
+    async with serve() as srv, capped_client(max_attempts=2, timeout_s=0.3) as http:
+        srv.routes["/drip503"] = drip503
+        with pytest.raises(TransientApiError, match="HTTP 503"):
+            await http.request_json("GET", srv.url + "/drip503", endpoint="x")
+    assert srv.count("/drip503") == 2
+
+
 async def test_no_answer_at_all_by_the_deadline_is_still_retried() -> None:
     """Headers that never come are a transient timeout, retried: only a stalled body is not."""
     async def silent(request: web.Request) -> web.StreamResponse:
