@@ -33,6 +33,7 @@ from harvester import __version__
 from harvester.config import ApiConfig
 from harvester.errors import (
     ApiError,
+    MisbehavingServerError,
     NotFoundError,
     PermanentApiError,
     RateLimitedError,
@@ -58,6 +59,10 @@ DEFAULT_MAX_RETRY_AFTER_S = 600.0  # honour Retry-After, but never park a run fo
 # two-hour ride's performance graph with GPS) is well under a megabyte.
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 DEFAULT_MAX_REDIRECTS = 5  # for requests that follow redirects at all (most do not)
+# Answers too big or stalled mid-body that a run tolerates before it stops: one fails
+# its item, but each costs a whole deadline or a bomb inflated to the cap.
+DEFAULT_MAX_MISBEHAVIOUR = 3
+EXIT_TEMPORARY = 75
 _READ_CHUNK = 256 * 1024
 BASE_HEADERS: Mapping[str, str] = {
     "Peloton-Platform": "web",  # needed by /overview; adds GPS to performance graphs
@@ -161,6 +166,7 @@ class HttpClient:
         # total, not only an idle timeout: a body dripping a byte a second ends here too
         self._timeout = aiohttp.ClientTimeout(total=api.timeout_s)
         self._max_body = max_body_bytes
+        self._misbehaved = 0  # oversized or stalled success answers this run
         self._limiter = limiter
         self.stats = stats
         self._sleep = sleep
@@ -240,6 +246,7 @@ class HttpClient:
         """As ``_oversized``: an error answer is judged by its status, a success one refused."""
         if not 200 <= status < 300:
             return b""
+        self._misbehaving(request, "still incomplete when the deadline passed", EXIT_TEMPORARY)
         path = _path(request.url)
         raise StalledResponseError(
             f"{request.method} {path}: HTTP {status} answer still incomplete after "
@@ -250,12 +257,27 @@ class HttpClient:
         """An error answer's status still tells enough; a success answer that big is refused."""
         if not 200 <= status < 300:
             return b""
+        self._misbehaving(request, f"larger than {self._max_body // (1024 * 1024)} MB", 2)
         path = _path(request.url)
         raise ResponseTooLargeError(
             f"{request.method} {path}: HTTP {status} answer larger than "
             f"{self._max_body // (1024 * 1024)} MB (decompressed); stopped reading it. No Peloton "
             "answer is that big: check api.base_url and any proxy in between",
             status=status, url=path)
+
+
+    def _misbehaving(self, request: _Request, what: str, exit_code: int) -> None:
+        """Count one answer no Peloton server sends; past the limit the run stops."""
+        self._misbehaved += 1
+        if self._misbehaved <= DEFAULT_MAX_MISBEHAVIOUR:
+            return
+        host = urlsplit(request.url).hostname or "the server"
+        advice = ("try again later" if exit_code == EXIT_TEMPORARY
+                  else "check api.base_url and any proxy in between")
+        raise MisbehavingServerError(
+            f"stopped: {host} sent {self._misbehaved} answers {what} (the last for "
+            f"{request.method} {_path(request.url)}); no Peloton server does that: {advice}",
+            exit_code=exit_code)
 
 
 async def read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes | None:

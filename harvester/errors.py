@@ -15,6 +15,9 @@
     │       ├── UnexpectedResponseError  exit 2: a 200 that is HTML, not an object, lacks `data`
     │       │   └── ResponseTooLargeError  a body past the cap, decompressed size counted
     │       └── ListingError          exit 3: the workout list repeats, or misses its total
+    ├── MisbehavingServerError        exit 2 (bodies past the cap) or 75 (stalled bodies):
+    │                                 stops the run after a few such answers; not an ApiError,
+    │                                 so no item catches it
     ├── LakeError                     exit 2: output root not writable, corrupt lake file
     └── StateError                    exit 2: state unreadable
         └── LockedError               another run holds the lake's lock
@@ -126,6 +129,18 @@ class ListingError(PermanentApiError):
     """
 
     exit_code = 3
+
+
+class MisbehavingServerError(HarvesterError):
+    """The server sent several answers no Peloton server sends (too big, stalled): stop the run.
+
+    One such answer fails its item; a few more mean every request will, each at
+    the cost of a deadline or of inflating a bomb to the cap, so the run ends.
+    """
+
+    def __init__(self, message: str, *, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class LakeError(HarvesterError):

@@ -16,6 +16,8 @@ from aiohttp import web
 from harvester.client import DEFAULT_MAX_REDIRECTS, HttpClient, RequestStats
 from harvester.config import ApiConfig
 from harvester.errors import (
+    ApiError,
+    MisbehavingServerError,
     ResponseTooLargeError,
     StalledResponseError,
     TransientApiError,
@@ -141,3 +143,16 @@ async def test_followed_redirects_are_bounded() -> None:
         with pytest.raises(UnexpectedResponseError, match="still redirected after 5 redirects"):
             await http.request_json("GET", srv.url + "/loop", endpoint="x", follow_redirects=True)
     assert srv.count("/loop") == DEFAULT_MAX_REDIRECTS  # the fifth answer is a redirect too
+
+
+async def test_a_few_misbehaving_answers_stop_the_client() -> None:
+    """Three answers past the cap fail their requests; the fourth stops the run (exit 2)."""
+    async with serve() as srv, capped_client() as http:
+        srv.script("/big", raw_reply(200, padded(CAP + 1)))
+        for _ in range(3):
+            with pytest.raises(ResponseTooLargeError):
+                await http.request_json("GET", srv.url + "/big", endpoint="x")
+        with pytest.raises(MisbehavingServerError, match="sent 4 answers larger than") as info:
+            await http.request_json("GET", srv.url + "/big", endpoint="x")
+    assert info.value.exit_code == 2
+    assert not isinstance(info.value, ApiError)  # no item failure swallows it

@@ -23,7 +23,6 @@ PAGE_SIZE = 10  # 60 workouts: six pages, so a listing has pages to repeat or sk
 TIMEOUT_S = 1.5  # the per-attempt deadline these runs are configured with
 MAX_ATTEMPTS = 2
 MAX_RSS_MB = 400
-BOMBED = 16  # workouts whose graph is a bomb: two rounds of eight at once
 WAIT_S = 60.0  # a hang guard: every run here ends long before
 
 # Runs `python -m harvester ARGS` as its only child and writes that child's peak RSS (KiB).
@@ -69,6 +68,13 @@ async def harvest(emulator: Any, tmp_path: Path, **harvest: object) -> Outcome:
         peak_rss_mb=int(rss.read_text()) / 1024,
         requests=dict(emulator.stats_snapshot()["by_endpoint"]), manifest=manifest,
     )
+
+
+def error_line(stderr: str) -> str:
+    """The one error line (item failures before it are logged as warnings), no traceback."""
+    errors = [line for line in stderr.splitlines() if line.startswith("peloton-harvester: error:")]
+    assert len(errors) == 1 and "Traceback" not in stderr, stderr
+    return errors[0]
 
 
 def listing_failure(outcome: Outcome) -> str:
@@ -146,20 +152,31 @@ async def test_an_endless_body_is_cut_at_the_cap_in_bounded_memory(
     assert outcome.peak_rss_mb < MAX_RSS_MB
 
 
-async def test_gzip_bombs_are_cut_at_the_cap_in_bounded_memory(
+async def test_gzip_bombs_are_cut_at_the_cap_and_stop_the_run_in_bounded_memory(
     make_emulator: Any, tmp_path: Path
 ) -> None:
-    """Every graph a 1 GiB gzip bomb, eight at a time: each refused at 32 MB, RSS < 400 MB."""
-    emulator = await make_emulator(
-        workouts=BOMBED, hostile="gzip_bomb", hostile_routes=frozenset({"performance_graph"}))
+    """Every graph a 1 GiB gzip bomb, eight at a time: each cut at 32 MB, RSS < 400 MB, and
+    after the fourth the run stops (exit 2, one line) instead of inflating one per workout."""
+    emulator = await make_emulator(hostile="gzip_bomb", hostile_routes=frozenset({"performance_graph"}))
     outcome = await harvest(emulator, tmp_path, concurrency=8)
-    assert outcome.code == 3, outcome.stderr
-    failures = outcome.manifest["failures"]
-    assert len(failures) == BOMBED and all(f["kind"] == "workout" for f in failures)
-    assert all("larger than 32 MB (decompressed)" in f["error"] for f in failures)
-    assert outcome.requests["performance_graph"] == BOMBED  # refused, never retried
-    assert outcome.manifest["rows"].get("workouts", 0) == 0  # no workout without its graph
+    assert outcome.code == 2, outcome.stderr
+    line = error_line(outcome.stderr)
+    assert "sent 4 answers larger than 32 MB" in line and "check api.base_url" in line
+    assert outcome.requests["performance_graph"] <= 4 + 8  # the fourth, and those in flight
     assert outcome.peak_rss_mb < MAX_RSS_MB
+
+
+async def test_dripping_graphs_stop_the_run_after_a_few_deadlines(
+    make_emulator: Any, tmp_path: Path
+) -> None:
+    """Every graph drips: not one deadline per workout, but a stop (exit 75) after the fourth."""
+    emulator = await make_emulator(hostile="drip", hostile_routes=frozenset({"performance_graph"}))
+    outcome = await harvest(emulator, tmp_path, concurrency=8)
+    assert outcome.code == 75, outcome.stderr
+    line = error_line(outcome.stderr)
+    assert "sent 4 answers still incomplete when the deadline passed" in line
+    assert "try again later" in line
+    assert outcome.requests["performance_graph"] <= 4 + 8
 
 
 async def test_a_dripping_body_ends_at_the_total_deadline(
