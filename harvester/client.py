@@ -173,6 +173,15 @@ class HttpClient:
         self._rng = rng or random.Random()
         self.policy = RetryPolicy(api.max_attempts, backoff_base, backoff_cap)
 
+    @property
+    def limiter(self) -> AdaptiveLimiter:
+        """The run's one limiter, for requests that need a transport of their own (sign-in)."""
+        return self._limiter
+
+    @property
+    def timeout(self) -> aiohttp.ClientTimeout:
+        return self._timeout
+
     async def request_json(
         self,
         method: str,
@@ -264,7 +273,6 @@ class HttpClient:
             f"{self._max_body // (1024 * 1024)} MB (decompressed); stopped reading it. No Peloton "
             "answer is that big: check api.base_url and any proxy in between",
             status=status, url=path)
-
 
     def _misbehaving(self, request: _Request, what: str, exit_code: int) -> None:
         """Count one answer no Peloton server sends; past the limit the run stops."""

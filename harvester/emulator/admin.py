@@ -21,6 +21,8 @@ def change_settings(state: EmulatorState, changes: dict[str, Any]) -> None:
     for key in ("quirks", "hostile_routes"):  # JSON has lists, the settings hold sets
         if key in changes and isinstance(changes[key], list):
             changes[key] = frozenset(changes[key])
+    if "password_clients" in changes and isinstance(changes["password_clients"], list):
+        changes["password_clients"] = tuple(changes["password_clients"])
     state.apply(state.settings.updated(changes))
 
 
@@ -132,6 +134,13 @@ async def truth(request: web.Request) -> web.StreamResponse:
     })
 
 
+async def revoke(request: web.Request) -> web.StreamResponse:
+    """End every sign-in, as a password change does: refresh tokens stop working."""
+    state = request.app[STATE]
+    revoked = state.tokens.revoke_all()  # not counted as reuse revocations in the stats
+    return _json({"revoked": revoked})
+
+
 def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_get("/_emulator/stats", get_stats)
@@ -140,6 +149,7 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/_emulator/complete", complete)
     r.add_post("/_emulator/settings", settings)
     r.add_post("/_emulator/clock", clock)
+    r.add_post("/_emulator/revoke", revoke)
     r.add_post("/_emulator/delete", delete_workouts)
     r.add_post("/_emulator/move", move_workout)
     r.add_post("/_emulator/page_fault", page_fault)
