@@ -30,10 +30,17 @@ import anyio
 import orjson
 
 from harvester import __version__
+from harvester.bounds import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_REDIRECTS,
+    STALLED,
+    Misbehaviour,
+    oversized,
+    read_capped,
+)
 from harvester.config import ApiConfig
 from harvester.errors import (
     ApiError,
-    MisbehavingServerError,
     NotFoundError,
     PermanentApiError,
     RateLimitedError,
@@ -55,15 +62,6 @@ DEFAULT_USER_AGENT = (
 DEFAULT_BACKOFF_BASE_S = 0.5
 DEFAULT_BACKOFF_CAP_S = 30.0
 DEFAULT_MAX_RETRY_AFTER_S = 600.0  # honour Retry-After, but never park a run for hours
-# Decompressed: a gzip bomb must not grow memory. The largest real answer (a
-# two-hour ride's performance graph with GPS) is well under a megabyte.
-DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
-DEFAULT_MAX_REDIRECTS = 5  # for requests that follow redirects at all (most do not)
-# Answers too big or stalled mid-body that a run tolerates before it stops: one fails
-# its item, but each costs a whole deadline or a bomb inflated to the cap.
-DEFAULT_MAX_MISBEHAVIOUR = 3
-EXIT_TEMPORARY = 75
-_READ_CHUNK = 256 * 1024
 BASE_HEADERS: Mapping[str, str] = {
     "Peloton-Platform": "web",  # needed by /overview; adds GPS to performance graphs
     "User-Agent": DEFAULT_USER_AGENT,
@@ -166,7 +164,7 @@ class HttpClient:
         # total, not only an idle timeout: a body dripping a byte a second ends here too
         self._timeout = aiohttp.ClientTimeout(total=api.timeout_s)
         self._max_body = max_body_bytes
-        self._misbehaved = 0  # oversized or stalled success answers this run
+        self._misbehaviour = Misbehaviour()  # oversized or stalled success answers this run
         self._limiter = limiter
         self.stats = stats
         self._sleep = sleep
@@ -255,7 +253,7 @@ class HttpClient:
         """As ``_oversized``: an error answer is judged by its status, a success one refused."""
         if not 200 <= status < 300:
             return b""
-        self._misbehaving(request, "still incomplete when the deadline passed", EXIT_TEMPORARY)
+        self._misbehaviour.note(request.method, request.url, STALLED)
         path = _path(request.url)
         raise StalledResponseError(
             f"{request.method} {path}: HTTP {status} answer still incomplete after "
@@ -266,46 +264,13 @@ class HttpClient:
         """An error answer's status still tells enough; a success answer that big is refused."""
         if not 200 <= status < 300:
             return b""
-        self._misbehaving(request, f"larger than {self._max_body // (1024 * 1024)} MB", 2)
+        self._misbehaviour.note(request.method, request.url, oversized(self._max_body))
         path = _path(request.url)
         raise ResponseTooLargeError(
             f"{request.method} {path}: HTTP {status} answer larger than "
             f"{self._max_body // (1024 * 1024)} MB (decompressed); stopped reading it. No Peloton "
             "answer is that big: check api.base_url and any proxy in between",
             status=status, url=path)
-
-    def _misbehaving(self, request: _Request, what: str, exit_code: int) -> None:
-        """Count one answer no Peloton server sends; past the limit the run stops."""
-        self._misbehaved += 1
-        if self._misbehaved <= DEFAULT_MAX_MISBEHAVIOUR:
-            return
-        host = urlsplit(request.url).hostname or "the server"
-        advice = ("try again later" if exit_code == EXIT_TEMPORARY
-                  else "check api.base_url and any proxy in between")
-        raise MisbehavingServerError(
-            f"stopped: {host} sent {self._misbehaved} answers {what} (the last for "
-            f"{request.method} {_path(request.url)}); no Peloton server does that: {advice}",
-            exit_code=exit_code)
-
-
-async def read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes | None:
-    """The body as aiohttp decodes it (gzip undone), or None once it passes ``limit`` bytes.
-
-    Read in chunks so memory never holds more than ``limit`` plus one chunk: aiohttp
-    decompresses incrementally under flow control, so neither an endless body nor a
-    gzip bomb is ever inflated past the cap. The rest of the body is never read.
-    """
-    declared = resp.content_length
-    if declared is not None and declared > limit and "Content-Encoding" not in resp.headers:
-        return None
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in resp.content.iter_chunked(_READ_CHUNK):
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def translate_exception(
