@@ -59,6 +59,9 @@ RUNTIME_KNOBS = frozenset(
 )
 
 
+MAX_ACCOUNTS = 1000
+
+
 class SettingsError(ValueError):
     """A knob was given a value the emulator cannot honour; ``knob`` names it when one did."""
 
@@ -91,7 +94,7 @@ class EmulatorSettings:
     hostile: str = "none"
     hostile_routes: frozenset[str] = field(default_factory=frozenset)  # empty: every /api route
     drip_s: float = 1.0
-
+    accounts: int = 1  # members served; see logins()
     # Universal Login (PELOTON_API.md 1a)
     verification: bool = False  # the account must verify (MFA): no headless sign-in
     anomalies: int = 0  # the next N credential posts answer 403 AnomalyDetected
@@ -104,6 +107,7 @@ class EmulatorSettings:
 
     def __post_init__(self) -> None:
         _check(self.workouts >= 0, "workouts", "must be 0 or more")
+        _check(1 <= self.accounts <= MAX_ACCOUNTS, "accounts", f"must be between 1 and {MAX_ACCOUNTS}")
         _check(self.faults in FAULT_PROFILES, "faults", f"must be one of {FAULT_PROFILES}")
         _check(self.rate_limit_style in RATE_LIMIT_STYLES, "rate_limit_style",
                f"must be one of {RATE_LIMIT_STYLES}")
@@ -132,6 +136,13 @@ class EmulatorSettings:
         _check(not routes, "hostile_routes",
                f"has unknown {sorted(routes)}; known: {sorted(ROUTES)}")
         _check(_finite(self.drip_s) > 0, "drip_s", "must be greater than 0")
+
+    def logins(self) -> list[tuple[str, str]]:
+        """(username, password) of each account: the first is --username/--password,
+        account k (2, 3, ...) is ``user<k>@example.com`` / ``pass<k>``."""
+        return [(self.username, self.password)] + [
+            (f"user{k}@example.com", f"pass{k}") for k in range(2, self.accounts + 1)
+        ]
 
     @property
     def burst(self) -> float:
@@ -190,6 +201,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"login name of the synthetic account (default {d.username})",
     )
     add("--password", default=d.password, help=f"its password (default {d.password})")
+    add(
+        "--accounts",
+        type=int,
+        default=d.accounts,
+        help="members served, sharing classes and instructors: the first logs in with "
+        "--username/--password, account K (2, 3, ...) with userK@example.com / passK; "
+        "each has --workouts workouts (default 1)",
+    )
     add(
         "--latency-ms", type=float, default=d.latency_ms, help="fixed delay per request (default 0)"
     )
@@ -318,6 +337,7 @@ def _settings(ns: argparse.Namespace) -> EmulatorSettings:
         hostile=ns.hostile,
         hostile_routes=parse_quirks(ns.hostile_routes),
         drip_s=ns.drip_s,
+        accounts=ns.accounts,
         verification=ns.verification,
         anomalies=ns.anomalies,
         missing_csrf=ns.missing_csrf,
