@@ -19,6 +19,7 @@ from harvester.client import JsonObject, RequestStats
 from harvester.config import Config
 from harvester.errors import ApiError
 from harvester.lake import Lake
+from harvester.listing import ListingGuard
 from harvester.state import AccountState, StateStore
 
 DAY_S = 86_400
@@ -114,8 +115,10 @@ async def _list(
 ) -> None:
     """Page the listing (down to ``horizon`` if given), counting what the run would fetch."""
     total = 0
+    guard = ListingGuard()
     while True:
         listing = await api.workouts_page(user_id, tally.pages, config.harvest.page_size)
+        last = guard.finished(tally.pages, listing)  # ListingError: a list that never ends
         tally.pages += 1
         total = max(total, listing.total or 0)
         for item in listing.items:
@@ -133,9 +136,7 @@ async def _list(
                 tally.rides.add(ref.ride_id)
         if hook is not None:
             hook(len(tally.seen), max(total, len(tally.seen)))
-        if not listing.items or listing.show_next is False or (
-            listing.page_count is not None and tally.pages >= listing.page_count
-        ):
+        if last:
             return
 
 
