@@ -126,7 +126,7 @@ class Harvest:
         self.done = 0
         self._inflight: list[WorkoutResult] = []  # the batch a background commit holds
         self.total = 0
-        # Requests in flight for workouts: at most `concurrency`, whichever worker asks.
+        # Requests in flight: at most `concurrency`, whichever task asks (see _in_slot).
         # asyncio's semaphore, not anyio's CapacityLimiter: that one yields to the
         # event loop on every acquire, a cost paid per request (see _request_all).
         self._slots = asyncio.Semaphore(config.harvest.concurrency)
@@ -149,7 +149,7 @@ class Harvest:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._write, recv_results)
-                # One request at a time beside the workers, so it costs no wall time.
+                # One request at a time, in one of the same slots as the workers.
                 tg.start_soon(self._fetch_daily)
                 async with anyio.create_task_group() as fetchers:
                     fetchers.start_soon(self._produce, send_refs)
@@ -186,7 +186,7 @@ class Harvest:
         page = 0
         while True:
             try:
-                listing = await self.api.workouts_page(self.user_id, page, limit)
+                listing = await self._in_slot(partial(self.api.workouts_page, self.user_id, page, limit))
             except ApiError as exc:
                 # The rest of the history stays unlisted: no watermark move, exit 3, next run relists.
                 self.outcome.failures.append(_failure("list", f"page {page}", exc))
@@ -335,11 +335,10 @@ class Harvest:
         got: dict[str, JsonObject | ApiError] = {}
 
         async def one(name: str, call: Callable[[], Awaitable[JsonObject]]) -> None:
-            async with self._slots:
-                try:
-                    got[name] = await call()
-                except ApiError as exc:
-                    got[name] = exc
+            try:
+                got[name] = await self._in_slot(call)
+            except ApiError as exc:
+                got[name] = exc
 
         if len(calls) == 1:
             [(name, call)] = calls.items()
@@ -352,6 +351,12 @@ class Harvest:
             if isinstance(value, AuthError):
                 raise value  # the whole run stops: the credentials are gone
         return got
+
+    async def _in_slot(self, call: Callable[[], Awaitable[T]]) -> T:
+        """``call`` holding one of the run's ``concurrency`` request slots: every request
+        of the harvest (workouts, listing, daily datasets) goes through here."""
+        async with self._slots:
+            return await call()
 
     def _workout_failed(self, result: WorkoutResult, exc: ApiError) -> None:
         if isinstance(exc, NotFoundError):
@@ -485,7 +490,7 @@ class Harvest:
         self, kind: str, fetch: Callable[[str], Awaitable[T]], stamp: str
     ) -> T | None:
         try:
-            return await fetch(stamp)
+            return await self._in_slot(partial(fetch, stamp))  # its requests go one at a time
         except AuthError:
             raise
         except ApiError as exc:

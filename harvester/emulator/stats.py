@@ -27,6 +27,7 @@ class Stats:
         self.token_grants: Counter[str] = Counter()
         self.logins = 0
         self.arrivals = array("d")  # compact: a benchmark makes millions
+        self.throttled_at = array("d")  # when each 429 was sent, on the arrivals' clock
 
     def begin(self, endpoint: str, item_id: str | None, now: float) -> None:
         self.requests += 1
@@ -37,12 +38,13 @@ class Stats:
         self.concurrency += 1
         self.peak_concurrency = max(self.peak_concurrency, self.concurrency)
 
-    def end(self, status: int) -> None:
+    def end(self, status: int, now: float) -> None:
         self.concurrency -= 1
         if status:
             self.status[str(status)] += 1
         if status == 429:
             self.throttled += 1
+            self.throttled_at.append(now - self.started)
 
     def snapshot(self, arrivals: bool) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -61,6 +63,7 @@ class Stats:
         }
         if arrivals:
             out["arrivals"] = [round(t, 6) for t in self.arrivals]
+            out["throttled_at"] = [round(t, 6) for t in self.throttled_at]
             # Arrivals count from this time.monotonic() reading; on Linux that clock is
             # shared by every process, so a benchmark can place them on its own timeline.
             out["arrivals_since_monotonic"] = self.started
