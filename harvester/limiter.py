@@ -17,8 +17,9 @@ server's burst is spent), sets where the rate goes:
 
 - no measurement yet (first 429): the rate halves and recovers quickly;
 - a rough one (fewer than ``DEFAULT_SETTLED_ACCEPTED`` requests between the
-  429s, so the one request of doubt weighs over 2%): the rate drops to 90% of it and recovers quickly, so the next 429
-  comes soon and measures over a longer span;
+  429s, so the one request of doubt weighs over 2%): the rate drops to 90% of
+  it and recovers quickly, so the next 429 comes soon and measures over a
+  longer span;
 - a settled one: the rate drops to 90% of it, recovers to 97% of it and stays
   there. It does not probe above: every probe would end in a 429, and repeated
   429s are how Cloudflare's 1015 blocks begin.
