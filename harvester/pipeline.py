@@ -17,7 +17,8 @@ Data flow of one run (``Harvest.run``):
     event loop (graphs and rides before workouts, so a committed workout implies
     its graph). A cancelled run still commits what is complete (shielded).
  5. Beside them, one task fetches the daily datasets (profiles, instructors), at
-    most once per UTC day per account.
+    most once per UTC day per account. It and the producer's list pages take
+    the workers' request slots: at most ``concurrency`` requests in flight.
  6. The caller writes state, failures and the manifest from the ``Harvest``'s
     outcome.
 """
