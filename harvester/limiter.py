@@ -76,8 +76,8 @@ class AdaptiveLimiter:
         self._ceiling = rate  # recovery stops here: the configured rate, or just below the limit
         self._cuts = 0  # bumped by every cut, so sleeping callers know to re-space
         self._accepted = 0  # answers other than 429: what the server let through
-        # (time, accepted so far) at each cut in the last DEFAULT_MEASURE_SPAN_S:
-        # moments the server's allowance was spent.
+        # (send time of the refused request, accepted so far) at each cut in the last
+        # DEFAULT_MEASURE_SPAN_S: moments the server's allowance was spent.
         self._spent: deque[tuple[float, int]] = deque()
         self.measured_limit: float | None = None  # the server's limit, once 429s measured it
         # Release times of the last floor(rate) callers: the window check's memory.
@@ -143,12 +143,14 @@ class AdaptiveLimiter:
         spent = self._spent
         while spent and now - spent[0][0] > DEFAULT_MEASURE_SPAN_S:
             spent.popleft()
-        since, accepted = (spent[0][0], self._accepted - spent[0][1]) if spent else (now, 0)
-        spent.append((now, self._accepted))
-        if accepted >= DEFAULT_MEASURE_MIN_ACCEPTED:
+        # Stamped when the refused request was sent, not when its answer was read:
+        # a busy event loop reads answers late, by as much as a tenth of a second.
+        since, accepted = (spent[0][0], self._accepted - spent[0][1]) if spent else (sent_at, 0)
+        spent.append((sent_at, self._accepted))
+        if accepted >= DEFAULT_MEASURE_MIN_ACCEPTED and sent_at > since:
             # The allowance left at each 429 was under one request: this is within one
             # request of what the server refilled in between.
-            self.measured_limit = accepted / (now - since)
+            self.measured_limit = accepted / (sent_at - since)
             target = self.measured_limit * DEFAULT_BACKOFF_FRACTION
             if accepted >= DEFAULT_SETTLED_ACCEPTED:
                 self._ceiling = max(self._min_rate, min(

@@ -138,6 +138,19 @@ async def test_two_429s_measure_the_limit_and_the_rate_settles_below_it() -> Non
     assert limiter.current_rate == pytest.approx(38.8)
 
 
+async def test_a_measurement_counts_from_when_the_refused_requests_were_sent() -> None:
+    """Answers read late (a busy event loop) do not skew the span: it runs send to send."""
+    fake = FakeTime()
+    limiter = AdaptiveLimiter(200.0, clock=fake.clock, sleep=fake.sleep)
+    fake.now += 0.3  # the first 429 is read 0.3 s after its request went out at 1000.0
+    limiter.on_throttled(1000.0)
+    for _ in range(100):
+        limiter.on_success()
+    fake.now = 1002.1  # the second, sent at 1002.0, is read 0.1 s late
+    limiter.on_throttled(1002.0)
+    assert limiter.measured_limit == pytest.approx(50.0)  # 100 in 2.0 s, not in 1.8 s
+
+
 async def test_a_rough_measurement_cuts_to_it_but_keeps_recovering() -> None:
     """Under 50 accepted between the 429s: the rate drops to 90% of the measurement but
     recovers past it, so the next 429 measures over a longer span."""
