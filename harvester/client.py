@@ -207,7 +207,7 @@ class HttpClient:
                 log.info("HTTP 429 from %s: request rate lowered to %.3g/s",
                          urlsplit(url).hostname, self._limiter.current_rate)
         else:
-            self._limiter.on_success()  # any other answer passed the server's rate limit
+            self._limiter.on_success(sent_at)  # any other answer passed the server's rate limit
         return interpret(method, url, reply.status, reply.body, reply.retry_after, reply.location)
 
     async def _send(self, request: _Request) -> _Reply:

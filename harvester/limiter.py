@@ -75,10 +75,12 @@ class AdaptiveLimiter:
         self._last_change = 0.0  # when the rate last moved (cut or recovery)
         self._ceiling = rate  # recovery stops here: the configured rate, or just below the limit
         self._cuts = 0  # bumped by every cut, so sleeping callers know to re-space
-        self._accepted = 0  # answers other than 429: what the server let through
-        # (send time of the refused request, accepted so far) at each cut in the last
+        # Send times of the refused requests that cut the rate in the last
         # DEFAULT_MEASURE_SPAN_S: moments the server's allowance was spent.
-        self._spent: deque[tuple[float, int]] = deque()
+        self._spent: deque[float] = deque()
+        self._accepted_at: deque[float] = deque()  # send times of accepted requests after them
+        self._span = (0.0, 0.0)  # the oldest and newest of those 429s: what is measured
+        self._span_accepted = 0  # accepted requests sent inside the span
         self.measured_limit: float | None = None  # the server's limit, once 429s measured it
         # Release times of the last floor(rate) callers: the window check's memory.
         self._released: deque[float] = deque(maxlen=max(1, math.floor(rate)))
@@ -131,39 +133,61 @@ class AdaptiveLimiter:
             self._released.append(released)
         return released
 
-    def on_throttled(self, sent_at: float) -> None:
+    def on_throttled(self, sent_at: float | None = None) -> None:
         """The server said slow down: measure its limit and cut the rate, once per round trip.
 
         ``sent_at`` is the release time ``acquire`` returned for the request that
-        drew the 429; one sent before the last cut describes the same event."""
+        drew the 429 (None: unknown, taken as now); one sent before the last cut
+        describes the same event."""
+        now = self._clock()
+        sent_at = now if sent_at is None else sent_at
         if sent_at <= self._last_cut:
             return
-        now = self._clock()
         self._last_cut = self._last_change = now
-        spent = self._spent
-        while spent and now - spent[0][0] > DEFAULT_MEASURE_SPAN_S:
+        spent, accepted_at = self._spent, self._accepted_at
+        while spent and now - spent[0] > DEFAULT_MEASURE_SPAN_S:
             spent.popleft()
-        # Stamped when the refused request was sent, not when its answer was read:
-        # a busy event loop reads answers late, by as much as a tenth of a second.
-        since, accepted = (spent[0][0], self._accepted - spent[0][1]) if spent else (sent_at, 0)
-        spent.append((sent_at, self._accepted))
-        if accepted >= DEFAULT_MEASURE_MIN_ACCEPTED and sent_at > since:
-            # The allowance left at each 429 was under one request: this is within one
-            # request of what the server refilled in between.
-            self.measured_limit = accepted / (sent_at - since)
+        spent.append(sent_at)
+        while accepted_at and accepted_at[0] <= spent[0]:
+            accepted_at.popleft()
+        # Send times, not the times answers were read: a 429 comes straight from the
+        # edge while an accepted request's answer waits for the origin, and a busy
+        # event loop reads answers late.
+        self._span = (spent[0], sent_at)
+        self._span_accepted = sum(1 for t in accepted_at if spent[0] < t <= sent_at)
+        if self._measure():
+            assert self.measured_limit is not None
             target = self.measured_limit * DEFAULT_BACKOFF_FRACTION
-            if accepted >= DEFAULT_SETTLED_ACCEPTED:
-                self._ceiling = max(self._min_rate, min(
-                    self.configured_rate, self.measured_limit * DEFAULT_SETTLE_FRACTION))
         else:
             target = self._rate / 2
         self._rate = max(self._min_rate, min(self._rate, target))
         self._cuts += 1
         self._next_slot = now + 1.0 / self._rate  # waiting callers re-queue behind this
 
-    def on_success(self) -> None:
-        """The server accepted a request (any answer but 429): count it; recover linearly."""
-        self._accepted += 1
+    def _measure(self) -> bool:
+        """The server's limit from the requests it accepted that were sent between the
+        oldest and newest 429 of the span: False if too few were to tell."""
+        first, last = self._span
+        if self._span_accepted < DEFAULT_MEASURE_MIN_ACCEPTED or last <= first:
+            return False
+        # The allowance left at each 429 was under one request: this is within one
+        # request of what the server refilled in between.
+        self.measured_limit = self._span_accepted / (last - first)
+        if self._span_accepted >= DEFAULT_SETTLED_ACCEPTED:
+            self._ceiling = max(self._min_rate, min(
+                self.configured_rate, self.measured_limit * DEFAULT_SETTLE_FRACTION))
+        return True
+
+    def on_success(self, sent_at: float | None = None) -> None:
+        """The server accepted a request (any answer but 429) sent at ``sent_at`` (None:
+        now): after a 429, remember it for measuring; recover linearly."""
+        if self._spent:
+            at = self._clock() if sent_at is None else sent_at
+            self._accepted_at.append(at)
+            first, last = self._span
+            if first < at <= last:  # answered after the 429 that closed the span
+                self._span_accepted += 1
+                self._measure()
         if self._rate >= self._ceiling:
             return
         now = self._clock()

@@ -151,6 +151,25 @@ async def test_a_measurement_counts_from_when_the_refused_requests_were_sent() -
     assert limiter.measured_limit == pytest.approx(50.0)  # 100 in 2.0 s, not in 1.8 s
 
 
+async def test_answers_read_after_the_429_still_count_by_when_they_were_sent() -> None:
+    """A 429 comes straight back while accepted answers wait for the origin: those sent
+    inside the span count when they arrive, those sent before the first 429 never do."""
+    fake = FakeTime()
+    limiter = AdaptiveLimiter(200.0, clock=fake.clock, sleep=fake.sleep)
+    limiter.on_throttled(1000.0)
+    limiter.on_success(999.99)  # sent before the allowance ran out, answered after
+    for i in range(40):
+        limiter.on_success(1000.0 + (i + 1) / 50)  # sent through 1000.8
+    fake.now = 1001.0
+    limiter.on_throttled(1001.0)
+    assert limiter.measured_limit == pytest.approx(40.0)  # 40 in 1 s: rough, no ceiling yet
+    assert limiter.ceiling == 200.0
+    for i in range(10):  # sent before the second 429, answered after it
+        limiter.on_success(1000.8 + (i + 1) / 50)
+    assert limiter.measured_limit == pytest.approx(50.0)
+    assert limiter.ceiling == pytest.approx(48.5)  # 50 accepted: settled
+
+
 async def test_a_rough_measurement_cuts_to_it_but_keeps_recovering() -> None:
     """Under 50 accepted between the 429s: the rate drops to 90% of the measurement but
     recovers past it, so the next 429 measures over a longer span."""
@@ -197,7 +216,7 @@ async def serve(limiter: AdaptiveLimiter, fake: FakeTime, server: TokenBucket,
             throttled.append(sent_at - start)
             limiter.on_throttled(sent_at)
         else:
-            limiter.on_success()
+            limiter.on_success(sent_at)
     return throttled
 
 

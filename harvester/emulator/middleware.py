@@ -86,7 +86,7 @@ async def misbehave(request: web.Request, handler: Handler) -> web.StreamRespons
         status = 500  # what aiohttp answers for a handler bug
         raise
     finally:
-        state.stats.end(status, time.monotonic())
+        state.stats.end(status)
 
 
 async def _answer(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from array import array
 from collections import Counter, defaultdict
 from typing import Any
@@ -43,13 +44,13 @@ class Stats:
         self.concurrency += 1
         self.peak_concurrency = max(self.peak_concurrency, self.concurrency)
 
-    def end(self, status: int, now: float) -> None:
+    def end(self, status: int) -> None:
         self.concurrency -= 1
         if status:
             self.status[str(status)] += 1
-        if status == 429:
+        if status == 429:  # answered at once, before any latency: stamped as it leaves
             self.throttled += 1
-            self.throttled_at.append(now - self.started)
+            self.throttled_at.append(time.monotonic() - self.started)
 
     def snapshot(self, arrivals: bool) -> dict[str, Any]:
         out: dict[str, Any] = {
