@@ -7,11 +7,12 @@ successes cannot undo a cut at once.
 
 A 429 says the server's allowance is spent, and the rate is cut (once per round
 trip: a 429 for a request sent before the last cut describes the same event). A
-rate-limited server (a token bucket, or Cloudflare's windowed counter) with its
-allowance spent at two 429s has accepted exactly its limit in between, whatever
-the client sent: so the requests it accepted between the first 429 of the last
-minute and this one, over the time between them, measure the server's real
-limit, within one request (the allowance left at each end was under one). That
+token-bucket server with its allowance spent at two 429s has accepted exactly
+its limit in between, whatever the client sent: so the accepted requests sent
+between the first 429 of the last minute and this one, over the time between
+them (send times throughout), measure the server's real limit, within one
+request (the allowance left at each end was under one). Against a windowed
+counter (Cloudflare's rules) the same count errs low, never high. That
 measurement, not the pace the 429 came at (which is above the limit once the
 server's burst is spent), sets where the rate goes:
 
