@@ -12,7 +12,7 @@ its limit in between, whatever the client sent: so the accepted requests sent
 between the first 429 of the last minute and this one, over the time between
 them (send times throughout), measure the server's real limit, within one
 request (the allowance left at each end was under one). Against a windowed
-counter (Cloudflare's rules) the same count errs low, never high. That
+counter (Cloudflare's rules) the same count erred low in simulation. That
 measurement, not the pace the 429 came at (which is above the limit once the
 server's burst is spent), sets where the rate goes:
 
