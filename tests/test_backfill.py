@@ -162,9 +162,10 @@ async def test_concurrency_and_rate_stay_within_limits(
     released: list[float] = []
     check_window = AdaptiveLimiter._within_window
 
-    async def recording(self: AdaptiveLimiter, slot: float) -> None:
-        await check_window(self, slot)
-        released.append(self._released[-1])  # the release time the window check counted
+    async def recording(self: AdaptiveLimiter, slot: float) -> float:
+        at = await check_window(self, slot)
+        released.append(at)  # the release time the window check counted
+        return at
 
     monkeypatch.setattr(AdaptiveLimiter, "_within_window", recording)
     emulator = await make_emulator(workouts=80, latency_ms=20.0, jitter_ms=20.0)
