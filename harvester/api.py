@@ -149,6 +149,15 @@ class PelotonApi:
             self._user_id = candidate
         return self._user_id
 
+    async def user(self, user_id: str) -> JsonObject:
+        """The public profile, ``/api/user/{id}``."""
+        uid = _require_id("a user", user_id)
+        return await self._get(f"/api/user/{uid}", "user")
+
+    async def metadata_mappings(self) -> JsonObject:
+        """What ``class_type_ids``, difficulty levels and device types mean."""
+        return await self._get("/api/ride/metadata_mappings", "metadata_mappings")
+
     async def overview(self, user_id: str) -> JsonObject:
         uid = _require_id("a user", user_id)
         return await self._get(f"/api/user/{uid}/overview", "overview", {"version": "1"})

@@ -21,7 +21,8 @@ from harvester.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("peloton-harvester.toml")
 DEFAULT_CLIENT_ID = "mgsmWCD0A8Qn6uz6mmqI6qeBNHH9IPwS"
-ALL_DATASETS = ("workouts", "performance_graphs", "rides", "instructors", "profiles")
+ALL_DATASETS = ("workouts", "performance_graphs", "rides", "instructors", "profiles",
+                "metadata_mappings")
 AUTH_METHODS = ("password", "token", "session")
 COMPRESSIONS = ("none", "gzip")
 
@@ -59,6 +60,7 @@ class HarvestConfig:
 class OutputConfig:
     root: str = "./peloton-lake"
     compression: str = "none"
+    tables: bool = False  # rebuild the typed Parquet tables after each harvest
 
     @property
     def root_path(self) -> Path:

@@ -43,9 +43,10 @@ from harvester.files import TEMP_NAME, sync_filesystem, temp_name, write_temp
 
 Row = dict[str, object]
 
-DATASETS = ("workouts", "performance_graphs", "rides", "instructors", "profiles")
+DATASETS = ("workouts", "performance_graphs", "rides", "instructors", "profiles", "metadata_mappings")
 # Workouts last: a workout row in the lake implies its graph and ride were committed before it.
-COMMIT_ORDER = ("performance_graphs", "rides", "instructors", "profiles", "workouts")
+COMMIT_ORDER = ("performance_graphs", "rides", "instructors", "profiles", "metadata_mappings",
+                "workouts")
 SUFFIXES = {"none": ".jsonl", "gzip": ".jsonl.gz"}
 STATE_DIR = "_harvester"
 DEFAULT_RIDE_DATE = "1970-01-01"  # rides without an air time still get a real partition
@@ -56,7 +57,7 @@ _KEY_FIELDS = {"workouts": "id", "performance_graphs": "workout_id", "rides": "r
 _UNPARTITIONED = frozenset({"instructors"})
 # Instructors are the same for every account: one shared file keeps each id once
 # in a lake that several accounts share (runs on one lake never overlap: the lock).
-SHARED_FILES = {"instructors": "instructors"}
+SHARED_FILES = {"instructors": "instructors", "metadata_mappings": "metadata_mappings"}
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 
@@ -65,9 +66,11 @@ _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 def primary_key(dataset: str, row: Row) -> str:
-    """The row's primary key: profiles are keyed by ``user_id|run date``."""
+    """The row's primary key: profiles by ``user_id|run date``, metadata_mappings by run date."""
     if dataset == "profiles":
-        return f"{_text(dataset, row, 'user_id')}|{_run_day(row)}"
+        return f"{_text(dataset, row, 'user_id')}|{_run_day(dataset, row)}"
+    if dataset == "metadata_mappings":
+        return _run_day(dataset, row)
     field = _KEY_FIELDS.get(dataset)
     if field is None:
         raise LakeError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
@@ -86,8 +89,8 @@ def partition_date(dataset: str, row: Row) -> str | None:
         ride = row.get("ride")
         aired = ride.get("original_air_time") if isinstance(ride, dict) else None
         return utc_day(aired) or DEFAULT_RIDE_DATE
-    if dataset == "profiles":
-        return _run_day(row)
+    if dataset in ("profiles", "metadata_mappings"):
+        return _run_day(dataset, row)
     if dataset == "instructors":
         return None
     raise LakeError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
@@ -105,7 +108,7 @@ def utc_day(epoch_s: object) -> str | None:
         return None
 
 
-def _run_day(row: Row) -> str:
+def _run_day(dataset: str, row: Row) -> str:
     stamp = row.get("_harvested_at")
     day = stamp[:10] if isinstance(stamp, str) else ""
     try:
@@ -114,7 +117,7 @@ def _run_day(row: Row) -> str:
             return day
     except ValueError:
         pass
-    raise LakeError(f"profiles row has no ISO-8601 _harvested_at (got {type(stamp).__name__})")
+    raise LakeError(f"{dataset} row has no ISO-8601 _harvested_at (got {type(stamp).__name__})")
 
 
 def _text(dataset: str, row: Row, field: str) -> str:

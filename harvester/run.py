@@ -313,7 +313,7 @@ async def plan_harvest(config: Config) -> PlanReport:
                 listing.page_count is not None and page >= listing.page_count
             ):
                 break
-    daily = 3  # /api/me, overview, one page of instructors
+    daily = 5  # /api/me, /api/user/{id}, overview, one page of instructors, metadata_mappings
     requests = page + 2 * to_fetch + len(rides) + daily + 1
     return PlanReport(
         user_id=user_id, workouts=len(seen), in_lake=len(seen & in_lake.keys()),
