@@ -124,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="list only: count workouts, estimate requests and time")
     sub.add_parser("status", parents=[common],
                    help="per account: watermark, last run, rows per dataset")
+    sub.add_parser("tables", parents=[common],
+                   help="(re)build the typed Parquet tables under <root>/tables/ "
+                        "(only partitions whose raw files changed)")
     demo = sub.add_parser(
         "demo", parents=[common],
         help="backfill a synthetic account from the bundled emulator (no account, no network)",
@@ -182,7 +185,12 @@ async def _dispatch(args: argparse.Namespace, config: Config) -> int:
     if command in ("backfill", "refresh"):
         report = await run_harvest(config, command, progress=_progress_factory(args))
         print(report.summary())
+        if config.output.tables and report.exit_code in (0, 3):  # the lake is consistent
+            await _build_tables(config.output.root_path)
         return report.exit_code
+    if command == "tables":
+        await _build_tables(config.output.root_path)
+        return 0
     if command == "plan":
         print((await plan_harvest(config)).describe())
         return 0
@@ -192,6 +200,15 @@ async def _dispatch(args: argparse.Namespace, config: Config) -> int:
     if command == "demo":
         return await _demo(args, config)
     raise ConfigError(f"unknown command {command!r}")
+
+
+async def _build_tables(root: Path) -> None:
+    from harvester.tables import build_tables  # pyarrow: only the commands that build pay for it
+
+    if not root.is_dir():
+        raise ConfigError(f"no lake at {root}: run backfill first, or pass --out")
+    report = await anyio.to_thread.run_sync(build_tables, root)
+    print(report.summary())
 
 
 async def _demo(args: argparse.Namespace, config: Config) -> int:
@@ -224,6 +241,11 @@ async def _demo(args: argparse.Namespace, config: Config) -> int:
         await emulator.stop()
     print(report.summary())
     root = demo_config.output.root_path.resolve()
+    from harvester.tables.recipes import format_monthly, monthly_output
+
+    await _build_tables(root)
+    print("\nWorkouts and output per month, local time (README \"Typed tables\"):")
+    print(format_monthly(monthly_output(root, months=6)))
     print(
         "\nTry it with DuckDB (pip install duckdb):\n"
         f"  duckdb -c \"SELECT date_trunc('month', to_timestamp(created_at)) AS month, "

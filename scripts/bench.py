@@ -373,8 +373,8 @@ def harvest_urls(base: str, uid: str, items: list[dict[str, Any]]) -> list[str]:
             if ride and ride != NULL_RIDE and ride not in rides:
                 rides.add(ride)
                 urls.append(f"{base}/api/ride/{ride}/details")
-    urls += [f"{base}/api/user/{uid}/overview?version=1",
-             f"{base}/api/instructor?limit=100&page=0"]
+    urls += [f"{base}/api/user/{uid}/overview?version=1", f"{base}/api/user/{uid}",
+             f"{base}/api/instructor?limit=100&page=0", f"{base}/api/ride/metadata_mappings"]
     return urls
 
 
