@@ -205,7 +205,7 @@ async def _dispatch(args: argparse.Namespace, config: Config) -> int:
 async def _build_tables(root: Path) -> None:
     from harvester.tables import build_tables  # pyarrow: only the commands that build pay for it
 
-    if not root.is_dir():
+    if not await anyio.Path(root).is_dir():
         raise ConfigError(f"no lake at {root}: run backfill first, or pass --out")
     report = await anyio.to_thread.run_sync(build_tables, root)
     print(report.summary())

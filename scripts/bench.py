@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark the harvester against the emulator's limits and an existing client.
 
-    scripts/bench [--quick] [--json PATH]
+    scripts/bench [--quick] [--json PATH] [--only SCENARIO ...]
 
 Every figure comes from separate processes: the emulator on one core, and the
 measured process (the harvester CLI, a bare aiohttp loop, or pylotoncycle) on
@@ -10,7 +10,7 @@ own. Each scenario runs its parts back to back, so the ratios compare like with
 like on a noisy machine. Prints a markdown table; writes the raw figures as JSON
 (default ``bench-results/bench-<time>.json``).
 
-The hidden modes ``_bare`` and ``_pyloton`` are the comparison processes.
+The hidden modes ``_bare``, ``_pyloton`` and ``_pandas`` are the comparison processes.
 """
 
 from __future__ import annotations
@@ -46,9 +46,10 @@ EMULATOR_CORES = {0}
 CLIENT_CORES = {1} if CORES > 1 else {0}
 
 FULL = {"rate": 1000, "latency": 1000, "versus": 300, "cpu": 2000, "mem_small": 2000,
-        "mem_large": 20000, "refresh": 500, "repeats": 3}
+        "mem_large": 20000, "refresh": 500, "tables": 2000, "repeats": 3}
 QUICK = {"rate": 50, "latency": 50, "versus": 20, "cpu": 50, "mem_small": 50,
-         "mem_large": 200, "refresh": 50, "repeats": 1}
+         "mem_large": 200, "refresh": 50, "tables": 50, "repeats": 1}
+INCREMENTAL_SHARE = 0.2  # target: a refresh's table update costs at most this share of a full build
 
 
 def _pin(cores: set[int]) -> Any:
@@ -487,7 +488,64 @@ def scenario_refresh(tmp: Path, n: int) -> dict[str, Any]:
     }
 
 
+def _build_s(child: Child) -> float:
+    """The build's own time, as `tables` reports it ("... in 1.2s (...)")."""
+    line = next(line for line in child.stdout.splitlines() if line.startswith("tables: rebuilt"))
+    return float(line.split(" in ", 1)[1].split("s", 1)[0])
+
+
+def _pandas_read(lake: Path, source: str) -> dict[str, float]:
+    child = measure([PYTHON, str(Path(__file__).resolve()), "_pandas", str(lake), source])
+    if child.returncode != 0:
+        raise RuntimeError(f"pandas read of {source} failed: {child.stderr[-1000:]}")
+    return {**json.loads(child.stdout), **child.figures()}
+
+
+def scenario_tables(tmp: Path, n: int) -> dict[str, Any]:
+    """Typed tables: a full build, a no-op build, the build after a 10-workout refresh,
+    and pandas reading `workouts` from the tables vs from the raw JSONL files."""
+    with emulator(n) as emu:
+        harvester = Harvester(tmp / "tables", emu.url, concurrency=8, rps=NO_LIMIT_RPS)
+        harvester.run("backfill")
+        full = harvester.run("tables")
+        idle = harvester.run("tables")
+        emu.add_workouts(10)
+        harvester.run("refresh")
+        incremental = harvester.run("tables")
+    from_tables = _pandas_read(harvester.lake, "tables")
+    from_raw = _pandas_read(harvester.lake, "raw")
+    share = _build_s(incremental) / max(_build_s(full), 1e-9)
+    return {
+        "setup": f"{n}-workout lake; `tables` from scratch, again, then after a 10-workout refresh",
+        "figure": "build s (full / incremental); pandas read_parquet vs JSONL read, s",
+        "value": [_build_s(full), _build_s(incremental)],
+        "target": f"incremental <= {INCREMENTAL_SHARE:.0%} of full",
+        "holds": share <= INCREMENTAL_SHARE,
+        "shown": (f"full {_build_s(full):.2f} s, incremental {_build_s(incremental):.2f} s "
+                  f"({share:.1%}), nothing new {_build_s(idle):.2f} s; pandas: tables "
+                  f"{from_tables['read_s']:.2f} s vs raw {from_raw['read_s']:.2f} s"),
+        "full": {"build_s": _build_s(full), **full.figures()},
+        "nothing_new": {"build_s": _build_s(idle), **idle.figures()},
+        "after_refresh_10": {"build_s": _build_s(incremental), **incremental.figures()},
+        "pandas_tables": from_tables, "pandas_raw": from_raw,
+    }
+
+
 # -- comparison processes (hidden modes) ---------------------------------------------
+
+
+def pandas_main(lake: str, source: str) -> int:
+    """Read `workouts` with pandas as an analyst would; print rows and seconds as JSON."""
+    import pandas as pd
+
+    started = time.perf_counter()
+    if source == "tables":
+        frame = pd.read_parquet(Path(lake) / "tables" / "workouts")
+    else:
+        files = sorted((Path(lake) / "workouts").glob("**/*.jsonl"))
+        frame = pd.concat([pd.read_json(path, lines=True) for path in files], ignore_index=True)
+    print(json.dumps({"rows": len(frame), "read_s": round(time.perf_counter() - started, 3)}))
+    return 0
 
 
 def pyloton_main(base: str, n: int) -> int:
@@ -594,7 +652,7 @@ def machine() -> dict[str, Any]:
 
 
 TITLES = {"rate": "rate-bound", "latency": "latency-bound", "versus": "against pylotoncycle 0.9.5",
-          "cpu": "CPU per record", "memory": "memory", "refresh": "refresh"}
+          "cpu": "CPU per record", "memory": "memory", "refresh": "refresh", "tables": "typed tables"}
 
 
 def table(results: dict[str, dict[str, Any]]) -> str:
@@ -615,6 +673,8 @@ def main(argv: list[str]) -> int:
         return pyloton_main(argv[1], int(argv[2]))
     if argv[:1] == ["_files"]:
         return files_main(argv[1], argv[2])
+    if argv[:1] == ["_pandas"]:
+        return pandas_main(argv[1], argv[2])
     if argv[:1] == ["_bare"]:
         return bare_main(argv[1], argv[2], int(argv[3]))
     parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__.splitlines()[0])
@@ -634,6 +694,7 @@ def main(argv: list[str]) -> int:
         "cpu": lambda tmp: scenario_cpu(tmp, sizes["cpu"]),
         "memory": lambda tmp: scenario_memory(tmp, sizes["mem_small"], sizes["mem_large"]),
         "refresh": lambda tmp: scenario_refresh(tmp, sizes["refresh"]),
+        "tables": lambda tmp: scenario_tables(tmp, sizes["tables"]),
     }
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="harvester-bench-") as tmp:

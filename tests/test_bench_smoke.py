@@ -17,6 +17,7 @@ SCENARIOS = {
     "cpu": "CPU per record",
     "memory": "memory",
     "refresh": "refresh",
+    "tables": "typed tables",
 }
 
 

@@ -28,6 +28,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
 
 import orjson
 import pyarrow as pa
@@ -45,7 +46,7 @@ PART = "part-0.parquet"
 MONTH_PREFIX = "month="
 WHOLE = ""  # the unit key of an unpartitioned table
 BUILD_VERSION = 1  # bump when a builder's output changes for the same input
-DEFAULT_COMPRESSION = "zstd"
+DEFAULT_COMPRESSION: Final = "zstd"
 
 
 @dataclass(slots=True)

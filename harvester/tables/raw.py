@@ -68,7 +68,8 @@ def list_files(root: Path, dataset: str) -> list[RawFile]:
                 continue  # replaced or removed since the listing
             if not entry.is_file(follow_symlinks=False):
                 continue
-            rel = f"{dataset}/{entry.name}" if day is None else f"{dataset}/{PARTITION_PREFIX}{day}/{entry.name}"
+            folder = dataset if day is None else f"{dataset}/{PARTITION_PREFIX}{day}"
+            rel = f"{folder}/{entry.name}"
             found.append(RawFile(Path(entry.path), rel, day, st.st_size, st.st_mtime_ns))
     found.sort(key=lambda f: f.rel)
     return found

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
@@ -20,12 +19,11 @@ def monthly_output(root: Path, months: int = 12) -> list[MonthRow]:
     """
     table = ds.dataset(Path(root) / TABLES_DIR / "workouts", format="parquet",
                        partitioning="hive").to_table(columns=["local_date", "total_output"])
-    stamps = pc.cast(table["local_date"], pa.timestamp("s"))
-    table = table.append_column("local_month", pc.strftime(stamps, format="%Y-%m"))
+    table = table.append_column("local_month", pc.strftime(table["local_date"], format="%Y-%m"))
     grouped = table.group_by("local_month").aggregate(
         [([], "count_all"), ("total_output", "sum")]).sort_by(
         [("local_month", "descending")])
-    return [(str(m), int(n), float(kj or 0.0)) for m, n, kj in zip(
+    return [(str(m), int(n or 0), float(kj or 0.0)) for m, n, kj in zip(
         grouped["local_month"].to_pylist(), grouped["count_all"].to_pylist(),
         grouped["total_output_sum"].to_pylist(), strict=True)][:months]
 

@@ -17,6 +17,8 @@ silently.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pyarrow as pa
 
 TS = pa.timestamp("us", tz="UTC")
@@ -32,7 +34,7 @@ HR_ZONES = 5
 
 
 def _workouts() -> pa.Schema:
-    fields: list[pa.Field] = [
+    fields: list[pa.Field[Any]] = [
         pa.field("workout_id", pa.string(), nullable=False),
         pa.field("user_id", pa.string()),
         pa.field("created_at", TS),
@@ -81,18 +83,19 @@ def _workouts() -> pa.Schema:
 
 
 def _workout_metrics() -> pa.Schema:
-    return pa.schema([
+    fields: list[pa.Field[Any]] = [
         pa.field("workout_id", pa.string(), nullable=False),
         pa.field("user_id", pa.string()),
         pa.field("created_at", TS),  # the workout's: filter samples by time without a join
         pa.field("offset_s", pa.int32()),  # seconds_since_pedaling_start
         *(pa.field(slug, pa.float64()) for slug in METRIC_SLUGS),
         pa.field("other_metrics", pa.string()),  # JSON {slug: value} of slugs without a column
-    ])
+    ]
+    return pa.schema(fields)
 
 
 def _classes() -> pa.Schema:
-    return pa.schema([
+    fields: list[pa.Field[Any]] = [
         pa.field("class_id", pa.string(), nullable=False),
         pa.field("title", pa.string()),
         pa.field("description", pa.string()),
@@ -114,11 +117,12 @@ def _classes() -> pa.Schema:
         pa.field("distance_unit", pa.string()),
         pa.field("songs", pa.int64()),  # playlist length
         pa.field("harvested_at", TS),
-    ])
+    ]
+    return pa.schema(fields)
 
 
 def _instructors() -> pa.Schema:
-    return pa.schema([
+    fields: list[pa.Field[Any]] = [
         pa.field("instructor_id", pa.string(), nullable=False),
         pa.field("name", pa.string()),
         pa.field("first_name", pa.string()),
@@ -131,11 +135,12 @@ def _instructors() -> pa.Schema:
         pa.field("is_visible", pa.bool_()),
         pa.field("image_url", pa.string()),
         pa.field("harvested_at", TS),
-    ])
+    ]
+    return pa.schema(fields)
 
 
 def _class_types() -> pa.Schema:
-    return pa.schema([
+    fields: list[pa.Field[Any]] = [
         pa.field("class_type_id", pa.string(), nullable=False),
         pa.field("name", pa.string()),
         pa.field("display_name", pa.string()),
@@ -143,16 +148,18 @@ def _class_types() -> pa.Schema:
         pa.field("is_active", pa.bool_()),
         pa.field("list_order", pa.int64()),
         pa.field("snapshot_date", pa.date32()),  # the metadata_mappings day it comes from
-    ])
+    ]
+    return pa.schema(fields)
 
 
 def _deletions() -> pa.Schema:
-    return pa.schema([
+    fields: list[pa.Field[Any]] = [
         pa.field("workout_id", pa.string(), nullable=False),
         pa.field("user_id", pa.string()),
         pa.field("created_at", TS),
         pa.field("detected_at", TS),
-    ])
+    ]
+    return pa.schema(fields)
 
 
 SCHEMAS: dict[str, pa.Schema] = {

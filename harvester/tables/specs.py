@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 
@@ -70,7 +71,7 @@ def build_workout_metrics(sources: Sources, stats: ReadStats) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def _array(values: list[object], kind: pa.DataType, numeric: bool) -> pa.Array:
+def _array(values: list[object], kind: pa.DataType, numeric: bool) -> pa.Array[Any]:
     """One column in one conversion; per-value checks only if the raw data is odd."""
     try:
         return pa.array(values, type=kind)

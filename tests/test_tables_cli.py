@@ -1,0 +1,71 @@
+"""The seed endpoints in the lake, and the `tables` command and `output.tables` over the CLI."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from harvester.run import run_harvest
+from tests.harness import cli_env, harvest_config, lake_files, lake_rows, run_cli, run_cli_async, write_config
+
+
+async def test_metadata_mappings_and_public_profile_land_in_the_lake(make_emulator: Any, tmp_path: Path) -> None:
+    """One metadata_mappings row under today's UTC date decodes every class_type_id; profiles carry `user`."""
+    emulator = await make_emulator(workouts=80)
+    report = await run_harvest(harvest_config(emulator.url, tmp_path), "backfill")
+    assert report.exit_code == 0, report.manifest
+    root = tmp_path / "lake"
+    today = datetime.now(UTC).date().isoformat()
+    [path] = lake_files(root, "metadata_mappings")
+    assert path.parent.name == f"date={today}" and path.name == "metadata_mappings.jsonl"
+    [mappings] = lake_rows(root, "metadata_mappings")
+    assert {"instructors", "class_types", "device_type_display_names", "difficulty_levels"} <= set(mappings)
+    class_types = {c["id"]: c for c in mappings["class_types"]}
+    assert all({"name", "display_name", "fitness_discipline"} <= set(c) for c in class_types.values())
+    used = {cid for w in lake_rows(root, "workouts") for cid in (w["ride"].get("class_type_ids") or [])}
+    assert used and used <= set(class_types)
+    device_types = {d["device_type"] for d in mappings["device_type_display_names"]}
+    assert {w["device_type"] for w in lake_rows(root, "workouts")} <= device_types
+
+    [profile] = lake_rows(root, "profiles")
+    assert profile["user"]["id"] == emulator.account.user_id == profile["user_id"]
+    assert "total_workouts" in profile["user"] and "overview" in profile
+
+
+async def test_tables_command_builds_and_is_incremental(make_emulator: Any, tmp_path: Path) -> None:
+    """`tables` builds every table (exit 0, one summary line); run again it rebuilds nothing."""
+    emulator = await make_emulator(workouts=40)
+    config = write_config(tmp_path, emulator.url)
+    done = await run_cli_async(["backfill", "--config", str(config)], cli_env(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert not (tmp_path / "lake" / "tables").exists()  # output.tables is off by default
+    first = await run_cli_async(["tables", "--config", str(config)], cli_env(tmp_path))
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith("tables: rebuilt ") and "workouts" in first.stdout
+    frame = pd.read_parquet(tmp_path / "lake" / "tables" / "workouts")
+    assert len(frame) == 40
+    types = pd.read_parquet(tmp_path / "lake" / "tables" / "class_types")
+    assert set(frame["class_type_ids"].explode().dropna()) <= set(types["class_type_id"])
+    again = await run_cli_async(["tables", "--config", str(config)], cli_env(tmp_path))
+    assert again.returncode == 0 and again.stdout.startswith("tables: rebuilt 0 of "), again.stdout
+
+
+async def test_output_tables_builds_after_each_harvest(make_emulator: Any, tmp_path: Path) -> None:
+    """With output.tables = true a backfill leaves the tables built from what it wrote."""
+    emulator = await make_emulator(workouts=30)
+    config = write_config(tmp_path, emulator.url, output={"tables": True})
+    done = await run_cli_async(["backfill", "--config", str(config)], cli_env(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert "tables: rebuilt " in done.stdout
+    assert len(pd.read_parquet(tmp_path / "lake" / "tables" / "workouts")) == 30
+
+
+def test_tables_without_a_lake_exits_2_with_one_line(tmp_path: Path) -> None:
+    """`tables` on a root that does not exist: exit 2, one line saying what to do, no traceback."""
+    done = run_cli(["tables", "--out", str(tmp_path / "nowhere")], cli_env(tmp_path))
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "run backfill first" in done.stderr
+    assert not (tmp_path / "nowhere").exists()
