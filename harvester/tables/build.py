@@ -86,20 +86,37 @@ def build_tables(root: Path) -> BuildReport:
         with _locked(out):
             _clean_temp_files(out)
             manifest = _read_manifest(out / MANIFEST)
+            listings = _Listings(Path(root))
             for spec in TABLES:
                 recorded = manifest.setdefault(spec.name, {})
-                report.tables[spec.name] = _build_table(Path(root), out, spec, recorded, report.stats)
-                atomic_write(out / MANIFEST, orjson.dumps(
-                    {"version": BUILD_VERSION, "tables": manifest}, option=orjson.OPT_INDENT_2), 0o644)
+                before = dict(recorded)
+                report.tables[spec.name] = _build_table(listings, out, spec, recorded, report.stats)
+                if recorded != before or not (out / MANIFEST).exists():
+                    atomic_write(out / MANIFEST, orjson.dumps(
+                        {"version": BUILD_VERSION, "tables": manifest}, option=orjson.OPT_INDENT_2),
+                        0o644)
     except OSError as exc:
         raise LakeError(f"cannot write the tables under {out}: {exc.strerror or exc}") from None
     report.seconds = time.monotonic() - started
     return report
 
 
-def _build_table(root: Path, out: Path, spec: TableSpec, recorded: dict[str, str],
+class _Listings:
+    """Each raw dataset listed once per build (two tables read performance_graphs)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._seen: dict[str, list[RawFile]] = {}
+
+    def files(self, dataset: str) -> list[RawFile]:
+        if dataset not in self._seen:
+            self._seen[dataset] = list_files(self.root, dataset)
+        return self._seen[dataset]
+
+
+def _build_table(listings: _Listings, out: Path, spec: TableSpec, recorded: dict[str, str],
                  stats: ReadStats) -> TableReport:
-    units = _units(root, spec)
+    units = _units(listings, spec)
     schema_key = hashlib.sha256(spec.schema.to_string().encode()).hexdigest()[:16]
     report = TableReport(units=len(units))
     staged: list[tuple[Path, Path]] = []
@@ -130,10 +147,10 @@ def _build_table(root: Path, out: Path, spec: TableSpec, recorded: dict[str, str
     return report
 
 
-def _units(root: Path, spec: TableSpec) -> dict[str, list[RawFile]]:
+def _units(listings: _Listings, spec: TableSpec) -> dict[str, list[RawFile]]:
     units: dict[str, list[RawFile]] = {} if spec.monthly else {WHOLE: []}
     for dataset in spec.sources:
-        for raw in list_files(root, dataset):
+        for raw in listings.files(dataset):
             if spec.monthly:
                 if raw.day is None:
                     continue  # not in a date= partition: not part of a partitioned dataset

@@ -31,7 +31,7 @@ PARTITION_PREFIX = "date="
 class RawFile:
     """One raw lake file as listed: where, which partition, its fingerprint."""
 
-    path: Path
+    path: str  # a str, not a Path: a long history lists thousands of files per build
     rel: str  # relative to the lake root, '/'-separated: the manifest's key
     day: str | None  # the YYYY-MM-DD of its date= directory; None when unpartitioned
     size: int
@@ -52,7 +52,7 @@ class ReadStats:
 
 def list_files(root: Path, dataset: str) -> list[RawFile]:
     """Every file of ``dataset`` a reader's glob sees, sorted by path."""
-    base = root / dataset
+    base = os.path.join(root, dataset)
     found: list[RawFile] = []
     for directory, day in _directories(base):
         try:
@@ -70,26 +70,27 @@ def list_files(root: Path, dataset: str) -> list[RawFile]:
                 continue
             folder = dataset if day is None else f"{dataset}/{PARTITION_PREFIX}{day}"
             rel = f"{folder}/{entry.name}"
-            found.append(RawFile(Path(entry.path), rel, day, st.st_size, st.st_mtime_ns))
+            found.append(RawFile(entry.path, rel, day, st.st_size, st.st_mtime_ns))
     found.sort(key=lambda f: f.rel)
     return found
 
 
-def _directories(base: Path) -> Iterator[tuple[Path, str | None]]:
+def _directories(base: str) -> Iterator[tuple[str, str | None]]:
     """The dataset directory itself, then each ``date=YYYY-MM-DD`` partition under it."""
-    if not base.is_dir():
+    if not os.path.isdir(base):
         return
     yield base, None
     for entry in sorted(os.scandir(base), key=lambda e: e.name):
         if entry.name.startswith(PARTITION_PREFIX) and entry.is_dir(follow_symlinks=False):
-            yield Path(entry.path), entry.name[len(PARTITION_PREFIX):]
+            yield entry.path, entry.name[len(PARTITION_PREFIX):]
 
 
 def read_rows(raw: RawFile, stats: ReadStats) -> Iterator[Row]:
     """The file's JSON objects; damaged lines and unreadable files are counted, skipped."""
     try:
-        data = raw.path.read_bytes()
-        if raw.path.name.endswith(".gz"):
+        with open(raw.path, "rb") as handle:
+            data = handle.read()
+        if raw.path.endswith(".gz"):
             data = gzip.decompress(data)
     except FileNotFoundError:
         return  # removed since listed: its fingerprint is gone too, the next build settles it
