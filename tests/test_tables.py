@@ -284,3 +284,36 @@ def test_gzip_lake_gives_the_same_tables(lake: Path, tmp_path: Path) -> None:
     build_tables(root)
     for name in ("workouts", "workout_metrics", "classes", "instructors", "class_types"):
         assert sorted_table(root, name).equals(sorted_table(lake, name)), name
+
+
+def one_workout_lake(root: Path) -> None:
+    user = "a" * 32
+    Lake(root).commit(user, {"workouts": [{"id": "b" * 32, "user_id": user, "created_at": 1_700_000_000,
+                                           "_harvested_at": "2026-01-01T00:00:00Z"}]})
+
+
+def test_an_unreadable_manifest_means_a_full_rebuild(tmp_path: Path) -> None:
+    """A damaged tables/_manifest.json is not trusted: every partition is rebuilt, and the tables stay whole."""
+    root = tmp_path / "lake"
+    one_workout_lake(root)
+    first = build_tables(root)
+    (root / "tables" / "_manifest.json").write_bytes(b'{"version": 1, "tables": ')
+    again = build_tables(root)
+    assert {n: t.rebuilt for n, t in again.tables.items()} == {n: t.units for n, t in first.tables.items()}
+    assert len(pd.read_parquet(root / "tables/workouts")) == 1
+
+
+def test_a_second_build_at_the_same_time_is_refused(tmp_path: Path) -> None:
+    """While one build holds tables/.lock, another says so (LockedError) instead of racing it."""
+    import fcntl
+
+    from harvester.errors import LockedError
+
+    root = tmp_path / "lake"
+    one_workout_lake(root)
+    build_tables(root)
+    with open(root / "tables" / ".lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(LockedError, match="another tables build"):
+            build_tables(root)
+    assert build_tables(root).tables["workouts"].units == 1
