@@ -169,6 +169,7 @@ def graph_summary(graph: Row | None) -> Record:
     if graph is None:
         return record
     summaries = _by_slug(graph.get("summaries"))
+    distance_unit = text(summaries.get("distance", {}).get("display_unit"))
     averages = _by_slug(graph.get("average_summaries"))
     metrics = _by_slug(graph.get("metrics"))
     offsets = graph.get("seconds_since_pedaling_start")
@@ -176,8 +177,7 @@ def graph_summary(graph: Row | None) -> Record:
     record["samples"] = len(offsets) if isinstance(offsets, list) else None
     for slug in SUMMARY_SLUGS:
         record[slug] = num(summaries.pop(slug, {}).get("value"))
-    record["distance_unit"] = text(_by_slug(graph.get("summaries")).get("distance", {}).get(
-        "display_unit"))
+    record["distance_unit"] = distance_unit
     for slug in METRIC_SLUGS:
         metric = metrics.get(slug, {})
         average = averages.pop(f"avg_{slug}", None)
