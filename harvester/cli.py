@@ -118,8 +118,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     common = _common_options()
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.add_parser("backfill", parents=[common], help="harvest the whole history (resumes)")
-    sub.add_parser("refresh", parents=[common], help="harvest what is new, plus a look-back window")
+    for name, text in (
+        ("backfill", "make the lake complete and equal to the source (resumes)"),
+        ("refresh", "harvest what is new, plus a look-back window; reconcile at most daily"),
+    ):
+        harvest = sub.add_parser(name, parents=[common], help=text)
+        harvest.add_argument(
+            "--allow-mass-delete", action="store_true",
+            help="apply deletions even when the listing would remove more than 10%% of an "
+            "account's workouts (and more than 5)")
+    verify = sub.add_parser(
+        "verify", parents=[common],
+        help="check every lake invariant; exit 0 clean, 3 problems found")
+    verify.add_argument("--repair", action="store_true",
+                        help="fix what is wrong: quarantine damaged files, fetch what is missing")
     sub.add_parser("plan", parents=[common],
                    help="list only: count workouts, estimate requests and time")
     sub.add_parser("status", parents=[common],
@@ -172,7 +184,9 @@ def _config(args: argparse.Namespace) -> Config:
         overrides.setdefault("harvest.concurrency", DEMO_CONCURRENCY)
         return load_config(args.config, overrides=overrides, search_default=False)
     config = load_config(args.config, overrides=overrides)
-    if args.command in ("backfill", "refresh", "plan"):
+    if args.command in ("backfill", "refresh", "plan") or (
+        args.command == "verify" and args.repair
+    ):
         require_credentials(config)
     return config
 
@@ -183,7 +197,8 @@ def _config(args: argparse.Namespace) -> Config:
 async def _dispatch(args: argparse.Namespace, config: Config) -> int:
     command: str = args.command
     if command in ("backfill", "refresh"):
-        report = await run_harvest(config, command, progress=_progress_factory(args))
+        report = await run_harvest(config, command, progress=_progress_factory(args),
+                                   allow_mass_delete=args.allow_mass_delete)
         print(report.summary())
         if config.output.tables and report.exit_code in (0, 3):  # the lake is consistent
             await _build_tables(config.output.root_path)
@@ -194,6 +209,10 @@ async def _dispatch(args: argparse.Namespace, config: Config) -> int:
     if command == "plan":
         print((await plan_harvest(config)).describe())
         return 0
+    if command == "verify":
+        from harvester.verify import verify
+
+        return await verify(config, repair=args.repair, print_line=print)
     if command == "status":
         print("\n".join(read_status(config)))
         return 0

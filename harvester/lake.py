@@ -27,112 +27,42 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import math
 import os
-import re
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
 from pathlib import Path
 
 import orjson
 
 from harvester.errors import LakeError
 from harvester.files import TEMP_NAME, sync_filesystem, temp_name, write_temp
+from harvester.keys import (
+    DATASETS,
+    check_user_id,
+    partition_date,
+    primary_key,
+    row_problem,
+    utc_day,
+    workout_day,
+)
 
 Row = dict[str, object]
+__all__ = ["DATASETS", "Lake", "Row", "check_user_id", "partition_date", "primary_key",
+           "row_problem", "utc_day", "workout_day"]
 
-DATASETS = ("workouts", "performance_graphs", "rides", "instructors", "profiles", "metadata_mappings")
 # Workouts last: a workout row in the lake implies its graph and ride were committed before it.
-COMMIT_ORDER = ("performance_graphs", "rides", "instructors", "profiles", "metadata_mappings",
-                "workouts")
+# Deletions first: a workout removed from the lake is recorded as deleted before it goes.
+COMMIT_ORDER = ("deletions", "performance_graphs", "rides", "instructors", "profiles",
+                "metadata_mappings", "workouts")
 SUFFIXES = {"none": ".jsonl", "gzip": ".jsonl.gz"}
 STATE_DIR = "_harvester"
-DEFAULT_RIDE_DATE = "1970-01-01"  # rides without an air time still get a real partition
 DEFAULT_GZIP_LEVEL = 6
 
-_KEY_FIELDS = {"workouts": "id", "performance_graphs": "workout_id", "rides": "ride_id",
-               "instructors": "id"}
 _UNPARTITIONED = frozenset({"instructors"})
 # Instructors are the same for every account: one shared file keeps each id once
 # in a lake that several accounts share (runs on one lake never overlap: the lock).
 SHARED_FILES = {"instructors": "instructors", "metadata_mappings": "metadata_mappings"}
-_HEX32 = re.compile(r"[0-9a-f]{32}")
-_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
-
-
-# -- keys and partitions (pure) ------------------------------------------------
-
-
-def primary_key(dataset: str, row: Row) -> str:
-    """The row's primary key: profiles by ``user_id|run date``, metadata_mappings by run date."""
-    if dataset == "profiles":
-        return f"{_text(dataset, row, 'user_id')}|{_run_day(dataset, row)}"
-    if dataset == "metadata_mappings":
-        return _run_day(dataset, row)
-    field = _KEY_FIELDS.get(dataset)
-    if field is None:
-        raise LakeError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
-    return _text(dataset, row, field)
-
-
-def partition_date(dataset: str, row: Row) -> str | None:
-    """The UTC ``YYYY-MM-DD`` of the row's ``date=`` partition; None for instructors."""
-    if dataset in ("workouts", "performance_graphs"):
-        day = utc_day(row.get("created_at"))
-        if day is None:
-            key = primary_key(dataset, row)
-            raise LakeError(f"{dataset} row {key} has no epoch-seconds created_at")
-        return day
-    if dataset == "rides":
-        ride = row.get("ride")
-        aired = ride.get("original_air_time") if isinstance(ride, dict) else None
-        return utc_day(aired) or DEFAULT_RIDE_DATE
-    if dataset in ("profiles", "metadata_mappings"):
-        return _run_day(dataset, row)
-    if dataset == "instructors":
-        return None
-    raise LakeError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
-
-
-def utc_day(epoch_s: object) -> str | None:
-    """``YYYY-MM-DD`` in UTC of an epoch-seconds number, or None if it is not one."""
-    if isinstance(epoch_s, bool) or not isinstance(epoch_s, int | float):
-        return None
-    if not math.isfinite(epoch_s):
-        return None
-    try:
-        return datetime.fromtimestamp(epoch_s, UTC).date().isoformat()
-    except (OverflowError, OSError, ValueError):
-        return None
-
-
-def _run_day(dataset: str, row: Row) -> str:
-    stamp = row.get("_harvested_at")
-    day = stamp[:10] if isinstance(stamp, str) else ""
-    try:
-        if _DAY.fullmatch(day):
-            date.fromisoformat(day)
-            return day
-    except ValueError:
-        pass
-    raise LakeError(f"{dataset} row has no ISO-8601 _harvested_at (got {type(stamp).__name__})")
-
-
-def _text(dataset: str, row: Row, field: str) -> str:
-    value = row.get(field)
-    if not isinstance(value, str) or not value:
-        raise LakeError(f"{dataset} row has no string {field!r} (got {type(value).__name__})")
-    return value
-
-
-def check_user_id(user_id: str) -> str:
-    """The id, if it is 32 lower-case hex digits (safe in a path); else LakeError."""
-    if not isinstance(user_id, str) or not _HEX32.fullmatch(user_id):
-        raise LakeError(f"user id {user_id!r:.60} is not 32 lower-case hex digits")
-    return user_id
-
 
 # -- the lake ------------------------------------------------------------------
 
@@ -163,9 +93,15 @@ class Lake:
                 "fix its permissions or choose another --out"
             ) from None
 
-    def commit(self, user_id: str, batch: Mapping[str, Sequence[Row]]) -> dict[str, int]:
+    def commit(
+        self, user_id: str, batch: Mapping[str, Sequence[Row]],
+        removals: Mapping[str, Mapping[str, Collection[str]]] | None = None,
+    ) -> dict[str, int]:
         """Merge ``batch`` into the account's partition files; rows written per dataset.
 
+        ``removals`` (dataset -> partition -> keys) leave those partitions in the
+        same commit, after the rows that replace them landed: a moved row is
+        never lost to a kill, at worst briefly in two partitions (healed next run).
         Every row is validated and serialised before the first write, so a bad
         row fails the commit without touching the lake.
         """
@@ -173,12 +109,15 @@ class Lake:
         unknown = sorted(set(batch) - set(DATASETS))
         if unknown:
             raise LakeError(f"unknown dataset(s) {unknown}; expected one of {', '.join(DATASETS)}")
-        plan: list[tuple[str, Path, dict[str, bytes]]] = []
+        plan: list[tuple[str, Path, dict[str, bytes], frozenset[str]]] = []
         counts: dict[str, int] = {}
         for dataset in COMMIT_ORDER:
             groups = self._group(dataset, batch.get(dataset) or ())
-            for part in sorted(groups, key=lambda p: p or ""):
-                plan.append((dataset, self._partition_dir(dataset, part), groups[part]))
+            gone = (removals or {}).get(dataset, {})
+            # Partitions gaining rows before those only losing some.
+            for part in sorted({*groups, *gone}, key=lambda p: (p not in groups, p or "")):
+                plan.append((dataset, self._partition_dir(dataset, part), groups.get(part, {}),
+                             frozenset(gone.get(part, ())) if part is not None else frozenset()))
             written = sum(len(lines) for lines in groups.values())
             if written:
                 counts[dataset] = written
@@ -186,8 +125,10 @@ class Lake:
         # workout implies its graph and ride files were renamed before it.
         staged: list[_Staged] = []
         try:
-            for dataset, directory, lines in plan:
-                staged.append(self._stage(dataset, directory, SHARED_FILES.get(dataset, user_id), lines))
+            for dataset, directory, lines, drop in plan:
+                step = self._stage(dataset, directory, SHARED_FILES.get(dataset, user_id), lines, drop)
+                if step is not None:
+                    staged.append(step)
             self._publish(staged)
         except OSError as exc:
             raise LakeError(f"cannot write the lake at {self.root}: {exc.strerror or exc}") from None
@@ -219,10 +160,13 @@ class Lake:
         """Every ``ride_id`` in the lake, whichever account wrote it."""
         found: set[str] = set()
         for path in self._files("rides", None):
-            for row in _rows(path):
-                ride_id = row.get("ride_id")
-                if isinstance(ride_id, str):
-                    found.add(ride_id)
+            # Tolerant: another account's damaged file costs at most a refetch of its rides.
+            for line in self.read_file(path)[0].splitlines():
+                with contextlib.suppress(orjson.JSONDecodeError):
+                    row = orjson.loads(line)
+                    ride_id = row.get("ride_id") if isinstance(row, dict) else None
+                    if isinstance(ride_id, str):
+                        found.add(ride_id)
         return found
 
     def row_counts(self, user_id: str | None = None) -> dict[str, int]:
@@ -258,6 +202,79 @@ class Lake:
                     self._merge(dataset, directory, name.removesuffix(".jsonl"), {})
         return removed
 
+    # -- whole files, for reconcile.py (healing and verify) ----------------------
+
+    def account_files(self, dataset: str, user_id: str) -> list[tuple[str | None, Path]]:
+        """``(partition day, path)`` of the dataset's files this account writes (or shares)."""
+        found: list[tuple[str | None, Path]] = []
+        for path in self._files(dataset, check_user_id(user_id)):
+            name = path.parent.name
+            found.append((name.removeprefix("date=") if name.startswith("date=") else None, path))
+        return found
+
+    def read_file(self, path: Path) -> tuple[bytes, str | None]:
+        """The file's bytes (decompressed), and why they stop short (a damaged gzip), or None."""
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return b"", None
+        except OSError as exc:
+            raise LakeError(f"cannot read lake file {path}: {exc.strerror or exc}") from None
+        if not path.name.endswith(".gz"):
+            return data, None
+        inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            out = inflate.decompress(data)
+        except zlib.error as exc:
+            return b"", f"not gzip: {exc}"
+        return out, None if inflate.eof else "gzip stream cut short"
+
+    def replace_files(
+        self, dataset: str, files: Sequence[tuple[str | None, str, Mapping[str, bytes]]],
+    ) -> None:
+        """Replace each ``(partition, stem)`` file whole with these lines (by key); none: removed."""
+        staged: list[_Staged] = []
+        try:
+            for part, stem, lines in files:
+                directory = self._partition_dir(dataset, part)
+                target = directory / f"{stem}{self._suffix}"
+                variants = _variants(directory, stem, self._suffix) if directory.is_dir() else []
+                if not lines:
+                    staged.append(_Staged(None, target, variants))
+                    continue
+                directory.mkdir(parents=True, exist_ok=True)
+                data = b"".join(lines[key] for key in sorted(lines))
+                if self.compression == "gzip":
+                    data = gzip.compress(data, compresslevel=DEFAULT_GZIP_LEVEL, mtime=0)
+                staged.append(_Staged(write_temp(target, data, 0o666), target,
+                                      [v for v in variants if v != target]))
+            self._publish(staged)
+        except OSError as exc:
+            raise LakeError(f"cannot write the lake at {self.root}: {exc.strerror or exc}") from None
+        finally:
+            _discard(staged)
+
+    def quarantine(self, path: Path, stamp: str) -> Path:
+        """Keep ``path`` as it is under ``_harvester/quarantine/<stamp>/`` before it is rewritten."""
+        target = self.root / STATE_DIR / "quarantine" / stamp / path.relative_to(self.root)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileExistsError):
+                # A hard link: free, and the lake's rename-over leaves it holding the old bytes.
+                os.link(path, target)
+        except OSError as exc:
+            raise LakeError(f"cannot quarantine {path}: {exc.strerror or exc}") from None
+        return target
+
+    def temp_files(self) -> list[Path]:
+        """Temporary files a killed run left in the lake (verify reports them)."""
+        return [
+            Path(entry.path)
+            for _, directory in self._directories()
+            for entry in os.scandir(directory)
+            if entry.is_file(follow_symlinks=False) and TEMP_NAME.fullmatch(entry.name)
+        ]
+
     # -- internals -------------------------------------------------------------
 
     def _group(self, dataset: str, rows: Sequence[Row]) -> dict[str | None, dict[str, bytes]]:
@@ -281,7 +298,8 @@ class Lake:
     def _merge(self, dataset: str, directory: Path, stem: str, new: dict[str, bytes]) -> None:
         """Rewrite ``directory/stem`` with its rows and ``new`` merged, durably, on its own."""
         try:
-            self._publish([self._stage(dataset, directory, stem, new)])
+            step = self._stage(dataset, directory, stem, new)
+            self._publish([step] if step is not None else [])
         except OSError as exc:
             raise LakeError(f"cannot write lake file {directory / stem}: {exc.strerror or exc}") from None
 
@@ -294,7 +312,10 @@ class Lake:
             sync_filesystem(self.root)
             while staged:
                 step = staged[0]
-                os.replace(step.temp, step.target)
+                if step.temp is not None:
+                    os.replace(step.temp, step.target)
+                else:  # every row left: no empty file behind
+                    step.target.unlink(missing_ok=True)
                 staged.pop(0)
                 for path in step.stale:
                     path.unlink(missing_ok=True)
@@ -302,8 +323,14 @@ class Lake:
         finally:
             _discard(staged)
 
-    def _stage(self, dataset: str, directory: Path, stem: str, new: dict[str, bytes]) -> _Staged:
-        """Write ``directory/stem``'s rows merged with ``new`` (new wins) to a temporary file."""
+    def _stage(
+        self, dataset: str, directory: Path, stem: str, new: dict[str, bytes],
+        drop: frozenset[str] = frozenset(),
+    ) -> _Staged | None:
+        """Write ``directory/stem``'s rows merged with ``new`` (new wins), minus ``drop``,
+        to a temporary file; None when there is nothing to change."""
+        if not new and not directory.is_dir():
+            return None  # only removals, from a partition that does not exist
         # A partition directory this call creates holds no file to merge with (the
         # usual case in a backfill): two stat calls fewer per new file.
         variants = [] if self._made_dir(directory) else _variants(directory, stem, self._suffix)
@@ -312,10 +339,14 @@ class Lake:
             for line, row in _lines(path):
                 merged[_stored_key(dataset, row, path)] = line
         merged.update(new)
+        for key in drop - new.keys():
+            merged.pop(key, None)
+        target = directory / f"{stem}{self._suffix}"
+        if not merged:
+            return _Staged(None, target, variants) if variants else None
         data = b"".join(merged[key] for key in sorted(merged))
         if self.compression == "gzip":
             data = gzip.compress(data, compresslevel=DEFAULT_GZIP_LEVEL, mtime=0)
-        target = directory / f"{stem}{self._suffix}"
         temp = write_temp(target, data, 0o666)  # lake files follow the umask: readers need them
         return _Staged(temp, target, [path for path in variants if path != target])
 
@@ -430,14 +461,16 @@ def _stored_key(dataset: str, row: Row, path: Path) -> str:
 
 def _discard(staged: list[_Staged]) -> None:
     while staged:
-        with contextlib.suppress(OSError):
-            os.unlink(staged.pop().temp)
+        temp = staged.pop().temp
+        if temp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
 
 
 @dataclass(frozen=True, slots=True)
 class _Staged:
     """A merged partition file written to ``temp``, waiting to be renamed over ``target``."""
 
-    temp: Path
+    temp: Path | None  # None: remove target (and stale), it has no rows left
     target: Path
     stale: list[Path]  # the other compression variant, removed after the rename

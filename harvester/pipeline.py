@@ -42,7 +42,9 @@ from harvester.api import NULL_RIDE_ID, PelotonApi, WorkoutRef, is_ride_id, work
 from harvester.client import JsonObject
 from harvester.config import Config
 from harvester.errors import ApiError, AuthError, NotFoundError, UnexpectedResponseError
-from harvester.lake import Lake
+from harvester.heal import LakeScan, heal, scan
+from harvester.lake import Lake, row_problem, workout_day
+from harvester.reconcile import NEED_ALL, NEED_GRAPH, RECONCILE_PAGE_SIZE, MassDeleteError, Mirror
 from harvester.state import AccountState, FailedItem
 
 log = logging.getLogger(__name__)
@@ -80,6 +82,11 @@ class Outcome:
     listing_complete: bool = False
     interrupted: bool = False
     daily_done: dict[str, str] = field(default_factory=dict)
+    healed: list[str] = field(default_factory=list)  # lake problems found and fixed
+    deleted: list[str] = field(default_factory=list)  # workout ids the source no longer has
+    moved: int = 0  # workouts re-homed to the partition their new created_at names
+    reconciled: str | None = None  # why this run listed everything, when it did
+    gap: int | None = None  # listing total minus the lake's count, after a full listing
 
     def add_rows(self, counts: dict[str, int]) -> None:
         for name, n in counts.items():
@@ -105,6 +112,7 @@ class Harvest:
         on_progress: ProgressHook | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S,
+        allow_mass_delete: bool = False,
     ) -> None:
         self.config = config
         self.api = api
@@ -120,6 +128,11 @@ class Harvest:
         # A refresh with no finished backfill behind it has no trustworthy
         # watermark, so it lists everything like a backfill (and resumes one).
         self.full_listing = mode == "backfill" or not state.backfill_complete
+        self.allow_mass_delete = allow_mass_delete
+        self.mirror = Mirror(LakeScan(), self.datasets)  # replaced by run()'s scan of the lake
+        self._listed_total: int | None = None  # the first `total` the listing gave
+        self._graph_only: set[str] = set()  # in the lake without their graph: fetch just that
+        self._full_pass = False  # a listing of the whole history finished (deletions may follow)
         self.committed: dict[str, int] = {}  # workout id -> created_at, in the lake
         self.known_rides: set[str] = set()  # in the lake, fetched this run, or known 404
         self._orphan_rides: list[str] = []  # named by committed workouts, absent from the lake
@@ -135,8 +148,7 @@ class Harvest:
 
     async def run(self) -> Outcome:
         """Harvest until done or cancelled; always commits what is complete."""
-        self.committed, referenced = await anyio.to_thread.run_sync(
-            self.lake.workout_index, self.user_id)
+        referenced = await anyio.to_thread.run_sync(self._index_lake)
         self.known_rides = await anyio.to_thread.run_sync(self.lake.ride_ids)
         self.known_rides.update(self.state.missing_rides)
         # Classes that workouts in the lake name but the lake lacks (a ride request
@@ -158,10 +170,43 @@ class Harvest:
                             fetchers.start_soon(self._work, recv_refs.clone(), send_results.clone())
                     recv_refs.close()
                 await self._retry_failed_rides()
+            await self._delete_gone()
+            if self._full_pass and self.mirror.listing.totals:
+                self.outcome.gap = self.mirror.gap(
+                    max(self.mirror.listing.totals), self.outcome.in_progress)
         except anyio.get_cancelled_exc_class():
             self.outcome.interrupted = True
             raise
         return self.outcome
+
+    def _index_lake(self) -> set[str]:
+        """Scan (and heal) the account's files; the ride ids its workouts name. Blocking."""
+        found = scan(self.lake, self.user_id)
+        self.outcome.healed = heal(self.lake, found)
+        self.mirror = Mirror(found, self.datasets, healed=bool(self.outcome.healed))
+        self.committed = self.mirror.committed()
+        return self.mirror.referenced_rides()
+
+    async def _delete_gone(self) -> None:
+        """After a trustworthy complete listing: remove and record what the source deleted."""
+        if not self._full_pass or self.outcome.failures:
+            return
+        detected = _utc_now_iso(self.now())
+        try:
+            batch, removals = self.mirror.deletions(
+                self.user_id, detected, allow_mass_delete=self.allow_mass_delete)
+        except MassDeleteError as exc:
+            log.error("%s", exc)
+            self.outcome.failures.append(FailedItem(
+                kind="deletions", id=self.user_id, endpoint="workouts", error=str(exc)))
+            return
+        if removals:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self.lake.commit, self.user_id, batch, removals)
+            self.outcome.deleted = self.mirror.deleted(removals)
+            for key in self.outcome.deleted:
+                self.committed.pop(key, None)
+            self.outcome.add_rows({"deletions": len(batch.get("deletions", []))})
 
     # -- producer -------------------------------------------------------------
 
@@ -172,7 +217,9 @@ class Harvest:
                 if item.kind == "workout" and item.id not in seen:
                     seen.add(item.id)
                     await self._enqueue(send, WorkoutRef(item.id, None, None, None))
-            await self._list_workouts(send, seen)
+            await self._list_workouts(send, seen, full=self.full_listing)
+            if not self.full_listing and self.outcome.listing_complete:
+                await self._maybe_reconcile(send, seen)
             # In progress last run and not listed this time (the listing stopped above
             # them): ask for each directly, so the watermark need not wait for them.
             for workout_id in self.state.in_progress:
@@ -180,9 +227,29 @@ class Harvest:
                     seen.add(workout_id)
                     await self._enqueue(send, WorkoutRef(workout_id, None, None, None))
 
-    async def _list_workouts(self, send: ObjectSendStream[WorkoutRef], seen: set[str]) -> None:
-        limit = self.config.harvest.page_size
-        horizon = self._horizon()
+    async def _maybe_reconcile(self, send: ObjectSendStream[WorkoutRef], seen: set[str]) -> None:
+        """A refresh lists everything again when reconcile.py says it is due."""
+        if self._listed_total is None:
+            return
+        today = datetime.fromtimestamp(self.now(), UTC).date().isoformat()
+        # Workouts in progress last run count as known: they are the listing's, not missing.
+        gap = self.mirror.gap(self._listed_total, seen | set(self.state.in_progress))
+        why = self.mirror.reconcile_due(today, gap, self.state.reconciled_day,
+                                        self.state.reconciled_gap)
+        if why is None:
+            return
+        log.info("reconciling the lake with the whole listing: %s", why)
+        self.outcome.reconciled = why
+        self.outcome.listing_complete = False
+        await self._list_workouts(send, seen, full=True)
+
+    async def _list_workouts(
+        self, send: ObjectSendStream[WorkoutRef], seen: set[str], *, full: bool,
+    ) -> None:
+        reconciling = full and not self.full_listing  # a refresh's id listing: large pages
+        limit = RECONCILE_PAGE_SIZE if reconciling else self.config.harvest.page_size
+        horizon = None if full else self._horizon()
+        self.mirror.listing = type(self.mirror.listing)()
         page = 0
         while True:
             try:
@@ -191,26 +258,22 @@ class Harvest:
                 # The rest of the history stays unlisted: no watermark move, exit 3, next run relists.
                 self.outcome.failures.append(_failure("list", f"page {page}", exc))
                 return
-            if listing.total is not None and self.full_listing:
-                self.total = max(self.total, listing.total)
-                self._report()
+            self._note_total(listing.total, full)
             for item in listing.items:
                 ref = self._checked_ref(item)
                 if ref is None or ref.id in seen:
                     continue
-                seen.add(ref.id)
-                self.outcome.listed += 1
                 assert ref.created_at is not None  # _checked_ref guarantees it
                 if horizon is not None and ref.created_at <= horizon:
                     self.outcome.listing_complete = True
                     return
+                seen.add(ref.id)
+                self.outcome.listed += 1
                 if ref.status == "IN_PROGRESS":
                     self.outcome.in_progress.append(ref.id)
                     self.done += 1  # settled for this run: the next one picks it up
                     continue
-                if self.full_listing and ref.id in self.committed:
-                    self.outcome.skipped_committed += 1
-                    self.done += 1
+                if full and not self._needed(ref):
                     continue
                 await self._enqueue(send, ref)
             page += 1
@@ -218,7 +281,30 @@ class Harvest:
                 listing.page_count is not None and page >= listing.page_count
             ):
                 self.outcome.listing_complete = True
+                self._full_pass = self._full_pass or full
                 return
+
+    def _note_total(self, total: int | None, full: bool) -> None:
+        if total is None:
+            self.mirror.listing.pages_missing_total = True
+            return
+        self.mirror.listing.totals.add(total)
+        if self._listed_total is None:
+            self._listed_total = total
+        if full and self.full_listing:
+            self.total = max(self.total, total)
+            self._report()
+
+    def _needed(self, ref: WorkoutRef) -> bool:
+        """False when the lake holds all of the workout; notes a graph-only need."""
+        need = self.mirror.need(ref.id, ref.created_at)
+        if need is None:
+            self.outcome.skipped_committed += 1
+            self.done += 1
+            return False
+        if need == NEED_GRAPH:
+            self._graph_only.add(ref.id)
+        return need in (NEED_ALL, NEED_GRAPH)
 
     def _horizon(self) -> int | None:
         """Refresh stops at the first workout created at or before this instant."""
@@ -233,8 +319,13 @@ class Harvest:
         except ApiError as exc:
             self._quarantine(item, str(exc))
             return None
+        self.mirror.listing.ids.add(ref.id)  # listed: not deleted, whatever its record holds
         if ref.created_at is None:
             self._quarantine(item, "record has no created_at")
+            return None
+        if workout_day(item.get("created_at")) is None:
+            self._quarantine(item, f"created_at {item.get('created_at')!r:.40} is not whole epoch "
+                             "seconds between 2000 and 2100")
             return None
         return ref
 
@@ -268,6 +359,8 @@ class Harvest:
         matters at the start and the tail of a run. A workout retried by id (its
         status unknown) asks for the detail first, so a still-running one costs one.
         """
+        if ref.id in self._graph_only:
+            return await self._fetch_graph(ref)
         result = WorkoutResult(ref)
         listed = ref.created_at is not None
         calls: dict[str, Callable[[], Awaitable[JsonObject]]] = {
@@ -288,8 +381,12 @@ class Harvest:
             result.in_progress = True
             return result
         created_at = detail.get("created_at")
-        if not isinstance(created_at, int) or isinstance(created_at, bool):
-            self._quarantine(detail, "workout detail has no integer created_at")
+        if workout_day(created_at) is None or not isinstance(created_at, int):
+            self._quarantine(detail, f"workout detail's created_at {created_at!r:.40} is not whole "
+                             "epoch seconds between 2000 and 2100")
+            return result
+        if detail.get("id") != ref.id:
+            self._quarantine(detail, f"workout detail for {ref.id} names another id")
             return result
         graph: JsonObject | ApiError | None = got.get("graph")
         if graph is None and self._wants_graph:
@@ -302,14 +399,27 @@ class Harvest:
         stamp = _utc_now_iso(self.now())
         result.workout = {**detail, "_harvested_at": stamp}
         if graph is not None:
-            result.graph = {
-                **graph, "workout_id": ref.id, "user_id": self.user_id,
-                "created_at": created_at, "_harvested_at": stamp,
-            }
+            result.graph = self._graph_row(ref.id, graph, created_at, stamp)
         late_ride = self._claim_ride(_ride_id(detail))
         if late_ride is not None:  # retried by id, or the class changed since the listing
             result.ride = await self._fetch_ride(late_ride, result)
         return result
+
+    async def _fetch_graph(self, ref: WorkoutRef) -> WorkoutResult:
+        """The graph alone, for a workout the lake holds without one."""
+        result = WorkoutResult(ref)
+        got = (await self._request_all(
+            {"graph": partial(self.api.performance_graph, ref.id, self.config.harvest.every_n)}
+        ))["graph"]
+        if isinstance(got, ApiError):
+            self._workout_failed(result, got)
+        elif ref.created_at is not None:
+            result.graph = self._graph_row(ref.id, got, ref.created_at, _utc_now_iso(self.now()))
+        return result
+
+    def _graph_row(self, workout_id: str, graph: JsonObject, created_at: int, stamp: str) -> Row:
+        return {**graph, "workout_id": workout_id, "user_id": self.user_id,
+                "created_at": created_at, "_harvested_at": stamp}
 
     @property
     def _wants_graph(self) -> bool:
@@ -417,12 +527,16 @@ class Harvest:
             self.outcome.failures.extend(result.failures)
             if result.in_progress:
                 self.outcome.in_progress.append(result.ref.id)
-            if result.ride is not None:
+            if result.ride is not None and self._holdable("rides", result.ride):
                 batch["rides"].append(result.ride)
-            if result.workout is None:
+            if result.graph is not None and not self._holdable("performance_graphs", result.graph):
+                continue  # its workout waits with it: a workout in the lake implies its graph
+            if result.workout is not None and not self._holdable("workouts", result.workout):
                 continue
             if result.graph is not None:
                 batch["performance_graphs"].append(result.graph)
+            if result.workout is None:
+                continue
             batch["workouts"].append(result.workout)
             row_id, created = str(result.workout["id"]), result.workout.get("created_at")
             if isinstance(created, int):
@@ -430,11 +544,21 @@ class Harvest:
                 # per workout for the whole run, not two.
                 landed.append((result.ref.id if row_id == result.ref.id else row_id, created))
         if any(batch.values()):
-            counts = await anyio.to_thread.run_sync(self.lake.commit, self.user_id, batch)
+            removals = self.mirror.removals(batch)
+            counts = await anyio.to_thread.run_sync(self.lake.commit, self.user_id, batch, removals)
+            self.mirror.landed(batch)
+            self.outcome.moved = self.mirror.moved
             self.outcome.add_rows(counts)
             self.committed.update(landed)
         self.done += len(results)
         self._report()
+
+    def _holdable(self, dataset: str, row: Row) -> bool:
+        """False (the row quarantined alone) when the lake cannot hold it; the batch goes on."""
+        problem = row_problem(dataset, row)
+        if problem is not None:
+            self._quarantine(row, problem)
+        return problem is None
 
     def _report(self) -> None:
         if self.on_progress is not None:

@@ -63,6 +63,12 @@ class RunReport:
             parts.append(f"{len(self.outcome.in_progress)} in progress (next run)")
         if self.outcome.quarantined:
             parts.append(f"{len(self.outcome.quarantined)} quarantined")
+        if self.outcome.moved:
+            parts.append(f"{self.outcome.moved} moved to a new date")
+        if self.outcome.deleted:
+            parts.append(f"{len(self.outcome.deleted)} deleted at the source (removed)")
+        if self.outcome.healed:
+            parts.append(f"{len(self.outcome.healed)} lake problems healed")
         if self.outcome.failures:
             parts.append(f"{len(self.outcome.failures)} FAILED (retried next run)")
         if self.outcome.interrupted:
@@ -79,6 +85,7 @@ async def run_harvest(
     *,
     progress: ProgressFactory | None = None,
     backoff_base: float = DEFAULT_BACKOFF_BASE_S,
+    allow_mass_delete: bool = False,
 ) -> RunReport:
     """Run ``backfill`` or ``refresh`` to the end, or until SIGINT/SIGTERM.
 
@@ -101,7 +108,8 @@ async def run_harvest(
                 await watcher.start(_cancel_on_signal, stop)
                 try:
                     report = await _run_locked(config, command, lake, store, stop,
-                                               progress=progress, backoff_base=backoff_base)
+                                               progress=progress, backoff_base=backoff_base,
+                                               allow_mass_delete=allow_mass_delete)
                 finally:
                     watcher.cancel_scope.cancel()
         except BaseExceptionGroup as group:
@@ -115,7 +123,7 @@ async def run_harvest(
 
 async def _run_locked(
     config: Config, command: str, lake: Lake, store: StateStore, stop: anyio.CancelScope,
-    *, progress: ProgressFactory | None, backoff_base: float,
+    *, progress: ProgressFactory | None, backoff_base: float, allow_mass_delete: bool,
 ) -> RunReport:
     """Authenticate and harvest inside ``stop``; then record the run, interrupted or not."""
     stats = RequestStats()
@@ -129,7 +137,8 @@ async def _run_locked(
         with sink as hook, stop:
             user_id = await api.user_id()
             state = store.load(user_id)
-            harvest = Harvest(config, api, lake, state, mode=command, on_progress=hook)
+            harvest = Harvest(config, api, lake, state, mode=command, on_progress=hook,
+                              allow_mass_delete=allow_mass_delete)
             await harvest.run()
     if harvest is None:  # stopped before the account was known: nothing to record for it
         outcome = Outcome(interrupted=True)
@@ -217,6 +226,9 @@ def _update_state(state: AccountState, harvest: Harvest, command: str) -> None:
         in_progress += [w for w in state.in_progress if w not in harvest.committed]
     state.in_progress = list(dict.fromkeys(in_progress))
     state.daily.update(outcome.daily_done)
+    if outcome.gap is not None and not outcome.interrupted:
+        state.reconciled_day = time.strftime("%Y-%m-%d", time.gmtime(harvest.now()))
+        state.reconciled_gap = outcome.gap
     state.missing_rides = sorted(set(state.missing_rides) | set(outcome.rides_not_found))
 
 
@@ -244,6 +256,10 @@ def _manifest(report: RunReport, started: float) -> dict[str, object]:
         "quarantined": [f.to_dict() for f in outcome.quarantined],
         "in_progress": list(outcome.in_progress),
         "rides_not_found": list(outcome.rides_not_found),
+        "moved": outcome.moved,
+        "deleted": list(outcome.deleted),
+        "healed": list(outcome.healed),
+        "reconciled": outcome.reconciled,
         "watermark_before": report.watermark_before,
         "watermark_after": report.watermark_after,
     }

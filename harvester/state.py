@@ -30,7 +30,7 @@ from harvester.files import atomic_write
 STATE_DIR = "_harvester"
 STATE_VERSION = 1
 FAILURE_KINDS = ("workout", "performance_graph", "ride", "profile", "instructors",
-                 "metadata_mappings", "list", "quarantine")
+                 "metadata_mappings", "list", "quarantine", "deletions")
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 _RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _TEMP = re.compile(r"\..+\.tmp-\d+-[0-9a-f]+")
@@ -79,6 +79,8 @@ class AccountState:
     in_progress: list[str] = field(default_factory=list)  # workout ids IN_PROGRESS last run
     missing_rides: list[str] = field(default_factory=list)  # ride ids that answered 404
     backfill_complete: bool = False  # a run has listed the whole history once
+    reconciled_day: str | None = None  # UTC day a run last listed everything (reconcile.py)
+    reconciled_gap: int | None = None  # the listing's total minus the lake's count, then
     last_run: dict[str, object] | None = None  # run_id, command, times, outcome, exit_code
 
     def to_dict(self) -> dict[str, object]:
@@ -91,6 +93,8 @@ class AccountState:
             "in_progress": list(self.in_progress),
             "missing_rides": list(self.missing_rides),
             "backfill_complete": self.backfill_complete,
+            "reconciled_day": self.reconciled_day,
+            "reconciled_gap": self.reconciled_gap,
             "last_run": self.last_run,
         }
 
@@ -113,6 +117,13 @@ class AccountState:
         backfill_complete = data.get("backfill_complete", False)
         if not isinstance(backfill_complete, bool):
             raise ValueError("backfill_complete is not true or false")
+        reconciled_day, reconciled_gap = data.get("reconciled_day"), data.get("reconciled_gap")
+        if reconciled_day is not None and not isinstance(reconciled_day, str):
+            raise ValueError("reconciled_day is not a string")
+        if reconciled_gap is not None and (
+            isinstance(reconciled_gap, bool) or not isinstance(reconciled_gap, int)
+        ):
+            raise ValueError("reconciled_gap is not an integer")
         return cls(
             user_id=_get(data, "user_id", str),
             watermark=watermark,
@@ -121,6 +132,8 @@ class AccountState:
             in_progress=_strings(data, "in_progress"),
             missing_rides=_strings(data, "missing_rides"),
             backfill_complete=backfill_complete,
+            reconciled_day=reconciled_day,
+            reconciled_gap=reconciled_gap,
             last_run=last_run,
         )
 

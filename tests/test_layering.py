@@ -16,10 +16,14 @@ ALLOWED: dict[str, set[str]] = {
     "client": {"errors", "config", "limiter", "__init__"},
     "auth": {"errors", "config", "client", "files"},
     "api": {"errors", "config", "client", "auth", "limiter"},
-    "lake": {"errors", "files"},
+    "keys": {"errors"},
+    "lake": {"errors", "files", "keys"},
     "state": {"errors", "files"},
-    "pipeline": {"errors", "config", "client", "api", "lake", "state"},
+    "heal": {"errors", "lake"},
+    "reconcile": {"heal", "lake"},
+    "pipeline": {"errors", "config", "client", "api", "lake", "state", "heal", "reconcile"},
     "run": {"errors", "config", "client", "api", "lake", "state", "pipeline", "__init__"},
+    "verify": {"api", "config", "heal", "lake", "state", "run"},
 }
 
 

@@ -262,6 +262,33 @@ class Account:
                 return w
         return None
 
+    def delete(self, workout_id: str) -> bool:
+        """Remove a workout, as a member deleting it in the app; False if unknown."""
+        w = self.by_id.pop(workout_id, None)
+        if w is None:
+            return False
+        self.workouts.remove(w)
+        self.generation += 1
+        return True
+
+    def set_created_at(self, workout_id: str, created_at: int) -> bool:
+        """Change a workout's ``created_at`` (its start and end follow); False if unknown.
+
+        The list stays newest first. Any integer is taken, a millisecond stamp
+        included: that is how a test makes a record the harvester must quarantine.
+        """
+        w = self.by_id.get(workout_id)
+        if w is None:
+            return False
+        shift = created_at - w.created_at
+        w.created_at = created_at
+        w.start_time += shift
+        if w.end_time is not None:
+            w.end_time += shift
+        self.workouts.sort(key=lambda x: x.created_at, reverse=True)
+        self.generation += 1
+        return True
+
     @property
     def total(self) -> int:
         return len(self.workouts)

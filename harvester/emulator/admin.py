@@ -70,6 +70,67 @@ async def clock(request: web.Request) -> web.StreamResponse:
     return _json({"now": state.now()})
 
 
+PAGE_FAULTS = ("duplicate", "damaged")
+
+
+async def delete_workouts(request: web.Request) -> web.StreamResponse:
+    """Delete workouts at the source: ``?id=X`` (repeatable) or ``?oldest=N``."""
+    state = request.app[STATE]
+    ids = request.query.getall("id", [])
+    try:
+        oldest = int(request.query.get("oldest", "0"))
+    except ValueError:
+        return _json({"error": "oldest must be an integer"}, 400)
+    if oldest > 0:
+        ids = [*ids, *(w.id for w in state.account.workouts[-oldest:])]
+    return _json({"deleted": state.delete_workouts(ids)})
+
+
+async def move_workout(request: web.Request) -> web.StreamResponse:
+    """Change a workout's created_at at the source: ``?id=X&created_at=T`` or ``&shift=S``."""
+    state = request.app[STATE]
+    workout = state.account.by_id.get(request.query.get("id", ""))
+    if workout is None:
+        return _json({"error": "unknown workout id"}, 404)
+    try:
+        if "created_at" in request.query:
+            created_at = int(request.query["created_at"])
+        else:
+            created_at = workout.created_at + int(request.query.get("shift", "0"))
+    except ValueError:
+        return _json({"error": "created_at and shift must be integers"}, 400)
+    state.move_workout(workout.id, created_at)
+    return _json({"id": workout.id, "created_at": created_at})
+
+
+async def page_fault(request: web.Request) -> web.StreamResponse:
+    """Serve the next ``times`` requests of list ``page`` broken: ``kind`` duplicate|damaged."""
+    state = request.app[STATE]
+    kind = request.query.get("kind", "")
+    if kind not in PAGE_FAULTS:
+        return _json({"error": f"kind must be one of {', '.join(PAGE_FAULTS)}"}, 400)
+    try:
+        page, times = int(request.query.get("page", "0")), int(request.query.get("times", "1"))
+    except ValueError:
+        return _json({"error": "page and times must be integers"}, 400)
+    state.page_faults.setdefault(max(0, page), []).extend([kind] * max(0, times))
+    return _json({"ok": True})
+
+
+async def truth(request: web.Request) -> web.StreamResponse:
+    """The source's workouts as the harvester should mirror them (for chaos checks)."""
+    account = request.app[STATE].account
+    return _json({
+        "user_id": account.user_id,
+        "workouts": [
+            {"id": w.id, "created_at": w.created_at, "status": w.status,
+             "ride_id": w.ride.id if w.ride is not None else None,
+             "class": w.ride is not None and w.ride.id in account.rides}
+            for w in account.workouts
+        ],
+    })
+
+
 def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_get("/_emulator/stats", get_stats)
@@ -78,3 +139,7 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/_emulator/complete", complete)
     r.add_post("/_emulator/settings", settings)
     r.add_post("/_emulator/clock", clock)
+    r.add_post("/_emulator/delete", delete_workouts)
+    r.add_post("/_emulator/move", move_workout)
+    r.add_post("/_emulator/page_fault", page_fault)
+    r.add_get("/_emulator/truth", truth)

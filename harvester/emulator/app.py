@@ -9,6 +9,7 @@ import orjson
 from aiohttp import web
 
 from harvester.emulator import admin
+from harvester.emulator.account import Account
 from harvester.emulator.catalog import instructor_json, metadata_mappings, ride_json
 from harvester.emulator.middleware import misbehave
 from harvester.emulator.render import (
@@ -247,6 +248,10 @@ async def list_workouts(request: web.Request) -> web.StreamResponse:
     def build() -> Any:
         return page_envelope(account, page, limit, joins, extra, state.summary())
 
+    fault = state.take_page_fault(page)
+    if fault is not None:
+        return json_response(faulty_page(fault, account, page, limit, joins, extra, state))
+
     live = any(w.end_time is None for w in account.workouts[page * limit : (page + 1) * limit])
     if live:  # an in-progress workout changes under the client: never cache it
         return json_response(build())
@@ -327,6 +332,22 @@ async def get_mappings(request: web.Request) -> web.StreamResponse:
     return cached(
         state, ("metadata_mappings",), lambda: metadata_mappings(state.account.instructors)
     )
+
+
+def faulty_page(
+    fault: str, account: Account, page: int, limit: int, joins: frozenset[str], extra: bool,
+    state: EmulatorState,
+) -> dict[str, Any]:
+    """A page as a broken proxy or a buggy server gives it (admin.PAGE_FAULTS)."""
+    if fault == "duplicate":  # the previous page again, as when `page` is dropped
+        return page_envelope(account, max(0, page - 1), limit, joins, extra, state.summary())
+    envelope = page_envelope(account, page, limit, joins, extra, state.summary())
+    items = envelope["data"]
+    if items:  # "damaged": a record with an id that is not one, one in milliseconds
+        items[0] = {**items[0], "id": "not-an-id"}
+        if len(items) > 1:
+            items[-1] = {**items[-1], "created_at": int(items[-1]["created_at"]) * 1000}
+    return envelope
 
 
 def make_app(settings: EmulatorSettings | None = None) -> web.Application:

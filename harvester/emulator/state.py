@@ -67,6 +67,8 @@ class EmulatorState:
         self.cache = ByteCache()
         self.bucket: TokenBucket | None = None
         self.list_requests = 0
+        # page -> faults to serve for it, one per list request, in order (admin.py)
+        self.page_faults: dict[int, list[str]] = {}
         self._summary: tuple[int, dict[str, int]] | None = None
         self._reset_bucket()
 
@@ -99,6 +101,28 @@ class EmulatorState:
 
     def add_workouts(self, count: int) -> list[Workout]:
         return [self.account.add_workout(self.now()) for _ in range(count)]
+
+    def delete_workouts(self, ids: list[str]) -> list[str]:
+        """Delete at the source; the ids that existed."""
+        deleted = [i for i in ids if self.account.delete(i)]
+        self.cache.clear()
+        return deleted
+
+    def move_workout(self, workout_id: str, created_at: int) -> bool:
+        """Change a workout's created_at at the source (its detail and list item follow)."""
+        moved = self.account.set_created_at(workout_id, created_at)
+        self.cache.clear()  # details are cached by id, not by generation
+        return moved
+
+    def take_page_fault(self, page: int) -> str | None:
+        """The fault to serve for this list page now, if one is pending."""
+        pending = self.page_faults.get(page)
+        if not pending:
+            return None
+        fault = pending.pop(0)
+        if not pending:
+            del self.page_faults[page]
+        return fault
 
 
 STATE: web.AppKey[EmulatorState] = web.AppKey("emulator_state", EmulatorState)

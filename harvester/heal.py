@@ -1,0 +1,265 @@
+"""Lake files checked against SPEC "The lake", and healed: one account's files at a time.
+
+ 1. ``scan`` reads every file the account writes (and the shared ones) line by
+    line and never stops at damage: it notes partial and non-JSON lines, rows
+    without a key or a partition, keys held twice, rows in the wrong partition.
+    What survives is the account's key index (``LakeScan.index``): which keys each
+    dataset holds, and in which partition. Nothing is persisted: the files are
+    the only truth, so a crash can never leave the index and the lake apart.
+ 2. ``heal`` rewrites the files the scan found wanting: one copy of each key (the
+    newest ``_harvested_at``; on a tie the one in its right partition), each in
+    the partition its row names. A file that lost a line is first kept whole
+    under ``_harvester/quarantine/``. Files gaining rows are renamed before files
+    losing rows, so a kill in between duplicates a row (healed next time) and
+    never loses one. What a damaged line held is not in the index any more, so
+    the run that follows fetches it again (reconcile.py).
+
+Blocking code: runs call it from a worker thread. All file access goes through
+``Lake``'s whole-file methods.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+from harvester.errors import LakeError
+from harvester.lake import DATASETS, Lake, partition_date, primary_key
+
+log = logging.getLogger(__name__)
+
+Row = dict[str, object]
+Output = tuple[str, str | None, str]  # (dataset, partition, file stem): one lake file
+
+
+@dataclass(slots=True)
+class Copy:
+    """One line holding a key: where it is, where it belongs, how new it is."""
+
+    path: Path
+    line: int  # 1-based line number in the file
+    part: str | None  # the partition the file is in
+    home: str | None  # the partition the row names
+    stamp: str  # its _harvested_at ("" if none): the newest copy wins
+    created_at: int | None = None  # workouts only
+    ride_id: str | None = None  # workouts only
+
+
+@dataclass(slots=True)
+class FileScan:
+    """What one file holds and what is wrong with it."""
+
+    dataset: str
+    part: str | None
+    path: Path
+    faults: list[str] = field(default_factory=list)  # lost lines: quarantine before rewriting
+    no_final_newline: bool = False  # fixed by a rewrite, nothing lost
+
+    @property
+    def stem(self) -> str:
+        return self.path.name.split(".jsonl")[0]
+
+    @property
+    def output(self) -> Output:
+        return (self.dataset, self.part, self.stem)
+
+
+@dataclass(slots=True)
+class LakeScan:
+    """Every key of one account's files, each copy of it, and every fault found."""
+
+    files: list[FileScan] = field(default_factory=list)
+    copies: dict[str, dict[str, list[Copy]]] = field(
+        default_factory=lambda: {d: {} for d in DATASETS})
+    temp_files: list[Path] = field(default_factory=list)
+
+    def winner(self, dataset: str, key: str) -> Copy:
+        """The copy a healed lake keeps: newest, then in its right partition, then last."""
+        copies = self.copies[dataset][key]
+        return max(copies, key=lambda c: (c.stamp, c.home == c.part))
+
+    def index(self, dataset: str) -> dict[str, Copy]:
+        """Key -> the copy kept, for every key of the dataset."""
+        return {key: self.winner(dataset, key) for key in self.copies[dataset]}
+
+    def problems(self) -> list[str]:
+        """One line per invariant broken, for ``verify`` and the logs."""
+        found = [f"{f.path}: {fault}" for f in self.files for fault in f.faults]
+        found += [f"{f.path}: no newline after its last line"
+                  for f in self.files if f.no_final_newline]
+        for dataset, keys in self.copies.items():
+            for key, copies in keys.items():
+                if len(copies) > 1:
+                    where = ", ".join(f"{c.path.parent.name}/{c.path.name}:{c.line}" for c in copies)
+                    found.append(f"{dataset} key {key} is held {len(copies)} times ({where})")
+                found += [f"{c.path}:{c.line}: {dataset} row {key} belongs in date={c.home}"
+                          for c in copies if c.home != c.part]
+        found += [f"{path}: temporary file left by a killed run" for path in self.temp_files]
+        return found
+
+    def outputs_to_rewrite(self) -> set[Output]:
+        """The files a heal rewrites: damaged, duplicated, misplaced, or receiving a row."""
+        outputs = {f.output for f in self.files if f.faults or f.no_final_newline}
+        stems = {f.path: f.stem for f in self.files}
+        for dataset, keys in self.copies.items():
+            for key, copies in keys.items():
+                if len(copies) == 1 and copies[0].home == copies[0].part:
+                    continue
+                kept = self.winner(dataset, key)
+                outputs.add((dataset, kept.home, stems[kept.path]))
+                outputs.update((dataset, c.part, stems[c.path]) for c in copies)
+        return outputs
+
+
+# -- scan -----------------------------------------------------------------------
+
+
+def scan(lake: Lake, user_id: str, *, temp_files: bool = False) -> LakeScan:
+    """Read every file of the account (and the shared ones); never stops at damage.
+
+    ``temp_files``: also list stray temporary files (verify); a run has already
+    removed them under its lock (``Lake.clean_temp_files``), and listing them
+    costs a pass over every partition directory.
+    """
+    result = LakeScan(temp_files=lake.temp_files() if temp_files else [])
+    for dataset in DATASETS:
+        for part, path in lake.account_files(dataset, user_id):
+            data, cut = lake.read_file(path)
+            result.files.append(_scan_file(result, dataset, part, path, data, cut))
+    return result
+
+
+def _scan_file(
+    result: LakeScan, dataset: str, part: str | None, path: Path, data: bytes, cut: str | None,
+) -> FileScan:
+    found = FileScan(dataset, part, path)
+    if cut is not None:
+        found.faults.append(cut)
+    copies = result.copies[dataset]
+    for number, row, problem, last_open in _parsed(dataset, data):
+        if problem is not None:
+            found.faults.append(f"line {number} {problem}")
+            continue
+        assert row is not None
+        found.no_final_newline = found.no_final_newline or last_open
+        key = primary_key(dataset, row)
+        copy = Copy(path, number, part, partition_date(dataset, row), _stamp(row))
+        if dataset == "workouts":
+            copy.created_at, copy.ride_id = _workout_facts(row)
+        held = copies.setdefault(key, [])
+        if any(c.path == path for c in held):
+            found.faults.append(f"line {number} holds key {key} again")
+        held.append(copy)
+    return found
+
+
+def _parsed(dataset: str, data: bytes) -> Iterator[tuple[int, Row | None, str | None, bool]]:
+    """(line number, row, what is wrong with the line, ends without a newline) per line."""
+    for number, line, last_open in _split(data):
+        try:
+            row = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            yield number, None, "is cut short" if last_open else "is not JSON", False
+            continue
+        if not isinstance(row, dict):
+            yield number, None, "is not a JSON object", False
+            continue
+        try:
+            primary_key(dataset, row)
+            partition_date(dataset, row)
+        except LakeError as exc:
+            yield number, None, f"cannot be kept: {exc}", False
+            continue
+        yield number, row, None, last_open
+
+
+def _split(data: bytes) -> Iterator[tuple[int, bytes, bool]]:
+    """(line number, line without its newline, it is the last and has none); blank lines skipped."""
+    start = number = 0
+    while start < len(data):
+        end = data.find(b"\n", start)
+        last_open = end < 0
+        line = data[start:] if last_open else data[start:end]
+        number += 1
+        if line.strip():
+            yield number, line, last_open
+        start = len(data) if last_open else end + 1
+
+
+def _stamp(row: Row) -> str:
+    stamp = row.get("_harvested_at")
+    return stamp if isinstance(stamp, str) else ""
+
+
+def _workout_facts(row: Row) -> tuple[int | None, str | None]:
+    created = row.get("created_at")
+    ride = row.get("ride")
+    ride_id = ride.get("id") if isinstance(ride, dict) else None
+    return (created if isinstance(created, int) and not isinstance(created, bool) else None,
+            ride_id if isinstance(ride_id, str) else None)
+
+
+# -- heal -----------------------------------------------------------------------
+
+
+def heal(lake: Lake, found: LakeScan) -> list[str]:
+    """Rewrite what ``found`` found wanting; the problems fixed (empty: the lake was whole)."""
+    problems = found.problems()
+    outputs = found.outputs_to_rewrite()
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    for temp in found.temp_files:
+        temp.unlink(missing_ok=True)
+    if not outputs:
+        return problems
+    for f in found.files:
+        if f.faults and f.output in outputs:
+            kept = lake.quarantine(f.path, stamp)
+            log.warning("lake file %s is damaged (%s): kept as %s, its whole lines re-committed",
+                        f.path, "; ".join(f.faults[:3]), kept)
+    contents = _healed_contents(lake, found, outputs)
+    # Files gaining rows first: a kill in between leaves a row twice, never nowhere.
+    held = _held(found, set(contents))
+    gaining = {out for out, lines in contents.items() if lines.keys() - held[out]}
+    for phase in (gaining, set(contents) - gaining):
+        for dataset in DATASETS:
+            files = [(part, stem, contents[(ds, part, stem)])
+                     for ds, part, stem in sorted(phase, key=str) if ds == dataset]
+            if files:
+                lake.replace_files(dataset, files)
+    return problems
+
+
+def _healed_contents(lake: Lake, found: LakeScan, outputs: set[Output]) -> dict[Output, dict[str, bytes]]:
+    """The lines each rewritten file holds: every winner whose home it is."""
+    contents: dict[Output, dict[str, bytes]] = {out: {} for out in outputs}
+    for f in found.files:
+        if f.output not in outputs:  # a file sending a row away is rewritten too
+            continue
+        data, _ = lake.read_file(f.path)
+        for number, row, problem, _ in _parsed(f.dataset, data):
+            if problem is not None or row is None:
+                continue
+            key = primary_key(f.dataset, row)
+            kept = found.winner(f.dataset, key)
+            if (kept.path, kept.line) == (f.path, number):
+                line = orjson.dumps(row) + b"\n"
+                contents.setdefault((f.dataset, kept.home, f.stem), {})[key] = line
+    return contents
+
+
+def _held(found: LakeScan, outputs: set[Output]) -> dict[Output, set[str]]:
+    """The keys each of these files holds now."""
+    stems = {f.path: f.stem for f in found.files}
+    held: dict[Output, set[str]] = {out: set() for out in outputs}
+    for dataset, keys in found.copies.items():
+        for key, copies in keys.items():
+            for c in copies:
+                out = (dataset, c.part, stems[c.path])
+                if out in held:
+                    held[out].add(key)
+    return held

@@ -1,0 +1,103 @@
+"""``verify``: check every invariant of SPEC "The lake"; ``--repair`` fixes what it finds.
+
+Checks, per account with state in the lake: each key once, each row in the
+partition it names, every file whole and parseable (heal.py's scan), a graph for
+every workout (when ``performance_graphs`` is enabled), the class of every class
+workout (when ``rides`` is), and no temporary file left by a killed run.
+
+``--repair`` runs a backfill: it heals the files it meets (quarantining damaged
+ones), fetches what they lost and whatever else is missing, then checks again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import anyio
+
+from harvester.api import NULL_RIDE_ID, is_ride_id
+from harvester.config import Config
+from harvester.heal import LakeScan, scan
+from harvester.lake import Lake
+from harvester.state import StateStore
+
+EXIT_CLEAN = 0
+EXIT_PROBLEMS = 3
+
+
+@dataclass(slots=True)
+class VerifyReport:
+    """What ``verify`` found, per account and lake-wide."""
+
+    problems: list[str] = field(default_factory=list)
+    accounts: int = 0
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_PROBLEMS if self.problems else EXIT_CLEAN
+
+    def lines(self) -> list[str]:
+        if not self.problems:
+            return [f"verify: the lake is whole ({self.accounts} account(s) checked)"]
+        return [*self.problems, f"verify: {len(self.problems)} problem(s) found; "
+                "`verify --repair` fixes them (it fetches what is missing)"]
+
+
+def check_lake(config: Config) -> VerifyReport:
+    """Every problem of every account's files; blocking, reads only."""
+    root = config.output.root_path
+    lake = Lake(root, config.output.compression)
+    store = StateStore(root)
+    report = VerifyReport()
+    temps: set[str] = set()
+    for user_id in store.accounts() if root.exists() else []:
+        report.accounts += 1
+        found = scan(lake, user_id, temp_files=True)
+        for problem in found.problems():
+            if "temporary file" in problem:
+                temps.add(problem)  # lake-wide: the same for every account
+            else:
+                report.problems.append(f"account {user_id}: {problem}")
+        missing = _missing(config, lake, store, user_id, found)
+        report.problems += [f"account {user_id}: {p}" for p in missing]
+    report.problems += sorted(temps)
+    return report
+
+
+def _missing(
+    config: Config, lake: Lake, store: StateStore, user_id: str, found: LakeScan,
+) -> list[str]:
+    """Graphs and classes the account's workouts need and the lake lacks."""
+    datasets = set(config.harvest.datasets)
+    workouts = found.index("workouts")
+    problems: list[str] = []
+    if "performance_graphs" in datasets:
+        graphs = found.copies["performance_graphs"]
+        problems += [f"workout {key} has no performance graph"
+                     for key in sorted(workouts.keys() - graphs.keys())]
+    if "rides" in datasets:
+        absent = set(store.load(user_id).missing_rides)  # the API answered 404: no details exist
+        rides = lake.ride_ids()
+        for key, copy in sorted(workouts.items()):
+            ride = copy.ride_id
+            if ride and ride != NULL_RIDE_ID and is_ride_id(ride) and ride not in rides | absent:
+                problems.append(f"workout {key}: its class {ride} is not in rides")
+    return problems
+
+
+async def verify(config: Config, *, repair: bool, print_line: Callable[[str], None]) -> int:
+    """Check, and with ``repair`` backfill and check again; the exit code (0 clean, 3 not)."""
+    report = await anyio.to_thread.run_sync(check_lake, config)
+    for line in report.lines():
+        print_line(line)
+    if not repair or not report.problems:
+        return report.exit_code
+    from harvester.run import run_harvest  # run imports the pipeline; plain verify needs none of it
+
+    ran = await run_harvest(config, "backfill")
+    print_line(f"repair: {ran.summary()}")
+    after = await anyio.to_thread.run_sync(check_lake, config)
+    for line in after.lines():
+        print_line(line)
+    return after.exit_code
