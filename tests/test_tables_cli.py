@@ -69,3 +69,42 @@ def test_tables_without_a_lake_exits_2_with_one_line(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "run backfill first" in done.stderr
     assert not (tmp_path / "nowhere").exists()
+
+
+async def test_source_deletes_and_moves_reach_the_tables(make_emulator: Any, tmp_path: Path) -> None:
+    """After the mirror deletes and moves workouts, an incremental build drops and moves their rows
+    and lists the deletions, exactly as a build from scratch does."""
+    from harvester.tables import build_tables
+    from tests.harness import admin
+
+    emulator = await make_emulator(workouts=60)
+    config = harvest_config(emulator.url, tmp_path)
+    assert (await run_harvest(config, "backfill")).exit_code == 0
+    root = tmp_path / "lake"
+    build_tables(root)
+    gone = [w.id for w in emulator.account.workouts[5:8]]
+    moved = emulator.account.workouts[20]
+    await admin(emulator.url, "delete?" + "&".join(f"id={g}" for g in gone))
+    await admin(emulator.url, f"move?id={moved.id}&shift={-40 * 86_400}")
+    report = await run_harvest(config, "backfill")
+    assert report.exit_code == 0 and report.outcome.moved == 1, report.manifest
+
+    build_tables(root)
+    workouts = pd.read_parquet(root / "tables" / "workouts")
+    assert len(workouts) == 57 and not set(gone) & set(workouts["workout_id"])
+    row = workouts[workouts["workout_id"] == moved.id].iloc[0]
+    assert row["created_at"] == pd.Timestamp(moved.created_at, unit="s", tz="UTC")
+    assert row["month"] == datetime.fromtimestamp(moved.created_at, UTC).strftime("%Y-%m")
+    metrics = pd.read_parquet(root / "tables" / "workout_metrics")
+    assert not set(gone) & set(metrics["workout_id"])
+    assert set(metrics.loc[metrics["workout_id"] == moved.id, "month"]) == {row["month"]}
+    deletions = pd.read_parquet(root / "tables" / "deletions")
+    assert sorted(deletions["workout_id"]) == sorted(gone)
+
+    incremental = workouts.drop(columns="month").sort_values("workout_id").reset_index(drop=True)
+    import shutil
+
+    shutil.rmtree(root / "tables")
+    build_tables(root)
+    fresh = pd.read_parquet(root / "tables" / "workouts").drop(columns="month")
+    pd.testing.assert_frame_equal(fresh.sort_values("workout_id").reset_index(drop=True), incremental)
