@@ -16,7 +16,7 @@ from pathlib import Path
 import aiohttp
 import anyio
 
-from harvester.auth import Authenticator, make_authenticator
+from harvester.auth import Authenticator, Paste, make_authenticator
 from harvester.client import (
     DEFAULT_BACKOFF_BASE_S,
     HttpClient,
@@ -157,6 +157,11 @@ class PelotonApi:
     async def metadata_mappings(self) -> JsonObject:
         """What ``class_type_ids``, difficulty levels and device types mean."""
         return await self._get("/api/ride/metadata_mappings", "metadata_mappings")
+
+    async def sign_in(self, paste: Paste | None = None) -> str:
+        """Sign in now (headless, or with a pasted browser callback), store it; the account id."""
+        await self._auth.sign_in(paste)
+        return await self.user_id()
 
     async def overview(self, user_id: str) -> JsonObject:
         uid = _require_id("a user", user_id)

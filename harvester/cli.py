@@ -21,7 +21,7 @@ from harvester.client import RequestStats
 from harvester.config import Config, load_config, require_credentials
 from harvester.errors import ApiError, ConfigError, HarvesterError
 from harvester.pipeline import ProgressHook
-from harvester.run import plan_harvest, read_status, run_harvest
+from harvester.run import plan_harvest, read_status, run_harvest, run_login
 
 log = logging.getLogger("harvester")
 
@@ -113,11 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Copy a Peloton workout history into a date-partitioned JSONL lake.",
         epilog="Secrets come from PELOTON_USERNAME, PELOTON_PASSWORD, PELOTON_ACCESS_TOKEN "
         "and PELOTON_REFRESH_TOKEN. Exit codes: 0 ok, 1 internal error, 2 usage/config, "
-        "3 some items failed, 4 authentication failed, 130 interrupted.",
+        "3 some items failed, 4 authentication failed (run `login`), 75 try again later, "
+        "130 interrupted.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     common = _common_options()
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_login(sub, common)
     for name, text in (
         ("backfill", "make the lake complete and equal to the source (resumes)"),
         ("refresh", "harvest what is new, plus a look-back window; reconcile at most daily"),
@@ -153,6 +155,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_login(sub: argparse._SubParsersAction[argparse.ArgumentParser],
+               common: argparse.ArgumentParser) -> None:
+    login = sub.add_parser(
+        "login", parents=[common],
+        help="sign in once and store the tokens, so later runs need no password",
+        description="Sign in and store the tokens at auth.token_cache. Headless with "
+        "PELOTON_USERNAME/PELOTON_PASSWORD (asked for on a terminal when not set), or "
+        "--browser: open the printed URL, sign in, paste the address the browser lands on.",
+    )
+    login.add_argument("--browser", action="store_true",
+                       help="sign in with a browser and paste the callback URL back")
+
+
 def _common_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", type=Path, metavar="PATH",
@@ -184,6 +199,8 @@ def _config(args: argparse.Namespace) -> Config:
         overrides.setdefault("harvest.concurrency", DEMO_CONCURRENCY)
         return load_config(args.config, overrides=overrides, search_default=False)
     config = load_config(args.config, overrides=overrides)
+    if args.command == "login" and not args.browser:
+        return _with_prompted_credentials(config)
     if args.command in ("backfill", "refresh", "plan") or (
         args.command == "verify" and args.repair
     ):
@@ -191,11 +208,33 @@ def _config(args: argparse.Namespace) -> Config:
     return config
 
 
+def _with_prompted_credentials(config: Config) -> Config:
+    """`login` on a terminal asks for what the environment lacks; elsewhere it must be set."""
+    from dataclasses import replace
+
+    creds = config.credentials
+    if config.auth.method != "login" or (creds.username and creds.password):
+        return config
+    if not sys.stdin.isatty():
+        raise ConfigError("login needs PELOTON_USERNAME and PELOTON_PASSWORD in the environment "
+                          "(or a terminal to type them, or --browser)")
+    import getpass
+
+    username = creds.username or input("Peloton email: ").strip()
+    password = creds.password or getpass.getpass("Peloton password: ")
+    return replace(config, credentials=replace(creds, username=username, password=password))
+
+
 # -- commands -----------------------------------------------------------------
 
 
 async def _dispatch(args: argparse.Namespace, config: Config) -> int:
     command: str = args.command
+    if command == "login":
+        user_id = await run_login(config, _paste_from_stdin if args.browser else None)
+        print(f"signed in to Peloton as account {user_id}; tokens stored in "
+              f"{config.auth.token_cache_path}")
+        return 0
     if command in ("backfill", "refresh"):
         report = await run_harvest(config, command, progress=_progress_factory(args),
                                    allow_mass_delete=args.allow_mass_delete)
@@ -230,6 +269,18 @@ async def _build_tables(root: Path) -> None:
     print(report.summary())
 
 
+async def _paste_from_stdin(url: str) -> str:
+    """Show the sign-in URL on a line of its own; read the pasted callback URL."""
+    print("Open this address in a browser and sign in to Peloton; then copy the address the "
+          "browser lands on (https://members.onepeloton.com/callback?code=...) and paste it "
+          "here:", file=sys.stderr, flush=True)
+    print(url, flush=True)
+    line: str = await anyio.to_thread.run_sync(sys.stdin.readline)
+    if not line.strip():
+        raise ConfigError("no callback URL was pasted; run `peloton-harvester login --browser` again")
+    return line.strip()
+
+
 async def _demo(args: argparse.Namespace, config: Config) -> int:
     from dataclasses import replace
 
@@ -252,7 +303,8 @@ async def _demo(args: argparse.Namespace, config: Config) -> int:
             demo_config = replace(
                 config,
                 api=replace(config.api, base_url=url, auth_url=url),
-                auth=replace(config.auth, method="password", token_cache=f"{tmp}/tokens.json"),
+                auth=replace(config.auth, method="login", client_id="",
+                             token_cache=f"{tmp}/tokens.json"),
                 credentials=Credentials(username=settings.username, password=settings.password),
             )
             report = await run_harvest(demo_config, "backfill", progress=_progress_factory(args))

@@ -152,6 +152,15 @@ class HttpClient:
         self._rng = rng or random.Random()
         self.policy = RetryPolicy(api.max_attempts, backoff_base, backoff_cap)
 
+    @property
+    def limiter(self) -> AdaptiveLimiter:
+        """The run's one limiter, for requests that need a transport of their own (sign-in)."""
+        return self._limiter
+
+    @property
+    def timeout(self) -> aiohttp.ClientTimeout:
+        return self._timeout
+
     async def request_json(
         self,
         method: str,

@@ -20,10 +20,13 @@ from urllib.parse import urlsplit
 from harvester.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("peloton-harvester.toml")
-DEFAULT_CLIENT_ID = "mgsmWCD0A8Qn6uz6mmqI6qeBNHH9IPwS"
+# Peloton's members web app (Universal Login, pasted tokens) and the older client
+# whose password grant some still report working (PELOTON_API.md 1a, 1d).
+WEB_CLIENT_ID = "WVoJxVDdPoFx4RNewvvg6ch2mZ7bwnsM"
+LEGACY_CLIENT_ID = "mgsmWCD0A8Qn6uz6mmqI6qeBNHH9IPwS"
 ALL_DATASETS = ("workouts", "performance_graphs", "rides", "instructors", "profiles",
                 "metadata_mappings")
-AUTH_METHODS = ("password", "token", "session")
+AUTH_METHODS = ("login", "token", "password", "session")
 COMPRESSIONS = ("none", "gzip")
 
 
@@ -37,13 +40,20 @@ class ApiConfig:
 
 @dataclass(frozen=True, slots=True)
 class AuthConfig:
-    method: str = "password"
-    client_id: str = DEFAULT_CLIENT_ID
+    method: str = "login"
+    client_id: str = ""  # empty: the right client for the method (see `oauth_client_id`)
     token_cache: str = "~/.cache/peloton-harvester/tokens.json"
 
     @property
     def token_cache_path(self) -> Path:
         return Path(self.token_cache).expanduser()
+
+    @property
+    def oauth_client_id(self) -> str:
+        """The configured client id, else the one the method needs (password: the older one)."""
+        if self.client_id:
+            return self.client_id
+        return LEGACY_CLIENT_ID if self.method == "password" else WEB_CLIENT_ID
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,7 +228,6 @@ def validate(config: Config) -> None:
     _require(1 <= api.max_attempts <= 50, "api.max_attempts must be between 1 and 50")
     _require(auth.method in AUTH_METHODS,
              f"auth.method must be one of {', '.join(AUTH_METHODS)}, got {auth.method!r}")
-    _require(bool(auth.client_id), "auth.client_id must not be empty")
     _require(bool(auth.token_cache), "auth.token_cache must not be empty")
     _require(1 <= harvest.concurrency <= 256, "harvest.concurrency must be between 1 and 256")
     _require(0 < harvest.requests_per_second <= 10_000,
@@ -239,6 +248,7 @@ def validate(config: Config) -> None:
 def require_credentials(config: Config) -> None:
     """Fail early, with the variable to set, when the chosen auth method lacks its secrets."""
     creds, method = config.credentials, config.auth.method
+    # "login" needs nothing here: a stored sign-in (`peloton-harvester login`) may do.
     if method in ("password", "session") and not (creds.username and creds.password):
         raise ConfigError(
             f"auth.method = {method!r} needs PELOTON_USERNAME and PELOTON_PASSWORD in the environment"

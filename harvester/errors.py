@@ -3,7 +3,10 @@
     HarvesterError                    exit 1 unless a subclass says otherwise
     ├── ConfigError                   exit 2: bad config file, key, value or missing credential
     ├── AuthError                     exit 4: wrong credentials, expired tokens
-    │   └── LegacyLoginGoneError      /auth/login answers 403 "no longer accepting requests"
+    │   ├── LegacyLoginGoneError      /auth/login answers 403 "no longer accepting requests"
+    │   ├── SessionEndedError         no stored sign-in (or it was revoked) and no password: run `login`
+    │   └── LoginRetryLaterError      exit 75: Auth0 throttles the login, or a transient anomaly
+    │       └── LoginAnomalyError     AnomalyDetected / Invalid state / no _csrf: one retry first
     ├── ApiError                      a request that did not give usable JSON
     │   ├── TransientApiError         worth retrying: 5xx, resets, timeouts, empty/truncated bodies
     │   │   ├── RateLimitedError      429, with the server's Retry-After when it sent one
@@ -49,6 +52,20 @@ class AuthError(HarvesterError):
 
 class LegacyLoginGoneError(AuthError):
     """The legacy session login endpoint has been switched off by Peloton."""
+
+
+class SessionEndedError(AuthError):
+    """No usable stored sign-in and no credentials to sign in again with."""
+
+
+class LoginRetryLaterError(AuthError):
+    """The sign-in failed in a way that waiting may cure (throttling, an Auth0 anomaly)."""
+
+    exit_code = 75
+
+
+class LoginAnomalyError(LoginRetryLaterError):
+    """Auth0 saw an anomaly (Invalid state, no _csrf cookie): known to pass; worth one retry."""
 
 
 class ApiError(HarvesterError):

@@ -20,6 +20,7 @@ from anyio.abc import TaskStatus
 
 from harvester import __version__
 from harvester.api import NULL_RIDE_ID, open_api, workout_ref
+from harvester.auth import Paste
 from harvester.client import DEFAULT_BACKOFF_BASE_S, RequestStats
 from harvester.config import Config
 from harvester.errors import ApiError
@@ -273,6 +274,15 @@ def _outcome_word(exit_code: int) -> str:
 
 def _iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+# -- login --------------------------------------------------------------------
+
+
+async def run_login(config: Config, paste: Paste | None = None) -> str:
+    """``login``: sign in once, store the tokens at ``auth.token_cache``; the account id."""
+    async with open_api(config, RequestStats()) as api:
+        return await api.sign_in(paste)
 
 
 # -- plan ---------------------------------------------------------------------

@@ -365,7 +365,7 @@ async def test_emulator_token_cache_spares_the_next_run_a_login(make_emulator: M
     ("method", "legacy", "password", "expected", "text"),
     [("password", "ok", "x-Wr0ng-pw", AuthError, "invalid_grant"),
      ("session", "ok", "x-Wr0ng-pw", AuthError, "wrong username or password"),
-     ("session", "gone", DEMO_PASSWORD, LegacyLoginGoneError, 'auth.method = "password"')],
+     ("session", "gone", DEMO_PASSWORD, LegacyLoginGoneError, 'auth.method = "login"')],
 )
 async def test_emulator_auth_failures_are_clear(make_emulator: MakeEmulator, tmp_path: Path,
                                                 method: str, legacy: str, password: str,

@@ -19,11 +19,12 @@ from aiohttp import web
 from harvester.auth import (
     USER_ID_CLAIM,
     Authenticator,
+    Clocks,
     PasswordAuth,
     SessionAuth,
     TokenAuth,
-    TokenCache,
     Tokens,
+    TokenStore,
     cache_key,
     jwt_expiry,
     make_authenticator,
@@ -38,6 +39,7 @@ PASSWORD = "hunter2-Pa55w0rd"
 USER_ID = "ac6b497fc71d48fbb844366ccfa5921f"
 SESSION_ID = "0123456789abcdef0123456789abcdef"
 CLIENT_ID = "mgsmWCD0A8Qn6uz6mmqI6qeBNHH9IPwS"
+WEB_CLIENT_ID = "WVoJxVDdPoFx4RNewvvg6ch2mZ7bwnsM"  # pasted tokens refresh as the web app
 
 
 def make_jwt(exp: float, n: int = 0, **claims: object) -> str:
@@ -86,7 +88,8 @@ class FakePeloton:
         body = orjson.loads(await request.read())
         self.bodies.append(body)
         grant = body.get("grant_type")
-        if body.get("client_id") != CLIENT_ID or grant not in self.grants:
+        expected = CLIENT_ID if grant == "password" else WEB_CLIENT_ID
+        if body.get("client_id") not in (expected, CLIENT_ID) or grant not in self.grants:
             return web.json_response({"error": "invalid_request"}, status=400)
         self.grants[grant] += 1
         if grant == "password" and (body.get("username"), body.get("password")) == (
@@ -174,7 +177,7 @@ async def test_token_near_expiry_is_refreshed_before_use(tmp_path: Path) -> None
     offset = 0.0
     async with peloton() as (fake, http):
         auth = PasswordAuth(http, f"{fake.srv.url}/oauth/token", CLIENT_ID, USERNAME, PASSWORD,
-                            None, clock=lambda: time.time() + offset)
+                            None, Clocks(monotonic=lambda: time.monotonic() + offset))
         first = await auth.headers()
         offset = 3600 - 30
         second = await auth.headers()
@@ -296,7 +299,7 @@ async def test_legacy_login_switched_off_says_how_to_switch(tmp_path: Path) -> N
         auth = make_authenticator(config_for(fake.srv.url, tmp_path, "session"), http)
         with pytest.raises(LegacyLoginGoneError) as info:
             await auth.headers()
-    assert 'auth.method = "password"' in str(info.value)
+    assert 'auth.method = "login"' in str(info.value)
     assert fake.srv.count("/auth/login") == 1
 
 
@@ -326,7 +329,8 @@ async def test_token_cache_is_private_and_reused_by_the_next_run(tmp_path: Path)
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert first == second and fake.grants["password"] == 1
     assert PASSWORD.encode() not in path.read_bytes()
-    assert [p.name for p in path.parent.iterdir()] == ["tokens.json"]  # no temp left
+    # no temp left; the lock file beside it serialises refreshes across processes
+    assert sorted(p.name for p in path.parent.iterdir()) == ["tokens.json", "tokens.json.lock"]
 
 
 @pytest.mark.parametrize("other", ["username", "base_url"])
@@ -338,8 +342,8 @@ async def test_token_cache_of_another_account_or_server_is_ignored(tmp_path: Pat
         await make_authenticator(config, http).headers()
         key = cache_key("password", "https://elsewhere.example", fake.srv.url, USERNAME) \
             if other == "base_url" else cache_key("password", fake.srv.url, fake.srv.url, "x")
-        cache = TokenCache(config.auth.token_cache_path, key)
-        assert await cache.load() is None
+        store = TokenStore(config.auth.token_cache_path, key)
+        assert await store.load() is None
     assert fake.grants["password"] == 1
 
 
@@ -373,9 +377,10 @@ async def test_reprs_never_show_secrets(tmp_path: Path) -> None:
             for m in ("password", "session")]
         for auth in strategies:
             await auth.headers()
-        strategies.append(TokenAuth(http, "u", CLIENT_ID, "eyJsecret", "v1.refresh-x", None))
+        strategies.append(TokenAuth(http, "u", CLIENT_ID, "eyJsecret", "v1.refresh-x", None,
+                                    Clocks()))
         texts = [repr(a) for a in strategies] + [
-            repr(Tokens("eyJsecret", "v1.refresh-x", 1.0)), repr(config_for("u", tmp_path))]
+            repr(Tokens("eyJsecret", "v1.refresh-x", 1.0, 2.0)), repr(config_for("u", tmp_path))]
     for text in texts:
         assert secrets_in(text) == [], text
 
@@ -401,8 +406,8 @@ async def test_expired_cached_token_is_refreshed_with_its_refresh_token(tmp_path
         config = config_for(fake.srv.url, tmp_path)
         key = cache_key("password", fake.srv.url, fake.srv.url, USERNAME)
         fake.refresh.add("v1.cached")
-        await TokenCache(config.auth.token_cache_path, key).save(
-            Tokens(make_jwt(time.time() - 5), "v1.cached", time.time() - 5))
+        await TokenStore(config.auth.token_cache_path, key).save(
+            Tokens(make_jwt(time.time() - 5), "v1.cached", time.monotonic() - 5, 3600.0))
         await make_authenticator(config, http).headers()
     assert fake.grants == {"password": 0, "refresh_token": 1}
 
@@ -413,7 +418,7 @@ async def test_short_lived_tokens_are_not_refreshed_on_every_request(tmp_path: P
     offset = 0.0
     async with peloton(ttl=20.0) as (fake, http):
         auth = PasswordAuth(http, f"{fake.srv.url}/oauth/token", CLIENT_ID, USERNAME, PASSWORD,
-                            None, clock=lambda: time.time() + offset)
+                            None, Clocks(monotonic=lambda: time.monotonic() + offset))
         for _ in range(5):
             await auth.headers()
         assert fake.grants == {"password": 1, "refresh_token": 0}

@@ -219,7 +219,8 @@ async def test_html_instead_of_json_exits_2_naming_base_url(make_emulator: MakeE
     """A 200 with a web page for JSON (wrong base_url): exit 2 at once, nothing written."""
     emulator = await make_emulator(workouts=5)
     async with wrong_server("0" * 32, b"{}") as url:
-        config = write_config(tmp_path, url, api={"auth_url": url})
+        # The password grant: this pins the data API's HTML answer (the sign-in's is in test_universal)
+        config = write_config(tmp_path, url, api={"auth_url": url}, auth={"method": "password"})
         done = await run_cli_async(["backfill", "--config", str(config), "--no-progress"],
                                    cli_env(tmp_path))
     assert done.returncode == 2, done.stderr
@@ -309,7 +310,7 @@ async def test_api_down_after_login_exits_3_listing_what_failed(make_emulator: M
 async def test_token_endpoint_down_exits_1_with_one_line(tmp_path: Path) -> None:
     """The login host 503s: one line naming the request and the status, exit 1, no lake rows."""
     async with outage() as url:
-        config = write_config(tmp_path, url, api={"max_attempts": 2})
+        config = write_config(tmp_path, url, api={"max_attempts": 2}, auth={"method": "password"})
         done = await run_cli_async(["backfill", "--config", str(config), "--no-progress"],
                                    cli_env(tmp_path))
     assert done.returncode == 1, done.stderr

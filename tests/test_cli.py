@@ -33,13 +33,23 @@ def test_missing_config_file_exits_2(tmp_path: Path) -> None:
 
 
 def test_missing_credentials_exit_2(tmp_path: Path) -> None:
-    """No PELOTON_PASSWORD: exit 2 naming the variable."""
-    path = write_config(tmp_path, "http://127.0.0.1:9")
+    """Method password without PELOTON_PASSWORD: exit 2 naming the variable."""
+    path = write_config(tmp_path, "http://127.0.0.1:9", auth={"method": "password"})
     env = cli_env(tmp_path)
     del env["PELOTON_PASSWORD"]
     done = run_cli(["backfill", "--config", str(path)], env)
     assert done.returncode == 2
     assert_one_line_error(done.stderr, "PELOTON_PASSWORD")
+
+
+def test_login_method_without_stored_sign_in_or_password_exits_4(tmp_path: Path) -> None:
+    """Method login, nothing stored and no password: exit 4 telling to run `login`."""
+    path = write_config(tmp_path, "http://127.0.0.1:9")
+    env = cli_env(tmp_path)
+    del env["PELOTON_PASSWORD"]
+    done = run_cli(["backfill", "--config", str(path)], env)
+    assert done.returncode == 4
+    assert_one_line_error(done.stderr, "run `peloton-harvester login`")
 
 
 def test_version_and_help() -> None:
@@ -69,7 +79,7 @@ async def test_legacy_login_gone_exits_4_and_says_switch(make_emulator: Any, tmp
     path = write_config(tmp_path, emulator.url, auth={"method": "session"})
     done = await run_cli_async(["backfill", "--config", str(path)], cli_env(tmp_path))
     assert done.returncode == 4, done.stderr
-    assert_one_line_error(done.stderr, "password", "token")
+    assert_one_line_error(done.stderr, 'auth.method = "login"', '"token"')
 
 
 async def test_backfill_then_status_over_the_cli(make_emulator: Any, tmp_path: Path) -> None:
@@ -96,12 +106,13 @@ async def test_plan_counts_without_writing(make_emulator: Any, tmp_path: Path) -
 
 
 def test_demo_backfills_a_small_account(tmp_path: Path) -> None:
-    """demo runs the emulator and a backfill end to end, builds the tables and prints a recipe's answer."""
+    """demo signs in through the emulator's Universal Login, backfills, builds the tables and prints a recipe's answer."""
     done = run_cli(
-        ["demo", "--workouts", "40", "--out", str(tmp_path / "demo"), "--no-progress"],
+        ["demo", "--workouts", "40", "--out", str(tmp_path / "demo"), "--no-progress", "-v"],
         cli_env(tmp_path), timeout=120,
     )
     assert done.returncode == 0, done.stderr
+    assert "signed in with Universal Login" in done.stderr
     assert "read_json(" in done.stdout
     assert list((tmp_path / "demo" / "workouts").glob("date=*/*.jsonl"))
     assert "Workouts and output per month" in done.stdout and "month    workouts  output_kj" in done.stdout

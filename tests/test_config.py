@@ -23,6 +23,17 @@ def test_example_config_loads_and_equals_defaults() -> None:
     assert config == Config()
 
 
+def test_empty_client_id_means_the_methods_own_client() -> None:
+    """client_id = "": login and token use the web app's client, password the older one."""
+    clients = {m: load_config(None, env={}, overrides={"auth.method": m}, search_default=False)
+               .auth.oauth_client_id for m in ("login", "token", "password")}
+    assert clients == {"login": "WVoJxVDdPoFx4RNewvvg6ch2mZ7bwnsM",
+                       "token": "WVoJxVDdPoFx4RNewvvg6ch2mZ7bwnsM",
+                       "password": "mgsmWCD0A8Qn6uz6mmqI6qeBNHH9IPwS"}
+    explicit = load_config(None, env={}, overrides={"auth.client_id": "abc"}, search_default=False)
+    assert explicit.auth.oauth_client_id == "abc"
+
+
 def test_env_supplies_secrets_and_overrides_win(tmp_path: Path) -> None:
     """Secrets come from PELOTON_* and command-line overrides beat the file."""
     path = write(tmp_path, "[harvest]\nconcurrency = 4\nrequests_per_second = 2\n")
@@ -43,7 +54,7 @@ def test_env_supplies_secrets_and_overrides_win(tmp_path: Path) -> None:
         ("[harvest]\nconcurrency = 0\n", "harvest.concurrency must be between 1 and 256"),
         ("[harvest]\nrequests_per_second = -1\n", "harvest.requests_per_second must be greater than 0"),
         ("[harvest]\ndatasets = ['workouts', 'ridez']\n", "unknown dataset 'ridez'; did you mean 'rides'?"),
-        ("[auth]\nmethod = 'oauth'\n", "auth.method must be one of password, token, session"),
+        ("[auth]\nmethod = 'oauth'\n", "auth.method must be one of login, token, password, session"),
         ("[output]\ncompression = 'zstd'\n", "output.compression must be 'none' or 'gzip'"),
         ("[api]\nbase_url = 'http://api.example.com'\n", "plain http:// is refused"),
         ("[api]\nmax_attempts = true\n", "api.max_attempts must be an integer"),

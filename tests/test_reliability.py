@@ -121,7 +121,7 @@ async def test_each_token_expiry_costs_one_refresh_with_32_workers(make_emulator
     assert len(jumped) == 3 and report.stats.requests > jumped[-1] + 32
     assert report.exit_code == 0 and not report.outcome.failures
     seen = await stats(emulator.url)
-    assert seen["token_grants"] == {"password": 1, "refresh_token": 3}
+    assert seen["token_grants"] == {"password": 0, "refresh_token": 3, "authorization_code": 1}
     assert report.stats.reauths == 3
     assert seen["status"].get("401", 0) >= 3  # the expiries were real: requests were refused
     assert len(comparable(tmp_path / "lake")["workouts"]) == 300

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from harvester.config import Credentials
+from harvester.emulator.logins import LoginState, Transaction
 from harvester.emulator.tokens import TokenIssuer
 from harvester.errors import AuthError
 from harvester.run import run_harvest
@@ -20,14 +21,17 @@ PASSWORD = "Hunter2-sekr3t-pa55word"
 
 
 class IssuedSecrets:
-    """Every access token, refresh token and session id the emulator hands out."""
+    """Every token, session id, authorization code and sign-in cookie the emulator hands out."""
 
-    def __init__(self, issuer: TokenIssuer) -> None:
+    def __init__(self, issuer: TokenIssuer, login: LoginState | None = None) -> None:
         self.values: set[str] = set()
         grant, open_session = issuer.grant, issuer.open_session
+        if login is not None:
+            self._record_login(login)
 
-        def recording_grant(now: float, ttl: float, rotate: bool = True) -> dict[str, object]:
-            answer = grant(now, ttl, rotate)
+        def recording_grant(now: float, ttl: float, client_id: str, scope: str,
+                            family_id: str | None = None) -> dict[str, object]:
+            answer = grant(now, ttl, client_id, scope, family_id)
             self.values.update(str(answer[k]) for k in ("access_token", "refresh_token", "id_token")
                                if k in answer)
             return answer
@@ -39,6 +43,21 @@ class IssuedSecrets:
 
         issuer.grant = recording_grant  # type: ignore[method-assign]
         issuer.open_session = recording_session  # type: ignore[method-assign]
+
+    def _record_login(self, login: LoginState) -> None:
+        begin, issue_code = login.begin, login.issue_code
+
+        def recording_begin(txn: Transaction) -> Transaction:
+            self.values.update((txn.id, txn.csrf, txn.session, txn.orca_sid))
+            return begin(txn)
+
+        def recording_code(txn: Transaction, now: float) -> str:
+            code = issue_code(txn, now)
+            self.values.update((code, txn.client_state))
+            return code
+
+        login.begin = recording_begin  # type: ignore[method-assign]
+        login.issue_code = recording_code  # type: ignore[method-assign]
 
     def needles(self) -> set[str]:
         """Each secret, and each JWT's signature alone: a leaked fragment is still a leak."""
@@ -73,13 +92,13 @@ def files_text(root: Path) -> str:
 
 async def test_verbose_json_backfills_leak_no_secret(make_emulator: MakeEmulator,
                                                      tmp_path: Path) -> None:
-    """-vv --log-format json with refreshes, faults and a session login: no secret anywhere."""
+    """-vv --log-format json, Universal Login, refreshes, faults, a session login: no secret anywhere."""
     emulator = await make_emulator(workouts=80, password=PASSWORD, token_ttl=2.0,
                                    faults="flaky", latency_ms=5.0)
-    issued = IssuedSecrets(emulator.state.tokens)
+    issued = IssuedSecrets(emulator.state.tokens, emulator.state.login)
     env = cli_env(tmp_path, PELOTON_PASSWORD=PASSWORD)
     outputs: list[str] = []
-    for method, rps in (("password", 60.0), ("session", 2000.0)):
+    for method, rps in (("login", 60.0), ("password", 60.0), ("session", 2000.0)):
         config = write_config(tmp_path, emulator.url, auth={"method": method},
                               harvest={"requests_per_second": rps})
         done = await run_cli_async(
@@ -90,8 +109,9 @@ async def test_verbose_json_backfills_leak_no_secret(make_emulator: MakeEmulator
         outputs += [done.stdout, done.stderr]
     grants = emulator.stats_snapshot()["token_grants"]
     assert grants["refresh_token"] >= 1 and emulator.stats.logins == 1  # every kind was issued
+    assert grants["authorization_code"] == 1
     needles = issued.needles()
-    assert len(needles) >= 5
+    assert len(needles) >= 10
     assert leaks("\n".join(outputs), needles) == []
     assert leaks(files_text(tmp_path / "lake"), needles) == []
 

@@ -3,8 +3,10 @@
 It imports nothing from the rest of the harvester: it models the remote API
 independently, so the client cannot shape the server it is tested against.
 
-Default login: demo@example.com / peloton-demo. Sessions from /auth/login never
-expire; bearer tokens expire after `token_ttl`.
+Default login: demo@example.com / peloton-demo, through Auth0 Universal Login
+(universal.py, with auth-orca on a second listener: orca.py), the OAuth token
+endpoint (oauth.py) or the legacy /auth/login. Sessions from /auth/login never
+expire; bearer tokens expire after `token_ttl`; refresh tokens rotate.
 """
 
 from __future__ import annotations

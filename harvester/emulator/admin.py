@@ -20,6 +20,8 @@ def change_settings(state: EmulatorState, changes: dict[str, Any]) -> None:
     """Apply runtime knob changes; SettingsError names a bad or fixed knob."""
     if "quirks" in changes and isinstance(changes["quirks"], list):
         changes["quirks"] = frozenset(changes["quirks"])
+    if "password_clients" in changes and isinstance(changes["password_clients"], list):
+        changes["password_clients"] = tuple(changes["password_clients"])
     state.apply(state.settings.updated(changes))
 
 
@@ -131,6 +133,13 @@ async def truth(request: web.Request) -> web.StreamResponse:
     })
 
 
+async def revoke(request: web.Request) -> web.StreamResponse:
+    """End every sign-in, as a password change does: refresh tokens stop working."""
+    state = request.app[STATE]
+    revoked = state.tokens.revoke_all()  # not counted as reuse revocations in the stats
+    return _json({"revoked": revoked})
+
+
 def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_get("/_emulator/stats", get_stats)
@@ -139,6 +148,7 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/_emulator/complete", complete)
     r.add_post("/_emulator/settings", settings)
     r.add_post("/_emulator/clock", clock)
+    r.add_post("/_emulator/revoke", revoke)
     r.add_post("/_emulator/delete", delete_workouts)
     r.add_post("/_emulator/move", move_workout)
     r.add_post("/_emulator/page_fault", page_fault)

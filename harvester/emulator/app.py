@@ -8,10 +8,11 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from harvester.emulator import admin
+from harvester.emulator import admin, universal
 from harvester.emulator.account import Account
 from harvester.emulator.catalog import instructor_json, metadata_mappings, ride_json
 from harvester.emulator.middleware import misbehave
+from harvester.emulator.oauth import credentials_match, read_body, token
 from harvester.emulator.render import (
     instructor_page,
     me,
@@ -21,7 +22,7 @@ from harvester.emulator.render import (
     workout_detail,
 )
 from harvester.emulator.series import performance_graph, ride_details
-from harvester.emulator.settings import CLIENT_ID, EmulatorSettings
+from harvester.emulator.settings import EmulatorSettings
 from harvester.emulator.state import STATE, CacheKey, EmulatorState
 
 DEFAULT_LIMIT = 20
@@ -53,8 +54,6 @@ PLATFORM_REQUIRED = {
     "message": "Forbidden",
     "details": "Peloton-Platform header required",
 }
-BAD_GRANT = {"error": "invalid_grant", "error_description": "Wrong email or password."}
-BAD_REFRESH = {"error": "invalid_grant", "error_description": "Unknown or invalid refresh token."}
 ERROR_CODES = {"Workout": 3030, "Ride": 3040, "Instructor": 3050, "User": 3060}
 
 
@@ -131,57 +130,6 @@ def page_params(request: web.Request) -> tuple[int, int] | None:
 
 
 # -- auth ------------------------------------------------------------------
-
-
-async def read_body(request: web.Request) -> dict[str, Any] | None:
-    """JSON or form body as a dict; None when it is neither."""
-    if request.content_type == "application/json":
-        try:
-            data = orjson.loads(await request.read())
-        except orjson.JSONDecodeError:
-            return None
-        return data if isinstance(data, dict) else None
-    form = await request.post()
-    return {k: str(v) for k, v in form.items()}
-
-
-def credentials_match(settings: EmulatorSettings, username: object, password: object) -> bool:
-    return (
-        isinstance(username, str)
-        and username.lower() == settings.username.lower()
-        and password == settings.password
-    )
-
-
-async def token(request: web.Request) -> web.StreamResponse:
-    state = request.app[STATE]
-    body = await read_body(request)
-    if body is None:
-        return json_response(
-            {"error": "invalid_request", "error_description": "Body must be JSON or a form."}, 400
-        )
-    if body.get("client_id") != CLIENT_ID:
-        return json_response({"error": "access_denied", "error_description": "Unauthorized"}, 401)
-    grant = body.get("grant_type")
-    ttl = state.settings.token_ttl
-    if grant == "password":
-        if not credentials_match(state.settings, body.get("username"), body.get("password")):
-            return json_response(BAD_GRANT, 403)
-        state.stats.token_grants["password"] += 1
-        return json_response(state.tokens.grant(state.now(), ttl))
-    if grant == "refresh_token":
-        answer = state.tokens.refresh(str(body.get("refresh_token", "")), state.now(), ttl)
-        if answer is None:
-            return json_response(BAD_REFRESH, 403)
-        state.stats.token_grants["refresh_token"] += 1
-        return json_response(answer)
-    return json_response(
-        {
-            "error": "unsupported_grant_type",
-            "error_description": f"Unsupported grant type: {grant}",
-        },
-        403,
-    )
 
 
 async def login(request: web.Request) -> web.StreamResponse:
@@ -368,5 +316,6 @@ def make_app(settings: EmulatorSettings | None = None) -> web.Application:
     r.add_get("/api/ride/{id}/details", get_ride_details, name="ride_details")
     r.add_get("/api/instructor", list_instructors, name="instructors")
     r.add_get("/api/instructor/{id}", get_instructor, name="instructor")
+    universal.add_routes(app)
     admin.add_routes(app)
     return app

@@ -14,6 +14,7 @@ from aiohttp import web
 from harvester.emulator.account import Account
 from harvester.emulator.admin import change_settings
 from harvester.emulator.app import make_app
+from harvester.emulator.orca import make_orca_app
 from harvester.emulator.settings import DEFAULT_HOST, EmulatorSettings
 from harvester.emulator.state import STATE, EmulatorState
 from harvester.emulator.stats import Stats
@@ -28,6 +29,7 @@ class Emulator:
         self.app = make_app(settings)
         self.url = ""
         self._runner: web.AppRunner | None = None
+        self._orca: web.AppRunner | None = None
 
     @property
     def state(self) -> EmulatorState:
@@ -48,19 +50,20 @@ class Emulator:
     async def start(self, host: str = DEFAULT_HOST, port: int = 0) -> str:
         # Access logs off: a benchmark would spend its time formatting them.
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        bound = sockets[0].getsockname()[1] if sockets else port
+        bound = await _listen(self._runner, host, port)
         self.url = f"http://{host}:{bound}"
+        # auth-orca, the sign-in's second host: same interface, another name for it
+        self._orca = web.AppRunner(make_orca_app(self.state), access_log=None,
+                                   handle_signals=False)
+        orca_port = await _listen(self._orca, host, 0)
+        self.state.orca_url = f"http://{self.settings.orca_host}:{orca_port}"
         return self.url
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        for runner in (self._runner, self._orca):
+            if runner is not None:
+                await runner.cleanup()
+        self._runner = self._orca = None
 
     async def __aenter__(self) -> Emulator:
         await self.start()
@@ -87,6 +90,15 @@ class Emulator:
     def advance_clock(self, seconds: float) -> None:
         """Move the emulator's clock on (expires tokens without sleeping)."""
         self.state.clock_offset += seconds
+
+
+async def _listen(runner: web.AppRunner, host: str, port: int) -> int:
+    """Start ``runner`` on host:port; the port it got."""
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    sockets = getattr(site._server, "sockets", None) or []
+    return int(sockets[0].getsockname()[1]) if sockets else port
 
 
 async def serve(settings: EmulatorSettings, host: str = DEFAULT_HOST, port: int = 0) -> None:

@@ -11,7 +11,12 @@ DEFAULT_USERNAME = "demo@example.com"
 DEFAULT_PASSWORD = "peloton-demo"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
-CLIENT_ID = "mgsmWCD0A8Qn6uz6mmqI6qeBNHH9IPwS"
+# Peloton's members web app (Universal Login) and the older client pylotoncycle sends.
+WEB_CLIENT_ID = "WVoJxVDdPoFx4RNewvvg6ch2mZ7bwnsM"
+LEGACY_CLIENT_ID = "mgsmWCD0A8Qn6uz6mmqI6qeBNHH9IPwS"
+CLIENT_ID = LEGACY_CLIENT_ID  # the client of the password grant, as before
+CLIENTS = (WEB_CLIENT_ID, LEGACY_CLIENT_ID)
+DEFAULT_ORCA_HOST = "localhost"  # the second listener's name: a different host than 127.0.0.1
 
 FAULT_PROFILES = ("none", "flaky", "hostile")
 RATE_LIMIT_STYLES = ("cloudflare", "retry-after", "http-date")
@@ -33,6 +38,13 @@ RUNTIME_KNOBS = frozenset(
         "legacy_login",
         "arrive_every",
         "extra_field",
+        "verification",
+        "anomalies",
+        "missing_csrf",
+        "password_clients",
+        "lockout_after",
+        "code_ttl",
+        "refresh_stall_s",
     }
 )
 
@@ -62,6 +74,15 @@ class EmulatorSettings:
     arrive_every: int | None = None
     extra_field: bool = False
     quirks: frozenset[str] = field(default_factory=frozenset)
+    # Universal Login (PELOTON_API.md 1a)
+    verification: bool = False  # the account must verify (MFA): no headless sign-in
+    anomalies: int = 0  # the next N credential posts answer 403 AnomalyDetected
+    missing_csrf: int = 0  # the next N /authorize answers set no _csrf cookie
+    password_clients: tuple[str, ...] = (LEGACY_CLIENT_ID,)  # who may use the password grant
+    lockout_after: int = 10  # wrong passwords in a row before 429 too_many_attempts
+    code_ttl: float = 60.0  # authorization codes live this long, and are single-use
+    refresh_stall_s: float = 0.0  # a refresh grant rotates, then waits this long to answer
+    orca_host: str = DEFAULT_ORCA_HOST  # the second listener (auth-orca) as redirects name it
 
     def __post_init__(self) -> None:
         _check(self.workouts >= 0, "workouts must be >= 0")
@@ -75,6 +96,11 @@ class EmulatorSettings:
         _check(self.rate_burst is None or self.rate_burst >= 1, "rate_burst must be >= 1")
         _check(self.arrive_every is None or self.arrive_every >= 1, "arrive_every must be >= 1")
         _check(self.latency_ms >= 0 and self.jitter_ms >= 0, "latency must be >= 0")
+        _check(self.anomalies >= 0 and self.missing_csrf >= 0, "injection counts must be >= 0")
+        _check(self.lockout_after >= 1, "lockout_after must be >= 1")
+        _check(self.code_ttl > 0 and self.refresh_stall_s >= 0, "code_ttl > 0, refresh_stall_s >= 0")
+        unknown_clients = set(self.password_clients) - set(CLIENTS)
+        _check(not unknown_clients, f"password_clients must be among {CLIENTS}")
         unknown = set(self.quirks) - QUIRKS
         _check(not unknown, f"unknown quirks {sorted(unknown)}; known: {sorted(QUIRKS)}")
 
@@ -189,6 +215,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add("--extra-field", action="store_true", help="add an undocumented key to every workout")
     add("--quirks", default="", help=f"comma list of {','.join(sorted(QUIRKS))} (default none)")
+    add("--verification", action="store_true",
+        help="Universal Login asks for a verification step (MFA): only a browser gets through")
+    add("--anomalies", type=int, default=0,
+        help="the first N credential posts answer 403 AnomalyDetected (default 0)")
+    add("--missing-csrf", type=int, default=0,
+        help="the first N /authorize answers set no _csrf cookie (default 0)")
+    add("--password-clients", default=",".join(d.password_clients),
+        help=f"client ids the password grant accepts (default {','.join(d.password_clients)}; "
+        f"the web client {WEB_CLIENT_ID} is refused with unauthorized_client, as today)")
+    add("--lockout-after", type=int, default=d.lockout_after,
+        help=f"wrong passwords before 429 too_many_attempts (default {d.lockout_after})")
+    add("--code-ttl", type=float, default=d.code_ttl,
+        help=f"authorization code lifetime, s (default {d.code_ttl:.0f})")
+    add("--orca-host", default=d.orca_host,
+        help=f"the name redirects give the second loopback listener (default {d.orca_host})")
 
 
 def settings_from_args(ns: argparse.Namespace) -> tuple[EmulatorSettings, str, int]:
@@ -211,5 +252,12 @@ def settings_from_args(ns: argparse.Namespace) -> tuple[EmulatorSettings, str, i
         arrive_every=ns.arrive_every,
         extra_field=ns.extra_field,
         quirks=parse_quirks(ns.quirks),
+        verification=ns.verification,
+        anomalies=ns.anomalies,
+        missing_csrf=ns.missing_csrf,
+        password_clients=tuple(c.strip() for c in ns.password_clients.split(",") if c.strip()),
+        lockout_after=ns.lockout_after,
+        code_ttl=ns.code_ttl,
+        orca_host=ns.orca_host,
     )
     return settings, ns.host, ns.port

@@ -10,8 +10,9 @@ from aiohttp import web
 
 from harvester.emulator.account import Account, Workout
 from harvester.emulator.faults import FaultInjector, TokenBucket
+from harvester.emulator.logins import LoginState
 from harvester.emulator.render import month_summary
-from harvester.emulator.settings import CLIENT_ID, EmulatorSettings
+from harvester.emulator.settings import EmulatorSettings
 from harvester.emulator.stats import Stats
 from harvester.emulator.tokens import TokenIssuer
 
@@ -60,7 +61,9 @@ class EmulatorState:
             settings.quirks,
             settings.in_progress,
         )
-        self.tokens = TokenIssuer(self.account.user_id, CLIENT_ID)
+        self.tokens = TokenIssuer(self.account.user_id)
+        self.login = LoginState()
+        self.orca_url = ""  # the second listener's base URL once started; "" skips that hop
         self.stats = Stats(time.monotonic())
         self.faults = FaultInjector(settings.seed)
         self.jitter = random.Random(settings.seed ^ 0x717)
@@ -79,6 +82,10 @@ class EmulatorState:
     def apply(self, settings: EmulatorSettings) -> None:
         """Swap in new runtime knobs."""
         old, self.settings = self.settings, settings
+        if old.anomalies != settings.anomalies:
+            self.login.anomalies_served = 0
+        if old.missing_csrf != settings.missing_csrf:
+            self.login.csrf_dropped = 0
         if (old.rate_limit, old.burst) != (settings.rate_limit, settings.burst):
             self._reset_bucket()
 

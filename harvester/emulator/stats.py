@@ -26,6 +26,11 @@ class Stats:
         self.peak_concurrency = 0
         self.token_grants: Counter[str] = Counter()
         self.logins = 0
+        self.universal_logins = 0  # passwords Universal Login accepted
+        self.refresh_reused = 0  # used refresh tokens sent again (each revoked its family)
+        self.families_revoked = 0  # by reuse detection
+        self.early_refreshes = 0  # refreshes while the access token had over half its life left
+        self.refresh_in_flight = 0  # refresh grants rotated but not yet answered
         self.arrivals = array("d")  # compact: a benchmark makes millions
 
     def begin(self, endpoint: str, item_id: str | None, now: float) -> None:
@@ -56,8 +61,13 @@ class Stats:
             "token_grants": {
                 "password": self.token_grants["password"],
                 "refresh_token": self.token_grants["refresh_token"],
+                "authorization_code": self.token_grants["authorization_code"],
             },
             "logins": self.logins,
+            "universal_logins": self.universal_logins,
+            "refresh_reused": self.refresh_reused,
+            "families_revoked": self.families_revoked,
+            "early_refreshes": self.early_refreshes,
         }
         if arrivals:
             out["arrivals"] = [round(t, 6) for t in self.arrivals]

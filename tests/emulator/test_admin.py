@@ -29,7 +29,7 @@ async def test_stats_count_endpoints_ids_and_statuses(
     assert stats["by_endpoint"] == {"token": 1, "workout": 3, "me": 1}
     assert stats["by_id"]["workout"] == {wid: 2, "f" * 32: 1}
     assert stats["status"] == {"200": 3, "404": 1, "401": 1}
-    assert stats["token_grants"] == {"password": 1, "refresh_token": 0}
+    assert stats["token_grants"] == {"password": 1, "refresh_token": 0, "authorization_code": 0}
     assert stats["peak_concurrency"] >= 1 and stats["throttled"] == 0 and stats["faults"] == {}
     assert len(stats["arrivals"]) == stats["requests"]
     _, plain = await get_json(http, f"{emulator.url}/_emulator/stats")

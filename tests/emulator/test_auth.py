@@ -38,20 +38,21 @@ async def test_password_grant_returns_jwt_and_refresh_token(
     assert c["sub"] == emulator.account.user_id and c["exp"] - c["iat"] == 172800
 
 
-async def test_form_encoded_refresh_grant_sometimes_omits_refresh_token(
+async def test_form_encoded_refresh_grant_rotates_the_refresh_token(
     emulator: Emulator, http: aiohttp.ClientSession
 ) -> None:
-    """Form refresh works; every other one omits a new refresh token; the old stays good."""
+    """Form-encoded refresh works; each answers a new refresh token and the old one dies."""
     refresh = (await password_grant(http, emulator))["refresh_token"]
-    got_new = []
-    for _ in range(4):
+    seen = {refresh}
+    for _ in range(3):
         form = {"grant_type": "refresh_token", "client_id": CLIENT_ID, "refresh_token": refresh}
         async with http.post(f"{emulator.url}/oauth/token", data=form) as resp:
             assert resp.status == 200
-            body = await resp.json()
-        got_new.append("refresh_token" in body)
-    assert got_new == [False, True, False, True]
-    assert emulator.stats_snapshot()["token_grants"] == {"password": 1, "refresh_token": 4}
+            refresh = (await resp.json())["refresh_token"]
+        assert refresh not in seen
+        seen.add(refresh)
+    assert emulator.stats_snapshot()["token_grants"] == {
+        "password": 1, "refresh_token": 3, "authorization_code": 0}
 
 
 async def test_bad_grants_answer_403_invalid_grant(
