@@ -7,6 +7,7 @@ re-authentication and one more try; a second 401 is an AuthError.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -239,14 +240,25 @@ async def open_api(
     sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
     backoff_base: float = DEFAULT_BACKOFF_BASE_S,
     cache_path: Path | None = None,
+    session: aiohttp.ClientSession | None = None,
 ) -> AsyncIterator[PelotonApi]:
-    """One ClientSession, one limiter, one authenticator for the whole run; all closed on exit."""
+    """One ClientSession, one limiter, one authenticator for the whole run; all closed on exit.
+
+    ``session``: a ClientSession shared with other accounts' runs (one connection
+    pool), made by ``open_session`` and closed by its owner; the limiter stays this run's.
+    """
     limiter = AdaptiveLimiter(config.harvest.requests_per_second)
-    connector = aiohttp.TCPConnector(limit=config.harvest.concurrency + EXTRA_CONNECTIONS)
-    # Cookies are sent explicitly by SessionAuth; a jar would resend edge cookies unasked.
-    async with aiohttp.ClientSession(connector=connector,
-                                     cookie_jar=aiohttp.DummyCookieJar()) as session:
+    async with contextlib.AsyncExitStack() as stack:
+        if session is None:
+            session = await stack.enter_async_context(open_session(config.harvest.concurrency))
         http = HttpClient(session, config.api, limiter, stats, sleep=sleep,
                           backoff_base=backoff_base)
         auth = make_authenticator(config, http, cache_path=cache_path)
         yield PelotonApi(http, auth, config)
+
+
+def open_session(concurrency: int) -> aiohttp.ClientSession:
+    """A ClientSession whose pool holds ``concurrency`` connections plus a few for auth and paging."""
+    connector = aiohttp.TCPConnector(limit=concurrency + EXTRA_CONNECTIONS)
+    # Cookies are sent explicitly by SessionAuth; a jar would resend edge cookies unasked.
+    return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())

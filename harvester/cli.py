@@ -17,6 +17,7 @@ import anyio
 import orjson
 
 from harvester import __version__
+from harvester.accounts import check_credentials, check_lake_root, exit_code, failure_line, harvest_accounts
 from harvester.client import RequestStats
 from harvester.config import Config, load_config, require_credentials
 from harvester.errors import ApiError, ConfigError, HarvesterError
@@ -62,7 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "emulator":
             return _run_emulator(args)
         config = _config(args)
-        secrets = config.credentials.secrets()
+        secrets = [*config.credentials.secrets(),
+                   *(s for account in config.accounts for s in account.credentials.secrets())]
         configure_logging(verbose, getattr(args, "log_format", "text"), secrets)
         return anyio.run(_dispatch, args, config)
     except KeyboardInterrupt:
@@ -112,8 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Copy a Peloton workout history into a date-partitioned JSONL lake.",
         epilog="Secrets come from PELOTON_USERNAME, PELOTON_PASSWORD, PELOTON_ACCESS_TOKEN "
-        "and PELOTON_REFRESH_TOKEN. Exit codes: 0 ok, 1 internal error, 2 usage/config, "
-        "3 some items failed, 4 authentication failed (run `login`), 75 try again later, "
+        "and PELOTON_REFRESH_TOKEN (or the variables an [[accounts]] entry names). Exit codes: "
+        "0 ok, 1 internal error, 2 usage/config, 3 some items or accounts failed, "
+        "4 authentication failed (run `login`), 75 try again later (another run holds the "
+        "account, or Peloton is throttling or down), "
         "130 interrupted.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -173,6 +177,8 @@ def _common_options() -> argparse.ArgumentParser:
     common.add_argument("--config", type=Path, metavar="PATH",
                         help="TOML config (default ./peloton-harvester.toml when present)")
     common.add_argument("--out", metavar="DIR", help="lake root (overrides output.root)")
+    common.add_argument("--account", action="append", metavar="NAME",
+                        help="harvest only this [[accounts]] entry (repeatable; default all)")
     common.add_argument("--concurrency", type=int, metavar="N",
                         help="workers (overrides harvest.concurrency)")
     common.add_argument("--rps", type=float, metavar="X",
@@ -197,15 +203,31 @@ def _config(args: argparse.Namespace) -> Config:
         overrides.setdefault("output.root", "./demo-lake")
         overrides.setdefault("harvest.requests_per_second", DEMO_RPS)
         overrides.setdefault("harvest.concurrency", DEMO_CONCURRENCY)
-        return load_config(args.config, overrides=overrides, search_default=False)
+        demo = load_config(args.config, overrides=overrides, search_default=False)
+        check_lake_root(demo)
+        return demo
     config = load_config(args.config, overrides=overrides)
-    if args.command == "login" and not args.browser:
-        return _with_prompted_credentials(config)
-    if args.command in ("backfill", "refresh", "plan") or (
-        args.command == "verify" and args.repair
-    ):
+    if args.command == "login":
+        config = _login_account(config, args.account)
+        return config if args.browser else _with_prompted_credentials(config)
+    check_lake_root(config)
+    if args.command in ("backfill", "refresh", "plan"):
+        check_credentials(config, args.account)
+    elif args.command == "verify" and args.repair:
         require_credentials(config)
     return config
+
+
+def _login_account(config: Config, names: list[str] | None) -> Config:
+    """`login` signs in one account: the one --account names when there are [[accounts]]."""
+    if not config.accounts:
+        config.select(names)  # --account without [[accounts]]: the usage error it always is
+        return config
+    chosen = config.select(names)
+    if len(chosen) != 1:
+        known = ", ".join(a.name for a in config.accounts)
+        raise ConfigError(f"login signs in one account at a time: add --account NAME (one of {known})")
+    return config.for_account(chosen[0])
 
 
 def _with_prompted_credentials(config: Config) -> Config:
@@ -236,17 +258,31 @@ async def _dispatch(args: argparse.Namespace, config: Config) -> int:
               f"{config.auth.token_cache_path}")
         return 0
     if command in ("backfill", "refresh"):
-        report = await run_harvest(config, command, progress=_progress_factory(args),
-                                   allow_mass_delete=args.allow_mass_delete)
-        print(report.summary())
-        if config.output.tables and report.exit_code in (0, 3):  # the lake is consistent
-            await _build_tables(config.output.root_path)
-        return report.exit_code
+        outcomes = await harvest_accounts(config, command, args.account,
+                                          progress=_progress_factory(args),
+                                          allow_mass_delete=args.allow_mass_delete)
+        for outcome in outcomes:
+            if outcome.report is not None:
+                named = len(outcomes) > 1 or bool(config.accounts)
+                print(f"{outcome.name}: " * named + outcome.report.summary())
+        failed = failure_line(outcomes)
+        if failed is not None:
+            _say_error(failed, config)
+        code = exit_code(outcomes)
+        if config.output.tables and code in (0, 3):  # the lake is consistent
+            await _build_tables(config)
+        return code
     if command == "tables":
-        await _build_tables(config.output.root_path)
+        await _build_tables(config)
         return 0
     if command == "plan":
-        print((await plan_harvest(config)).describe())
+        accounts = config.select(args.account)
+        if not accounts:
+            print((await plan_harvest(config)).describe())
+        for account in accounts:
+            own = config.for_account(account)
+            require_credentials(own, account)
+            print(f"{account.name}: {(await plan_harvest(own)).describe()}")
         return 0
     if command == "verify":
         from harvester.verify import verify
@@ -260,13 +296,22 @@ async def _dispatch(args: argparse.Namespace, config: Config) -> int:
     raise ConfigError(f"unknown command {command!r}")
 
 
-async def _build_tables(root: Path) -> None:
+async def _build_tables(config: Config) -> None:
     from harvester.tables import build_tables  # pyarrow: only the commands that build pay for it
 
+    root = config.output.root_path  # a folder: _config refused object-store roots, as for the lake
     if not await anyio.Path(root).is_dir():
         raise ConfigError(f"no lake at {root}: run backfill first, or pass --out")
     report = await anyio.to_thread.run_sync(build_tables, root)
     print(report.summary())
+
+
+def _say_error(message: str, config: Config) -> None:
+    """One error line on stderr, every account's secrets redacted."""
+    for account in config.accounts:
+        for secret in account.credentials.secrets():
+            message = message.replace(secret, "[redacted]")
+    print(f"{PROG}: error: {message}", file=sys.stderr)
 
 
 async def _paste_from_stdin(url: str) -> str:
@@ -314,7 +359,7 @@ async def _demo(args: argparse.Namespace, config: Config) -> int:
     root = demo_config.output.root_path.resolve()
     from harvester.tables.recipes import format_monthly, monthly_output
 
-    await _build_tables(root)
+    await _build_tables(demo_config)
     print("\nWorkouts and output per month, local time (README \"Typed tables\"):")
     print(format_monthly(monthly_output(root, months=6)))
     print(

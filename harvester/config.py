@@ -10,8 +10,9 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import os
+import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ from urllib.parse import urlsplit
 from harvester.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("peloton-harvester.toml")
+DEFAULT_ACCOUNT = "default"  # the one account's name when the config has no [[accounts]]
+DEFAULT_TOKEN_DIR = "~/.cache/peloton-harvester"
 # Peloton's members web app (Universal Login, pasted tokens) and the older client
 # whose password grant some still report working (PELOTON_API.md 1a, 1d).
 WEB_CLIENT_ID = "WVoJxVDdPoFx4RNewvvg6ch2mZ7bwnsM"
@@ -78,6 +81,16 @@ class OutputConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SecretNames:
+    """Which environment variables hold an account's secrets."""
+
+    username_env: str = "PELOTON_USERNAME"
+    password_env: str = "PELOTON_PASSWORD"
+    access_token_env: str = "PELOTON_ACCESS_TOKEN"
+    refresh_token_env: str = "PELOTON_REFRESH_TOKEN"
+
+
+@dataclass(frozen=True, slots=True)
 class Credentials:
     """Secrets from the environment. ``repr`` never shows them."""
 
@@ -87,20 +100,43 @@ class Credentials:
     refresh_token: str | None = field(default=None, repr=False)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> Credentials:
+    def from_env(cls, env: Mapping[str, str], names: SecretNames = SecretNames()) -> Credentials:
         def get(name: str) -> str | None:
             return env.get(name) or None
 
         return cls(
-            username=get("PELOTON_USERNAME"),
-            password=get("PELOTON_PASSWORD"),
-            access_token=get("PELOTON_ACCESS_TOKEN"),
-            refresh_token=get("PELOTON_REFRESH_TOKEN"),
+            username=get(names.username_env),
+            password=get(names.password_env),
+            access_token=get(names.access_token_env),
+            refresh_token=get(names.refresh_token_env),
         )
 
     def secrets(self) -> list[str]:
         """The secret values present, for redaction."""
         return [s for s in (self.password, self.access_token, self.refresh_token) if s]
+
+
+@dataclass(frozen=True, slots=True)
+class AccountConfig:
+    """One ``[[accounts]]`` entry; its secrets are read from the variables it names."""
+
+    name: str
+    method: str = ""  # empty: [auth].method
+    username_env: str = "PELOTON_USERNAME"
+    password_env: str = "PELOTON_PASSWORD"
+    access_token_env: str = "PELOTON_ACCESS_TOKEN"
+    refresh_token_env: str = "PELOTON_REFRESH_TOKEN"
+    token_cache: str = ""  # empty: ~/.cache/peloton-harvester/<name>.json
+    credentials: Credentials = field(default=Credentials(), compare=False)
+
+    @property
+    def secret_names(self) -> SecretNames:
+        return SecretNames(self.username_env, self.password_env, self.access_token_env,
+                           self.refresh_token_env)
+
+    @property
+    def token_cache_path(self) -> Path:
+        return Path(self.token_cache or f"{DEFAULT_TOKEN_DIR}/{self.name}.json").expanduser()
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +146,27 @@ class Config:
     harvest: HarvestConfig = HarvestConfig()
     output: OutputConfig = OutputConfig()
     credentials: Credentials = Credentials()
+    accounts: tuple[AccountConfig, ...] = ()  # [[accounts]]; empty: one account, DEFAULT_ACCOUNT
+
+    def for_account(self, account: AccountConfig) -> Config:
+        """This config as one account's run sees it: its method, token cache and secrets."""
+        auth = replace(self.auth, method=account.method or self.auth.method,
+                       token_cache=str(account.token_cache_path))
+        return replace(self, auth=auth, credentials=account.credentials, accounts=(account,))
+
+    def select(self, names: Sequence[str] | None) -> tuple[AccountConfig, ...]:
+        """The accounts ``--account`` names (all when none), in config order; ConfigError for a stranger."""
+        if not names:
+            return self.accounts
+        if not self.accounts:
+            raise ConfigError("--account needs [[accounts]] entries in the config; "
+                              "without them the one account comes from [auth] and PELOTON_*")
+        known = [a.name for a in self.accounts]
+        for name in names:
+            if name not in known:
+                hint = _suggest(name, known) or f" (known: {', '.join(known)})"
+                raise ConfigError(f"--account {name!r:.70} is not in [[accounts]]{hint}")
+        return tuple(a for a in self.accounts if a.name in set(names))
 
 
 SECTIONS: dict[str, type[Any]] = {
@@ -141,7 +198,7 @@ def load_config(
     for dotted, value in (overrides or {}).items():
         section, key = dotted.split(".", 1)
         raw.setdefault(section, {})[key] = value
-    config = _build(raw, Credentials.from_env(env))
+    config = _build(raw, env)
     validate(config)
     return config
 
@@ -172,16 +229,47 @@ def _suggest(name: str, choices: list[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-def _build(raw: dict[str, Any], credentials: Credentials) -> Config:
+def _build(raw: dict[str, Any], env: Mapping[str, str]) -> Config:
     built: dict[str, Any] = {}
     for section, value in raw.items():
+        if section == "accounts":
+            built["accounts"] = _build_accounts(value, env)
+            continue
         if section not in SECTIONS:
             hint = _suggest(section, list(SECTIONS))
             raise ConfigError(f"unknown config section [{section}]{hint}")
         if not isinstance(value, dict):
             raise ConfigError(f"config key {section!r} must be a table ([{section}])")
         built[section] = _build_section(section, SECTIONS[section], value)
-    return replace(Config(), credentials=credentials, **built)
+    return replace(Config(), credentials=Credentials.from_env(env), **built)
+
+
+_ACCOUNT_KEYS = [f.name for f in fields(AccountConfig) if f.name != "credentials"]
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+ACCOUNT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # safe in a file name
+
+
+def _build_accounts(raw: object, env: Mapping[str, str]) -> tuple[AccountConfig, ...]:
+    """``[[accounts]]``, each entry checked and given its secrets; ConfigError naming entry and key."""
+    if not isinstance(raw, list) or not all(isinstance(entry, dict) for entry in raw):
+        raise ConfigError("config key 'accounts' must be an array of tables ([[accounts]])")
+    accounts = []
+    for index, entry in enumerate(raw):
+        where = f"accounts[{index}]"
+        for key, value in entry.items():
+            if key not in _ACCOUNT_KEYS:
+                raise ConfigError(f"unknown config key {where}.{key}{_suggest(key, _ACCOUNT_KEYS)}")
+            if not isinstance(value, str):
+                raise ConfigError(f"config key {where}.{key} must be a string, got {value!r:.60}")
+            if key.endswith("_env") and not _ENV_NAME.fullmatch(value):
+                raise ConfigError(f"{where}.{key} must name an environment variable, got {value!r:.60}")
+        name = entry.get("name")
+        if name is None or not ACCOUNT_NAME.fullmatch(name):
+            raise ConfigError(f"{where}.name must be 1-64 letters, digits, '_', '.' or '-' "
+                              f"(got {name!r:.70})")
+        account = AccountConfig(**entry)
+        accounts.append(replace(account, credentials=Credentials.from_env(env, account.secret_names)))
+    return tuple(accounts)
 
 
 def _build_section(section: str, cls: type[Any], values: dict[str, Any]) -> Any:
@@ -243,19 +331,39 @@ def validate(config: Config) -> None:
     _require(output.compression in COMPRESSIONS,
              f"output.compression must be 'none' or 'gzip', got {output.compression!r}")
     _require(bool(output.root), "output.root must not be empty")
+    _validate_accounts(config)
 
 
-def require_credentials(config: Config) -> None:
+def _validate_accounts(config: Config) -> None:
+    """Methods known; names and token caches distinct (a shared cache would mix two accounts' tokens)."""
+    names: set[str] = set()
+    caches: dict[Path, str] = {}
+    for account in config.accounts:
+        _require(not account.method or account.method in AUTH_METHODS,
+                 f"accounts {account.name!r}: method must be one of {', '.join(AUTH_METHODS)}, "
+                 f"got {account.method!r}")
+        _require(account.name not in names, f"[[accounts]] name {account.name!r} appears twice")
+        names.add(account.name)
+        other = caches.setdefault(account.token_cache_path, account.name)
+        _require(other == account.name, f"accounts {other!r} and {account.name!r} share the token "
+                 f"cache {account.token_cache_path}; give each its own token_cache")
+
+
+def require_credentials(config: Config, account: AccountConfig | None = None) -> None:
     """Fail early, with the variable to set, when the chosen auth method lacks its secrets."""
     creds, method = config.credentials, config.auth.method
+    names = account.secret_names if account is not None else SecretNames()
+    whose = f"account {account.name!r}: " if account is not None else ""
     # "login" needs nothing here: a stored sign-in (`peloton-harvester login`) may do.
     if method in ("password", "session") and not (creds.username and creds.password):
         raise ConfigError(
-            f"auth.method = {method!r} needs PELOTON_USERNAME and PELOTON_PASSWORD in the environment"
+            f"{whose}auth.method = {method!r} needs {names.username_env} and {names.password_env} "
+            "in the environment"
         )
     if method == "token" and not (creds.access_token or creds.refresh_token):
         raise ConfigError(
-            "auth.method = 'token' needs PELOTON_ACCESS_TOKEN or PELOTON_REFRESH_TOKEN in the environment"
+            f"{whose}auth.method = 'token' needs {names.access_token_env} or "
+            f"{names.refresh_token_env} in the environment"
         )
 
 

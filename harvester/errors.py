@@ -16,8 +16,12 @@
     │       ├── TlsError              exit 2: certificate or handshake failure
     │       └── UnexpectedResponseError  exit 2: a 200 that is HTML, not an object, lacks `data`
     ├── LakeError                     exit 2: output root not writable, corrupt lake file
-    └── StateError                    exit 2: state unreadable
-        └── LockedError               another run holds the lake's lock
+    ├── StateError                    exit 2: state unreadable
+    │   └── LockedError               exit 75: another run holds the account's lock or lease
+    │       └── LeaseLostError        the run's lease was taken over (it stalled past its expiry)
+    └── StorageError                  exit 2: the lake's storage refused (no bucket, access denied)
+        ├── StorageUnavailableError   exit 75: the storage server cannot be reached, times out, 5xx
+        └── StorageConflictError      exit 75: a conditional write lost (exists, or changed since read)
 
 Whether an ApiError is retried is decided by its class, nowhere else. Every
 message is one line a user can act on, and never contains a secret.
@@ -131,4 +135,32 @@ class StateError(HarvesterError):
 
 
 class LockedError(StateError):
-    """Another run holds the lake's lock."""
+    """Another run holds the account's lock (a local flock or an object-store lease)."""
+
+    exit_code = 75
+
+
+class LeaseLostError(LockedError):
+    """Another run took over this run's lease: it was not renewed before it expired."""
+
+
+class StorageError(HarvesterError):
+    """The lake's storage (a folder or an object store) refused an operation."""
+
+    exit_code = 2
+
+
+class StorageUnavailableError(StorageError):
+    """The storage cannot be reached now (connection refused, timeouts, 5xx after retries)."""
+
+    exit_code = 75
+
+
+class StorageConflictError(StorageError):
+    """A conditional write lost: the object exists, or changed since it was read.
+
+    Callers that merge retry on it (read again, merge, write again); it only
+    reaches the user when another writer kept winning.
+    """
+
+    exit_code = 75

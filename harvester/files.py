@@ -11,12 +11,13 @@ many files and makes them durable together with ``sync_filesystem`` (one
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import os
 import re
 import secrets
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import cast
 
@@ -62,6 +63,21 @@ def atomic_write(target: Path, data: bytes, mode: int = 0o600) -> None:
             os.unlink(tmp)
         raise
     fsync_dir(target.parent)
+
+
+@contextlib.contextmanager
+def locked_dir(directory: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``directory`` itself while the block runs.
+
+    Writers that read, merge and replace a file shared by several processes
+    (a compare-and-swap) hold it on the file's directory, so they take turns.
+    """
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
 
 
 def fsync_dir(directory: Path) -> None:

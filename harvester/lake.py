@@ -36,7 +36,7 @@ from pathlib import Path
 import orjson
 
 from harvester.errors import LakeError
-from harvester.files import TEMP_NAME, sync_filesystem, temp_name, write_temp
+from harvester.files import TEMP_NAME, locked_dir, sync_filesystem, temp_name, write_temp
 from harvester.keys import (
     DATASETS,
     check_user_id,
@@ -61,7 +61,8 @@ DEFAULT_GZIP_LEVEL = 6
 
 _UNPARTITIONED = frozenset({"instructors"})
 # Instructors are the same for every account: one shared file keeps each id once
-# in a lake that several accounts share (runs on one lake never overlap: the lock).
+# in a lake that several accounts share; runs of different accounts may commit at
+# once, so its merge holds the directory's flock (_shared_files_lock).
 SHARED_FILES = {"instructors": "instructors", "metadata_mappings": "metadata_mappings"}
 
 # -- the lake ------------------------------------------------------------------
@@ -125,16 +126,28 @@ class Lake:
         # workout implies its graph and ride files were renamed before it.
         staged: list[_Staged] = []
         try:
-            for dataset, directory, lines, drop in plan:
-                step = self._stage(dataset, directory, SHARED_FILES.get(dataset, user_id), lines, drop)
-                if step is not None:
-                    staged.append(step)
-            self._publish(staged)
+            with self._shared_files_lock(plan):
+                for dataset, directory, lines, drop in plan:
+                    step = self._stage(dataset, directory, SHARED_FILES.get(dataset, user_id), lines, drop)
+                    if step is not None:
+                        staged.append(step)
+                self._publish(staged)
         except OSError as exc:
             raise LakeError(f"cannot write the lake at {self.root}: {exc.strerror or exc}") from None
         finally:
             _discard(staged)  # whatever an error left unrenamed; empty after a publish
         return counts
+
+    @contextlib.contextmanager
+    def _shared_files_lock(self, plan: Sequence[tuple[str, Path, object, object]]) -> Iterator[None]:
+        """Runs of different accounts commit side by side: a commit that merges a file shared
+        by all accounts (instructors) holds its directory's flock from read to rename."""
+        shared = sorted({str(directory) for dataset, directory, *_ in plan if dataset in SHARED_FILES})
+        with contextlib.ExitStack() as stack:
+            for directory in shared:  # one order everywhere: no deadlock
+                Path(directory).mkdir(parents=True, exist_ok=True)
+                stack.enter_context(locked_dir(Path(directory)))
+            yield
 
     def workout_ids(self, user_id: str) -> dict[str, int]:
         """``id -> created_at`` of every committed workout of the account."""
@@ -234,21 +247,24 @@ class Lake:
     ) -> None:
         """Replace each ``(partition, stem)`` file whole with these lines (by key); none: removed."""
         staged: list[_Staged] = []
+        # A file shared by all accounts is rewritten under the lock its merges hold.
+        shared = [(dataset, self._partition_dir(dataset, part), None, None) for part, _, _ in files]
         try:
-            for part, stem, lines in files:
-                directory = self._partition_dir(dataset, part)
-                target = directory / f"{stem}{self._suffix}"
-                variants = _variants(directory, stem, self._suffix) if directory.is_dir() else []
-                if not lines:
-                    staged.append(_Staged(None, target, variants))
-                    continue
-                directory.mkdir(parents=True, exist_ok=True)
-                data = b"".join(lines[key] for key in sorted(lines))
-                if self.compression == "gzip":
-                    data = gzip.compress(data, compresslevel=DEFAULT_GZIP_LEVEL, mtime=0)
-                staged.append(_Staged(write_temp(target, data, 0o666), target,
-                                      [v for v in variants if v != target]))
-            self._publish(staged)
+            with self._shared_files_lock(shared):
+                for part, stem, lines in files:
+                    directory = self._partition_dir(dataset, part)
+                    target = directory / f"{stem}{self._suffix}"
+                    variants = _variants(directory, stem, self._suffix) if directory.is_dir() else []
+                    if not lines:
+                        staged.append(_Staged(None, target, variants))
+                        continue
+                    directory.mkdir(parents=True, exist_ok=True)
+                    data = b"".join(lines[key] for key in sorted(lines))
+                    if self.compression == "gzip":
+                        data = gzip.compress(data, compresslevel=DEFAULT_GZIP_LEVEL, mtime=0)
+                    staged.append(_Staged(write_temp(target, data, 0o666), target,
+                                          [v for v in variants if v != target]))
+                self._publish(staged)
         except OSError as exc:
             raise LakeError(f"cannot write the lake at {self.root}: {exc.strerror or exc}") from None
         finally:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
+import aiohttp
 import anyio
 from anyio.abc import TaskStatus
 
@@ -22,11 +23,13 @@ from harvester import __version__
 from harvester.api import NULL_RIDE_ID, open_api, workout_ref
 from harvester.auth import Paste
 from harvester.client import DEFAULT_BACKOFF_BASE_S, RequestStats
-from harvester.config import Config
+from harvester.config import DEFAULT_ACCOUNT, Config
 from harvester.errors import ApiError
 from harvester.lake import Lake
 from harvester.pipeline import Harvest, Outcome, ProgressHook
-from harvester.state import AccountState, RunLock, StateStore
+from harvester.state import AccountState, StateStore
+from harvester.storage import LocalStorage
+from harvester.storage.lease import run_lock
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +90,8 @@ async def run_harvest(
     progress: ProgressFactory | None = None,
     backoff_base: float = DEFAULT_BACKOFF_BASE_S,
     allow_mass_delete: bool = False,
+    stop_requested: anyio.Event | None = None,
+    session: aiohttp.ClientSession | None = None,
 ) -> RunReport:
     """Run ``backfill`` or ``refresh`` to the end, or until SIGINT/SIGTERM.
 
@@ -94,23 +99,32 @@ async def run_harvest(
     stops the run: what is complete is committed, state and manifest are
     written, and the report says exit 130.
     ``backoff_base`` scales retry back-off; tests shrink it so no test sleeps for seconds.
+    Several accounts' runs in one process pass ``stop_requested`` (set by the one
+    signal watcher of them all) and ``session`` (one connection pool for all).
     """
     root = config.output.root_path
     lake = Lake(root, config.output.compression)
     lake.check_writable()
     store = StateStore(root)
-    with RunLock(root, command):
-        await anyio.to_thread.run_sync(lake.clean_temp_files)
+    account = config.accounts[0].name if config.accounts else DEFAULT_ACCOUNT
+
+    def sweep() -> None:  # temporaries of killed runs; only while no other run is writing
+        lake.clean_temp_files()
         store.clean_temp_files()
+
+    async with run_lock(LocalStorage(root), account, command, sweep=sweep):
         stop = anyio.CancelScope()
         error: BaseException | None = None
         try:
             async with anyio.create_task_group() as watcher:
-                await watcher.start(_cancel_on_signal, stop)
+                if stop_requested is None:
+                    await watcher.start(_cancel_on_signal, stop)
+                else:
+                    watcher.start_soon(_cancel_on_event, stop, stop_requested)
                 try:
                     report = await _run_locked(config, command, lake, store, stop,
                                                progress=progress, backoff_base=backoff_base,
-                                               allow_mass_delete=allow_mass_delete)
+                                               allow_mass_delete=allow_mass_delete, session=session)
                 finally:
                     watcher.cancel_scope.cancel()
         except BaseExceptionGroup as group:
@@ -125,13 +139,14 @@ async def run_harvest(
 async def _run_locked(
     config: Config, command: str, lake: Lake, store: StateStore, stop: anyio.CancelScope,
     *, progress: ProgressFactory | None, backoff_base: float, allow_mass_delete: bool,
+    session: aiohttp.ClientSession | None = None,
 ) -> RunReport:
     """Authenticate and harvest inside ``stop``; then record the run, interrupted or not."""
     stats = RequestStats()
     started = time.time()
     run_id = uuid.uuid4().hex[:12]
     harvest: Harvest | None = None
-    async with open_api(config, stats, backoff_base=backoff_base) as api:
+    async with open_api(config, stats, backoff_base=backoff_base, session=session) as api:
         sink: AbstractContextManager[ProgressHook | None] = (
             progress(stats) if progress is not None else nullcontext(None)
         )
@@ -197,6 +212,12 @@ async def _cancel_on_signal(
                         signal.Signals(signum).name)
             scope.cancel()
             return
+
+
+async def _cancel_on_event(scope: anyio.CancelScope, event: anyio.Event) -> None:
+    """Cancel ``scope`` once ``event`` is set (by a watcher shared with other accounts' runs)."""
+    await event.wait()
+    scope.cancel()
 
 
 def _update_state(state: AccountState, harvest: Harvest, command: str) -> None:

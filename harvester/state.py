@@ -1,6 +1,6 @@
 """The harvester's own state under ``<root>/_harvester/``: nothing a table reads.
 
-    _harvester/lock                      RunLock: flock'ed by the running harvest; names holder
+    _harvester/lock, _harvester/locks/   the run locks: storage/lease.py's
     _harvester/state/<user_id>.json      AccountState: watermark, daily snapshots, failures, resume
     _harvester/failures/<user_id>.json   the items the last run could not fetch, for people to read
     _harvester/runs/<UTC stamp>-<run_id>.json   one manifest per run
@@ -11,20 +11,16 @@ in directories of mode 0700: state can name the account and its history.
 
 from __future__ import annotations
 
-import fcntl
-import os
 import re
-import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import TypedDict, TypeVar
 
 import orjson
 
-from harvester.errors import LockedError, StateError
+from harvester.errors import StateError
 from harvester.files import atomic_write
 
 STATE_DIR = "_harvester"
@@ -237,76 +233,7 @@ class StateStore:
             raise StateError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
-class RunLock:
-    """The lake's run lock: an ``flock`` on ``_harvester/lock``, freed by the kernel on death.
-
-    The file is never deleted (deleting a flock'ed file lets two runs lock two
-    different inodes); the holder's pid, host, command and start time are written
-    into it only to name the holder in the refusal message.
-    """
-
-    def __init__(self, root: Path, command: str) -> None:
-        self.root = Path(root)
-        self.path = self.root / STATE_DIR / "lock"
-        self.command = command
-        self._fd: int | None = None
-
-    def __enter__(self) -> RunLock:
-        try:
-            _private_dirs(self.root / STATE_DIR, self.path.parent)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-        except OSError as exc:
-            raise StateError(f"cannot open lock file {self.path}: {exc.strerror or exc}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _describe_holder(fd)
-            os.close(fd)
-            raise LockedError(
-                f"the lake at {self.root} is in use by another run ({holder}); "
-                "wait for it to finish"
-            ) from None
-        except OSError as exc:
-            os.close(fd)
-            raise StateError(f"cannot lock {self.path}: {exc.strerror or exc}") from None
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
-                "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, orjson.dumps(info) + b"\n", 0)
-        except OSError as exc:
-            os.close(fd)  # closing the last descriptor releases the flock
-            raise StateError(f"cannot write lock file {self.path}: {exc.strerror or exc}") from None
-        self._fd = fd
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        fd, self._fd = self._fd, None
-        if fd is None:
-            return
-        try:
-            os.ftruncate(fd, 0)  # no stale holder info for the next reader
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
-
-
 # -- helpers -------------------------------------------------------------------
-
-
-def _describe_holder(fd: int) -> str:
-    """``pid N on host H, `command`, since T`` from the lock file, as far as it says."""
-    try:
-        info = orjson.loads(os.pread(fd, 4096, 0))
-    except (OSError, orjson.JSONDecodeError):
-        info = None
-    if not isinstance(info, dict):
-        return "a process that has not yet written its details"  # it is between lock and write
-    return (f"pid {info.get('pid', '?')} on host {info.get('host', '?')}, "
-            f"`{info.get('command', '?')}`, since {info.get('started_at', '?')}")
 
 
 def _check_user_id(user_id: str) -> str:

@@ -23,7 +23,8 @@ from aiohttp import web
 
 from harvester import cli
 from harvester.run import run_harvest
-from harvester.state import RunLock
+from harvester.storage import LocalStorage
+from harvester.storage.lease import run_lock
 from tests.conftest import MakeEmulator
 from tests.harness import PASSWORD, USERNAME, cli_env, harvest_config, run_cli_async, write_config
 from tests.test_cli import assert_one_line_error
@@ -96,21 +97,23 @@ def test_output_root_under_a_file_exits_2(tmp_path: Path, capsys: pytest.Capture
     assert blocker.read_text(encoding="utf-8") == "not a directory\n"
 
 
-async def test_lake_locked_by_another_run_exits_2_and_leaves_it_alone(
+async def test_account_locked_by_another_run_exits_75_and_leaves_the_lake_alone(
         make_emulator: MakeEmulator, tmp_path: Path) -> None:
-    """A second run on a locked lake refuses at once, naming the holder; nothing changes."""
+    """A second run of the account refuses at once (exit 75: try later), naming the holder; nothing changes."""
     emulator = await make_emulator(workouts=10)
     config = write_config(tmp_path, emulator.url)
     await run_harvest(harvest_config(emulator.url, tmp_path), "backfill")
     before = lake_digest(tmp_path / "lake")
-    with RunLock(tmp_path / "lake", "backfill"):
+    async with run_lock(LocalStorage(tmp_path / "lake"), "default", "backfill"):
         done = await run_cli_async(["refresh", "--config", str(config), "--no-progress"],
                                    cli_env(tmp_path))
-    assert done.returncode == 2, done.stderr
+    assert done.returncode == 75, done.stderr
     assert_one_line_error(done.stderr, "backfill", str(os.getpid()))
-    after = lake_digest(tmp_path / "lake")
-    assert {k: v for k, v in after.items() if k != "_harvester/lock"} == {
-        k: v for k, v in before.items() if k != "_harvester/lock"}
+
+    def unlocked(digest: dict[str, str]) -> dict[str, str]:
+        return {k: v for k, v in digest.items() if not k.startswith("_harvester/lock")}
+
+    assert unlocked(lake_digest(tmp_path / "lake")) == unlocked(before)
 
 
 @pytest.mark.parametrize(

@@ -26,7 +26,7 @@ def detail_requests(emulator: Any) -> int:
 
 def lock_holder(root: Path) -> dict[str, Any] | None:
     try:
-        info = orjson.loads((root / "_harvester" / "lock").read_bytes())
+        info = orjson.loads((root / "_harvester" / "locks" / "default.lock").read_bytes())
     except (FileNotFoundError, orjson.JSONDecodeError):
         return None
     return info if isinstance(info, dict) else None
@@ -100,7 +100,7 @@ async def test_sigterm_during_authentication_exits_130_within_5_s(tmp_path: Path
 async def test_second_run_is_refused_naming_the_first_and_a_killed_holder_never_blocks(
     make_emulator: Any, tmp_path: Path
 ) -> None:
-    """While a run holds the lake a second exits 2 naming its pid; after SIGKILL the next run proceeds."""
+    """While a run holds the lake a second exits 75 (SPEC: try later) naming its pid; after SIGKILL the next proceeds."""
     emulator = await make_emulator(workouts=200, latency_ms=20.0)
     config = write_config(tmp_path, emulator.url, harvest={"concurrency": 2})
     env = cli_env(tmp_path)
@@ -112,7 +112,7 @@ async def test_second_run_is_refused_naming_the_first_and_a_killed_holder_never_
     assert holder is not None and holder["pid"] == first.pid
 
     second = await run_cli_async(["refresh", "--config", str(config), "--no-progress"], env)
-    assert second.returncode == 2, second.stderr
+    assert second.returncode == 75, second.stderr
     lines = [line for line in second.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, second.stderr
     assert "in use by another run" in lines[0] and f"pid {first.pid}" in lines[0]

@@ -22,8 +22,10 @@ ALLOWED: dict[str, set[str]] = {
     "heal": {"errors", "lake"},
     "reconcile": {"heal", "lake"},
     "pipeline": {"errors", "config", "client", "api", "lake", "state", "heal", "reconcile"},
-    "run": {"errors", "config", "client", "api", "auth", "lake", "state", "pipeline", "__init__"},
+    "run": {"errors", "config", "client", "api", "auth", "lake", "state", "pipeline", "storage",
+            "__init__"},
     "verify": {"api", "config", "heal", "lake", "state", "run"},
+    "accounts": {"errors", "config", "client", "api", "run", "storage"},
 }
 
 
@@ -65,6 +67,13 @@ def test_universal_login_knowledge_stays_in_one_file() -> None:
     for path in (PACKAGE / "auth").glob("*.py"):
         holds = any(m in path.read_text(encoding="utf-8") for m in markers)
         assert holds == (path.name == "universal.py"), path.name
+
+
+def test_storage_stands_below_lake_and_state() -> None:
+    """storage/ imports only errors, files, config and itself: lake and state will stand on it."""
+    for path in (PACKAGE / "storage").glob("*.py"):
+        extra = harvester_imports(path) - {"errors", "files", "config", "storage"}
+        assert not extra, f"storage/{path.name} imports {sorted(extra)}"
 
 
 def test_emulator_imports_nothing_from_the_harvester() -> None:

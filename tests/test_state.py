@@ -1,4 +1,4 @@
-"""State, failures, manifests and the run lock under <root>/_harvester."""
+"""State, failures, manifests and the run lock (storage/lease.py, local) under <root>/_harvester."""
 
 from __future__ import annotations
 
@@ -15,20 +15,14 @@ import orjson
 import pytest
 
 from harvester.errors import LockedError, StateError
-from harvester.state import AccountState, FailedItem, RunLock, StateStore
+from harvester.state import AccountState, FailedItem, StateStore
+from harvester.storage import LocalStorage
+from harvester.storage.lease import run_lock
 
 USER = "ac6b497fc71d48fbb844366ccfa5921f"
 OTHER = "0123456789abcdef0123456789abcdef"
 T0 = 1_709_287_200.0  # 2024-03-01T10:00:00Z
 
-HOLDER = """
-import sys
-from pathlib import Path
-from harvester.state import RunLock
-with RunLock(Path(sys.argv[1]), "backfill"):
-    print("locked", flush=True)
-    sys.stdin.read()
-"""
 
 
 def mode(path: Path) -> int:
@@ -47,13 +41,13 @@ def full_state() -> AccountState:
 
 @contextmanager
 def lock_holder(root: Path) -> Iterator[subprocess.Popen[str]]:
-    """A separate python process holding the lake's lock until its stdin closes."""
+    """A separate python process holding account 'default''s run lock until its stdin closes."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(root)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "tests.lease_holder", str(root), "default", "60"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "locked"
+        assert proc.stdout.readline().strip() == "held"
         yield proc
     finally:
         if proc.poll() is None:
@@ -79,19 +73,20 @@ def test_state_round_trips_every_field(tmp_path: Path) -> None:
     assert store.accounts() == [USER]
 
 
-def test_state_files_are_0600_in_0700_dirs(tmp_path: Path) -> None:
-    """State, failures, manifests and the lock are private to the user."""
+async def test_state_files_are_0600_in_0700_dirs(tmp_path: Path) -> None:
+    """State, failures, manifests and the locks are private to the user."""
     store = StateStore(tmp_path, now=lambda: T0)
     store.save(full_state())
     store.write_failures(USER, full_state().failures)
     manifest = store.write_manifest({"run_id": "abc123", "user_id": USER})
-    with RunLock(tmp_path, "refresh"):
+    async with run_lock(LocalStorage(tmp_path), "default", "refresh"):
         pass
     base = tmp_path / "_harvester"
     files = [base / "state" / f"{USER}.json", base / "failures" / f"{USER}.json", manifest,
-             base / "lock"]
-    assert [mode(p) for p in files] == [0o600] * 4
-    assert {mode(d) for d in (base, base / "state", base / "failures", base / "runs")} == {0o700}
+             base / "lock", base / "locks" / "default.lock"]
+    assert [mode(p) for p in files] == [0o600] * 5
+    dirs = (base, base / "state", base / "failures", base / "runs", base / "locks")
+    assert {mode(d) for d in dirs} == {0o700}
 
 
 def test_unreadable_state_raises_state_error_naming_the_file(tmp_path: Path) -> None:
@@ -181,31 +176,37 @@ def test_state_temp_files_are_cleaned(tmp_path: Path) -> None:
 # -- the run lock ---------------------------------------------------------------
 
 
-def test_lock_held_by_another_process_is_refused_naming_it(tmp_path: Path) -> None:
-    """A second run gets LockedError naming the holder's pid and command."""
+async def test_lock_held_by_another_process_is_refused_naming_it(tmp_path: Path) -> None:
+    """A second run of the account gets LockedError (exit 75) naming the holder's pid and command."""
     with lock_holder(tmp_path) as holder, pytest.raises(LockedError) as info:
-        RunLock(tmp_path, "refresh").__enter__()
+        async with run_lock(LocalStorage(tmp_path), "default", "refresh"):
+            pass
     message = str(info.value)
     assert f"pid {holder.pid}" in message
     assert "`backfill`" in message
     assert str(tmp_path) in message
-    assert "\n" not in message
+    assert "\n" not in message and info.value.exit_code == 75
 
 
-def test_lock_of_a_sigkilled_holder_is_free(tmp_path: Path) -> None:
+async def test_lock_of_a_sigkilled_holder_is_free(tmp_path: Path) -> None:
     """The kernel frees the flock when its holder dies, even by SIGKILL."""
     with lock_holder(tmp_path) as holder:
         os.kill(holder.pid, signal.SIGKILL)
         holder.wait()
-    assert (tmp_path / "_harvester" / "lock").exists()
-    with RunLock(tmp_path, "refresh") as lock:
-        assert lock.path.exists()
-
-
-def test_lock_is_released_on_exit_and_refused_while_held(tmp_path: Path) -> None:
-    """Within one process a held lock refuses a second holder; after exit it is free again."""
-    with RunLock(tmp_path, "backfill"), pytest.raises(LockedError, match=f"pid {os.getpid()}"):
-        RunLock(tmp_path, "refresh").__enter__()
-    with RunLock(tmp_path, "refresh"):
+    assert (tmp_path / "_harvester" / "locks" / "default.lock").exists()
+    async with run_lock(LocalStorage(tmp_path), "default", "refresh"):
         pass
-    assert (tmp_path / "_harvester" / "lock").read_bytes() == b""
+
+
+async def test_lock_is_released_on_exit_and_refused_while_held(tmp_path: Path) -> None:
+    """Within one process a held lock refuses a second holder; after exit it is free again."""
+    storage = LocalStorage(tmp_path)
+    async with run_lock(storage, "default", "backfill"):
+        with pytest.raises(LockedError, match=f"pid {os.getpid()}"):
+            async with run_lock(storage, "default", "refresh"):
+                pass
+        async with run_lock(storage, "other", "refresh"):  # another account: side by side
+            pass
+    async with run_lock(storage, "default", "refresh"):
+        pass
+    assert (tmp_path / "_harvester" / "locks" / "default.lock").read_bytes() == b""

@@ -95,17 +95,21 @@ class Account:
         quirks: frozenset[str] = frozenset(),
         in_progress: bool = False,
         anchor: int = DEFAULT_ANCHOR,
+        shared: Account | None = None,
     ) -> None:
         self._rng = random.Random(seed)
         rng = self._rng
         self.username = username
         self.user_id = hex_id(rng)
         self.member_since = anchor - 6 * 365 * DAY
-        self.instructors: list[Instructor] = make_instructors(rng)
+        if shared is None:
+            self.instructors: list[Instructor] = make_instructors(rng)
+            self.rides: dict[str, Ride] = {}  # class rides with /details
+            self._pool: dict[str, list[Ride]] = {d.slug: [] for d in DISCIPLINES}
+        else:  # another member of the same service: the same instructors and class library
+            self.instructors, self.rides, self._pool = shared.instructors, shared.rides, shared._pool
         self.instructors_by_id = {i.id: i for i in self.instructors}
-        self.rides: dict[str, Ride] = {}  # class rides with /details
         self.gym_rides: dict[str, Ride] = {}
-        self._pool: dict[str, list[Ride]] = {d.slug: [] for d in DISCIPLINES}
         self._home = ZONES[seed % len(ZONES)]
         self.workouts: list[Workout] = self._history(workouts, anchor)
         self._ensure_variety()

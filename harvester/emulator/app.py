@@ -12,7 +12,7 @@ from harvester.emulator import admin, universal
 from harvester.emulator.account import Account
 from harvester.emulator.catalog import instructor_json, metadata_mappings, ride_json
 from harvester.emulator.middleware import misbehave
-from harvester.emulator.oauth import credentials_match, read_body, token
+from harvester.emulator.oauth import read_body, token
 from harvester.emulator.render import (
     instructor_page,
     me,
@@ -94,18 +94,24 @@ def cached(state: EmulatorState, key: CacheKey, build: Callable[[], Any]) -> web
     return body_response(body)
 
 
-def is_authed(request: web.Request, state: EmulatorState) -> bool:
+ACCOUNT: web.RequestKey[Account] = web.RequestKey("emulator_account", Account)
+
+
+def authed_account(request: web.Request, state: EmulatorState) -> Account | None:
+    """The member a request's bearer token or session cookie belongs to, or None."""
     auth = request.headers.get("Authorization", "")
     if auth[:7].lower() == "bearer ":
-        return state.tokens.check_bearer(auth[7:].strip(), state.now())
+        return state.bearer_account(auth[7:].strip())
     session = request.cookies.get(SESSION_COOKIE)
-    return session is not None and session in state.tokens.sessions
+    return state.session_account(session) if session is not None else None
 
 
 def privileged(handler: Handler) -> Handler:
     async def checked(request: web.Request) -> web.StreamResponse:
-        if not is_authed(request, request.app[STATE]):
+        account = authed_account(request, request.app[STATE])
+        if account is None:
             return json_response(NOT_LOGGED_IN, 401)
+        request[ACCOUNT] = account
         return await handler(request)
 
     return checked
@@ -137,12 +143,13 @@ async def login(request: web.Request) -> web.StreamResponse:
     if state.settings.legacy_login == "gone":
         return json_response(LOGIN_GONE, 403)
     body = await read_body(request) or {}
-    if not credentials_match(state.settings, body.get("username_or_email"), body.get("password")):
+    index = state.account_index(body.get("username_or_email"), body.get("password"))
+    if index is None:
         return json_response(LOGIN_FAILED, 401)
     state.stats.logins += 1
-    session = state.tokens.open_session()
+    session = state.issuers[index].open_session()
     response = json_response(
-        {"session_id": session, "user_id": state.account.user_id, "pubsub_session": {}}
+        {"session_id": session, "user_id": state.accounts[index].user_id, "pubsub_session": {}}
     )
     response.set_cookie(SESSION_COOKIE, session, httponly=True, path="/")
     return response
@@ -153,37 +160,39 @@ async def login(request: web.Request) -> web.StreamResponse:
 
 @privileged
 async def get_me(request: web.Request) -> web.StreamResponse:
-    state = request.app[STATE]
-    return cached(state, ("me", state.account.generation), lambda: me(state.account))
+    state, account = request.app[STATE], request[ACCOUNT]
+    return cached(state, ("me", account.user_id, account.generation), lambda: me(account))
 
 
-def own_user(request: web.Request, state: EmulatorState) -> bool:
+def own_user(request: web.Request, account: Account) -> bool:
     uid = request.match_info["id"]
-    return uid in (state.account.user_id, state.account.username.split("@")[0])
+    return uid in (account.user_id, account.username.split("@")[0])
 
 
 @privileged
 async def get_user(request: web.Request) -> web.StreamResponse:
-    state = request.app[STATE]
-    if not own_user(request, state):
+    state, account = request.app[STATE], request[ACCOUNT]
+    if not own_user(request, account):
         return not_found("User")
-    return cached(state, ("user", state.account.generation), lambda: public_profile(state.account))
+    return cached(state, ("user", account.user_id, account.generation),
+                  lambda: public_profile(account))
 
 
 @privileged
 async def get_overview(request: web.Request) -> web.StreamResponse:
-    state = request.app[STATE]
+    state, account = request.app[STATE], request[ACCOUNT]
     if request.headers.get("Peloton-Platform", "").lower() != "web":
         return json_response(PLATFORM_REQUIRED, 403)
-    if request.match_info["id"] != state.account.user_id:
+    if request.match_info["id"] != account.user_id:
         return not_found("User")
-    return cached(state, ("overview", state.account.generation), lambda: overview(state.account))
+    return cached(state, ("overview", account.user_id, account.generation),
+                  lambda: overview(account))
 
 
 @privileged
 async def list_workouts(request: web.Request) -> web.StreamResponse:
-    state = request.app[STATE]
-    if request.match_info["id"] != state.account.user_id:
+    state, account = request.app[STATE], request[ACCOUNT]
+    if request.match_info["id"] != account.user_id:
         return not_found("User")
     params = page_params(request)
     if params is None:
@@ -191,10 +200,10 @@ async def list_workouts(request: web.Request) -> web.StreamResponse:
     state.note_list_request()
     page, limit = params
     joins = frozenset(j.strip() for j in request.query.get("joins", "").split(",") if j.strip())
-    account, extra = state.account, state.settings.extra_field
+    extra = state.settings.extra_field
 
     def build() -> Any:
-        return page_envelope(account, page, limit, joins, extra, state.summary())
+        return page_envelope(account, page, limit, joins, extra, state.summary(account))
 
     fault = state.take_page_fault(page)
     if fault is not None:
@@ -203,27 +212,30 @@ async def list_workouts(request: web.Request) -> web.StreamResponse:
     live = any(w.end_time is None for w in account.workouts[page * limit : (page + 1) * limit])
     if live:  # an in-progress workout changes under the client: never cache it
         return json_response(build())
-    return cached(state, ("workouts", account.generation, page, limit, joins, extra), build)
+    key = ("workouts", account.user_id, account.generation, page, limit, joins, extra)
+    return cached(state, key, build)
 
 
 @privileged
 async def get_workout(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
-    w = state.account.by_id.get(request.match_info["id"])
-    if w is None:
+    found = state.find_workout(request.match_info["id"])
+    if found is None:
         return not_found("Workout")
+    owner, w = found
     extra = state.settings.extra_field
     if w.end_time is None:
-        return json_response(workout_detail(state.account, w, extra))
-    return cached(state, ("workout", w.id, extra), lambda: workout_detail(state.account, w, extra))
+        return json_response(workout_detail(owner, w, extra))
+    return cached(state, ("workout", w.id, extra), lambda: workout_detail(owner, w, extra))
 
 
 @privileged
 async def get_graph(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
-    w = state.account.by_id.get(request.match_info["id"])
-    if w is None:
+    found = state.find_workout(request.match_info["id"])
+    if found is None:
         return not_found("Workout")
+    owner, w = found
     every_n = int_param(request, "every_n", DEFAULT_EVERY_N)
     if every_n is None:
         return bad_request("Invalid every_n")
@@ -232,11 +244,11 @@ async def get_graph(request: web.Request) -> web.StreamResponse:
         w.kind == "outdoor" and request.headers.get("Peloton-Platform", "").lower() == "web"
     )
     if w.end_time is None:
-        return json_response(performance_graph(state.account, w, every_n, web_platform))
+        return json_response(performance_graph(owner, w, every_n, web_platform))
     return cached(
         state,
         ("graph", w.id, every_n, web_platform),
-        lambda: performance_graph(state.account, w, every_n, web_platform),
+        lambda: performance_graph(owner, w, every_n, web_platform),
     )
 
 

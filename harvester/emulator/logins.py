@@ -35,6 +35,7 @@ class Transaction:
     orca_did: str = field(default_factory=lambda: secrets.token_urlsafe(12))  # auth-orca's `did`
     wresult: str | None = None  # the form's signed result, until posted back
     authenticated: bool = False
+    account: int = 0  # which member (--accounts) signed in
     orca_done: bool = False
 
 

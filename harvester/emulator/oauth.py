@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from harvester.emulator.settings import CLIENTS, WEB_CLIENT_ID, EmulatorSettings
+from harvester.emulator.settings import CLIENTS, WEB_CLIENT_ID
 from harvester.emulator.state import STATE, EmulatorState
 
 STALL_POLL_S = 0.01
@@ -37,14 +37,6 @@ async def read_body(request: web.Request) -> dict[str, Any] | None:
         return data if isinstance(data, dict) else None
     form = await request.post()
     return {k: str(v) for k, v in form.items()}
-
-
-def credentials_match(settings: EmulatorSettings, username: object, password: object) -> bool:
-    return (
-        isinstance(username, str)
-        and username.lower() == settings.username.lower()
-        and password == settings.password
-    )
 
 
 async def token(request: web.Request) -> web.StreamResponse:
@@ -76,19 +68,22 @@ async def token(request: web.Request) -> web.StreamResponse:
 def password_grant(state: EmulatorState, client_id: str, body: dict[str, Any]) -> web.Response:
     if client_id not in state.settings.password_clients:
         return json_response(NO_PASSWORD_GRANT, 403)
-    if not credentials_match(state.settings, body.get("username"), body.get("password")):
+    index = state.account_index(body.get("username"), body.get("password"))
+    if index is None:
         return json_response(BAD_GRANT, 403)
     state.stats.token_grants["password"] += 1
     return json_response(
-        state.tokens.grant(state.now(), state.settings.token_ttl, client_id, scope_of(client_id))
+        state.issuers[index].grant(state.now(), state.settings.token_ttl, client_id,
+                                   scope_of(client_id))
     )
 
 
 async def refresh_grant(request: web.Request, client_id: str,
                         body: dict[str, Any]) -> web.Response:
     state = request.app[STATE]
-    outcome = state.tokens.refresh(
-        str(body.get("refresh_token", "")), client_id, state.now(), state.settings.token_ttl
+    token = str(body.get("refresh_token", ""))
+    outcome = state.refresh_issuer(token).refresh(
+        token, client_id, state.now(), state.settings.token_ttl
     )
     if outcome.reused:
         state.stats.refresh_reused += 1
@@ -126,7 +121,7 @@ def code_grant(state: EmulatorState, client_id: str, body: dict[str, Any]) -> we
         return json_response(BAD_CODE, 403)
     state.stats.token_grants["authorization_code"] += 1
     return json_response(
-        state.tokens.grant(state.now(), state.settings.token_ttl, client_id, txn.scope)
+        state.issuers[txn.account].grant(state.now(), state.settings.token_ttl, client_id, txn.scope)
     )
 
 

@@ -49,6 +49,9 @@ RUNTIME_KNOBS = frozenset(
 )
 
 
+MAX_ACCOUNTS = 1000
+
+
 class SettingsError(ValueError):
     """A knob was given a value the emulator cannot honour."""
 
@@ -74,6 +77,7 @@ class EmulatorSettings:
     arrive_every: int | None = None
     extra_field: bool = False
     quirks: frozenset[str] = field(default_factory=frozenset)
+    accounts: int = 1  # members served; see logins()
     # Universal Login (PELOTON_API.md 1a)
     verification: bool = False  # the account must verify (MFA): no headless sign-in
     anomalies: int = 0  # the next N credential posts answer 403 AnomalyDetected
@@ -86,6 +90,7 @@ class EmulatorSettings:
 
     def __post_init__(self) -> None:
         _check(self.workouts >= 0, "workouts must be >= 0")
+        _check(1 <= self.accounts <= MAX_ACCOUNTS, f"accounts must be between 1 and {MAX_ACCOUNTS}")
         _check(self.faults in FAULT_PROFILES, f"faults must be one of {FAULT_PROFILES}")
         _check(
             self.rate_limit_style in RATE_LIMIT_STYLES,
@@ -103,6 +108,13 @@ class EmulatorSettings:
         _check(not unknown_clients, f"password_clients must be among {CLIENTS}")
         unknown = set(self.quirks) - QUIRKS
         _check(not unknown, f"unknown quirks {sorted(unknown)}; known: {sorted(QUIRKS)}")
+
+    def logins(self) -> list[tuple[str, str]]:
+        """(username, password) of each account: the first is --username/--password,
+        account k (2, 3, ...) is ``user<k>@example.com`` / ``pass<k>``."""
+        return [(self.username, self.password)] + [
+            (f"user{k}@example.com", f"pass{k}") for k in range(2, self.accounts + 1)
+        ]
 
     @property
     def burst(self) -> float:
@@ -155,6 +167,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"login name of the synthetic account (default {d.username})",
     )
     add("--password", default=d.password, help=f"its password (default {d.password})")
+    add(
+        "--accounts",
+        type=int,
+        default=d.accounts,
+        help="members served, sharing classes and instructors: the first logs in with "
+        "--username/--password, account K (2, 3, ...) with userK@example.com / passK; "
+        "each has --workouts workouts (default 1)",
+    )
     add(
         "--latency-ms", type=float, default=d.latency_ms, help="fixed delay per request (default 0)"
     )
@@ -252,6 +272,7 @@ def settings_from_args(ns: argparse.Namespace) -> tuple[EmulatorSettings, str, i
         arrive_every=ns.arrive_every,
         extra_field=ns.extra_field,
         quirks=parse_quirks(ns.quirks),
+        accounts=ns.accounts,
         verification=ns.verification,
         anomalies=ns.anomalies,
         missing_csrf=ns.missing_csrf,

@@ -61,7 +61,13 @@ class EmulatorState:
             settings.quirks,
             settings.in_progress,
         )
+        # The other members (--accounts): own histories, the first one's instructors and classes.
+        self.accounts = [self.account] + [
+            Account(settings.workouts, settings.seed ^ (k * 0x9E3779B1), username, shared=self.account)
+            for k, (username, _) in enumerate(settings.logins()[1:], start=1)
+        ]
         self.tokens = TokenIssuer(self.account.user_id)
+        self.issuers = [self.tokens] + [TokenIssuer(a.user_id) for a in self.accounts[1:]]
         self.login = LoginState()
         self.orca_url = ""  # the second listener's base URL once started; "" skips that hop
         self.stats = Stats(time.monotonic())
@@ -93,11 +99,49 @@ class EmulatorState:
         s = self.settings
         self.bucket = TokenBucket(s.rate_limit, s.burst, time.monotonic()) if s.rate_limit else None
 
-    def summary(self) -> dict[str, int]:
-        generation = self.account.generation
+    def summary(self, account: Account | None = None) -> dict[str, int]:
+        account = account or self.account
+        if account is not self.account:  # other members: small, rendered each time
+            return month_summary(account)
+        generation = account.generation
         if self._summary is None or self._summary[0] != generation:
-            self._summary = (generation, month_summary(self.account))
+            self._summary = (generation, month_summary(account))
         return self._summary[1]
+
+    def account_index(self, username: object, password: object) -> int | None:
+        """The index of the member these credentials sign in as, or None."""
+        if not isinstance(username, str):
+            return None
+        for index, (name, secret) in enumerate(self.settings.logins()):
+            if username.lower() == name.lower() and password == secret:
+                return index
+        return None
+
+    def refresh_issuer(self, token: str) -> TokenIssuer:
+        """The issuer of the member a refresh token was granted to (the first if none was)."""
+        return next((i for i in self.issuers if token in i.refresh_tokens), self.tokens)
+
+    def bearer_account(self, token: str) -> Account | None:
+        """The account an unexpired bearer token was issued for, or None."""
+        now = self.now()
+        for issuer, account in zip(self.issuers, self.accounts, strict=True):
+            if issuer.check_bearer(token, now):
+                return account
+        return None
+
+    def session_account(self, session: str) -> Account | None:
+        for issuer, account in zip(self.issuers, self.accounts, strict=True):
+            if session in issuer.sessions:
+                return account
+        return None
+
+    def find_workout(self, workout_id: str) -> tuple[Account, Workout] | None:
+        """A workout of any member, with its owner (ids are global, as Peloton's are)."""
+        for account in self.accounts:
+            w = account.by_id.get(workout_id)
+            if w is not None:
+                return account, w
+        return None
 
     def note_list_request(self) -> None:
         """Count a list request; every `arrive_every`-th one brings a new workout."""

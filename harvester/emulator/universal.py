@@ -21,7 +21,7 @@ import orjson
 from aiohttp import web
 
 from harvester.emulator.logins import Transaction
-from harvester.emulator.oauth import credentials_match, json_response, scope_of
+from harvester.emulator.oauth import json_response, scope_of
 from harvester.emulator.settings import WEB_CLIENT_ID
 from harvester.emulator.state import STATE, EmulatorState
 
@@ -148,14 +148,16 @@ def password_outcome(request: web.Request, state: EmulatorState, txn: Transactio
     login, settings = state.login, state.settings
     if login.failures >= settings.lockout_after:
         return json_response(TOO_MANY, 429)
-    if not credentials_match(settings, body.get("username"), body.get("password")):
+    index = state.account_index(body.get("username"), body.get("password"))
+    if index is None:
         login.failures += 1
         return json_response(WRONG_PASSWORD, 401)
     login.failures = 0
     if settings.verification:
         return web.Response(text=VERIFY_PAGE, content_type="text/html")
     state.stats.universal_logins += 1
-    txn.wresult = state.tokens.sign({"sub": state.account.user_id, "tx": txn.id,
+    txn.account = index
+    txn.wresult = state.tokens.sign({"sub": state.accounts[index].user_id, "tx": txn.id,
                                      "jti": secrets.token_hex(8), "iat": int(state.now())})
     wctx = orjson.dumps({"strategy": "auth0", "auth0Client": "", "tenant": TENANT,
                          "connection": CONNECTION, "client_id": txn.client_id,

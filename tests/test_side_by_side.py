@@ -1,0 +1,81 @@
+"""Runs of different accounts on one local lake proceed side by side; a second run of one account is refused."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from harvester.lake import Lake
+from tests.harness import PASSWORD, USERNAME, cli_env, run_cli_async, write_config
+from tests.procs import start_cli, wait_until, whole_files
+
+STAMP = "2026-11-30T00:00:00Z"
+
+
+def test_concurrent_commits_to_the_shared_instructors_file_lose_nothing(tmp_path: Path) -> None:
+    """Two accounts' commits merging instructors at once (separate Lake objects, threads): every id stays."""
+    users = ["a" * 32, "b" * 32]
+
+    def commit_many(index: int) -> None:
+        lake = Lake(tmp_path)
+        for n in range(40):
+            row = {"id": f"{index:x}{n:031x}", "name": f"i{index}-{n}", "_harvested_at": STAMP}
+            lake.commit(users[index], {"instructors": [row]})
+
+    threads = [threading.Thread(target=commit_many, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    lines = (tmp_path / "instructors" / "instructors.jsonl").read_bytes().splitlines()
+    assert len(lines) == 80 and len(set(lines)) == 80
+
+
+def accounts_config(tmp_path: Path, url: str) -> Path:
+    path = write_config(tmp_path, url, harvest={"concurrency": 2})
+    entries = "".join(
+        f'[[accounts]]\nname = "{name}"\nusername_env = "{name.upper()}_USER"\n'
+        f'password_env = "{name.upper()}_PASS"\ntoken_cache = "{tmp_path}/{name}.json"\n'
+        for name in ("alice", "bob")
+    )
+    path.write_text(path.read_text(encoding="utf-8") + "\n" + entries, encoding="utf-8")
+    return path
+
+
+async def test_two_accounts_harvest_one_lake_at_once(make_emulator: Any, tmp_path: Path) -> None:
+    """While alice's backfill runs, bob's runs to the end beside it, and a second alice run exits 75."""
+    emulator = await make_emulator(workouts=40, accounts=2, latency_ms=5.0)
+    config = accounts_config(tmp_path, emulator.url)
+    env = cli_env(tmp_path, ALICE_USER=USERNAME, ALICE_PASS=PASSWORD,
+                  BOB_USER="user2@example.com", BOB_PASS="pass2")
+    alice = await start_cli(["backfill", "--config", str(config), "--account", "alice", "--rps", "40",
+                             "--no-progress"], env, tmp_path / "logs", "alice")
+    alice_id, bob_id = (a.user_id for a in emulator.state.accounts)
+    await wait_until(lambda: any((tmp_path / "lake" / "workouts").glob(f"date=*/{alice_id}.jsonl")))
+    alice.process.send_signal(signal.SIGSTOP)  # mid-run, holding her lock, however loaded the machine
+    alice_running = alice.process.returncode is None
+    done: dict[str, subprocess.CompletedProcess[str]] = {}
+
+    async def run(name: str, args: list[str]) -> None:
+        done[name] = await run_cli_async(args, env)
+
+    async with anyio.create_task_group() as group:  # both while alice runs
+        group.start_soon(run, "again", ["refresh", "--config", str(config), "--account", "alice"])
+        group.start_soon(run, "bob", ["backfill", "--config", str(config), "--account", "bob",
+                                      "--no-progress"])
+    again, bob = done["again"], done["bob"]
+    alice.process.send_signal(signal.SIGCONT)
+    assert again.returncode == 75 and "account alice" in again.stderr, again.stderr
+    assert bob.returncode == 0, bob.stderr
+    assert await alice.wait() == 0, alice.stderr()
+    assert alice_running, "alice finished before bob ran: the test proved nothing"
+    for user_id in (alice_id, bob_id):
+        rows = sum(p.read_bytes().count(b"\n")
+                   for p in (tmp_path / "lake" / "workouts").glob(f"date=*/{user_id}.jsonl"))
+        assert rows == 40
+    assert whole_files(tmp_path / "lake") == []
