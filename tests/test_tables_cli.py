@@ -108,3 +108,24 @@ async def test_source_deletes_and_moves_reach_the_tables(make_emulator: Any, tmp
     build_tables(root)
     fresh = pd.read_parquet(root / "tables" / "workouts").drop(columns="month")
     pd.testing.assert_frame_equal(fresh.sort_values("workout_id").reset_index(drop=True), incremental)
+
+
+async def test_two_accounts_share_one_mappings_row_and_one_set_of_tables(
+        make_emulator: Any, tmp_path: Path) -> None:
+    """Two accounts in one lake: one metadata_mappings row for the day, a `user` per profile,
+    and tables (built after the run) holding both accounts' workouts."""
+    from tests.test_accounts import members_config
+
+    emulator = await make_emulator(workouts=12, accounts=2)
+    path, env = members_config(tmp_path, emulator.url, 2)
+    path.write_text(path.read_text(encoding="utf-8").replace("[output]\n", "[output]\ntables = true\n"),
+                    encoding="utf-8")
+    done = await run_cli_async(["backfill", "--config", str(path), "--no-progress"], env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("tables: rebuilt ") == 1  # once, after both accounts
+    root = tmp_path / "lake"
+    assert len(lake_rows(root, "metadata_mappings")) == 1
+    users = {a.user_id for a in emulator.state.accounts}
+    assert {p["user"]["id"] for p in lake_rows(root, "profiles")} == users
+    workouts = pd.read_parquet(root / "tables" / "workouts")
+    assert workouts.groupby("user_id").size().to_dict() == {u: 12 for u in users}
