@@ -201,7 +201,7 @@ class Lake:
         removed = 0
         for dataset, directory in self._directories():
             names = set()
-            for entry in os.scandir(directory):
+            for entry in _scandir(directory):
                 if entry.is_file(follow_symlinks=False) and TEMP_NAME.fullmatch(entry.name):
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(entry.path)
@@ -287,7 +287,7 @@ class Lake:
         return [
             Path(entry.path)
             for _, directory in self._directories()
-            for entry in os.scandir(directory)
+            for entry in _scandir(directory)
             if entry.is_file(follow_symlinks=False) and TEMP_NAME.fullmatch(entry.name)
         ]
 
@@ -428,6 +428,17 @@ def _variants(directory: Path, stem: str, current: str) -> list[Path]:
             raise LakeError(f"cannot read lake file {path}: {exc.strerror or exc}") from None
         found.append((mtime, suffix == current, path))
     return [path for _, _, path in sorted(found)]
+
+
+def _scandir(directory: Path) -> list[os.DirEntry[str]]:
+    """The directory's entries; LakeError naming it when it cannot be read (permissions, I/O)."""
+    try:
+        with os.scandir(directory) as entries:
+            return list(entries)
+    except OSError as exc:
+        raise LakeError(
+            f"cannot read lake directory {directory}: {exc.strerror or exc}; fix its permissions "
+            "(the harvester needs to read and write every folder of the lake)") from None
 
 
 def _read(path: Path) -> bytes:
