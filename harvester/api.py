@@ -150,6 +150,15 @@ class PelotonApi:
             self._user_id = candidate
         return self._user_id
 
+    async def user(self, user_id: str) -> JsonObject:
+        """The public profile, ``/api/user/{id}``."""
+        uid = _require_id("a user", user_id)
+        return await self._get(f"/api/user/{uid}", "user")
+
+    async def metadata_mappings(self) -> JsonObject:
+        """What ``class_type_ids``, difficulty levels and device types mean."""
+        return await self._get("/api/ride/metadata_mappings", "metadata_mappings")
+
     async def sign_in(self, paste: Paste | None = None) -> str:
         """Sign in now (headless, or with a pasted browser callback), store it; the account id."""
         await self._auth.sign_in(paste)

@@ -91,6 +91,13 @@ COMMANDS: dict[str, Command] = {
         "run and the last attempt (failed ones too), rows per dataset, items to retry, "
         "workouts in progress and classes without details. Exit 2 if the lake does not exist.",
         ("config", "out", "json", "log-format", "verbose")),
+    "tables": Command(
+        "(re)build the typed Parquet tables under <root>/tables/ (only what changed)",
+        "Derive typed Parquet tables (workouts, workout_metrics, classes, instructors, "
+        "class_types, deletions) from the raw lake under <root>/tables/, one explicit schema "
+        "per table; only partitions whose raw files changed since the last build are rebuilt. "
+        "Deleting tables/ loses nothing: the next build makes them again.",
+        ("config", "out", "quiet", "log-format", "verbose")),
     "demo": Command(
         "backfill a synthetic account from the bundled emulator (no account, no network)",
         "Start the bundled emulator on loopback, backfill its synthetic account into "
@@ -353,7 +360,13 @@ async def _dispatch(args: argparse.Namespace, config: Config, console: Console) 
         failed = failure_line(outcomes)
         if failed is not None:
             console.error(failed)
-        return exit_code(outcomes)
+        code = exit_code(outcomes)
+        if config.output.tables and code in (0, 3):  # the lake is consistent, if incomplete
+            await build_tables(config, console)
+        return code
+    if command == "tables":
+        await build_tables(config, console)
+        return 0
     if command == "verify":
         from harvester.verify import verify
 
@@ -373,9 +386,29 @@ async def _dispatch(args: argparse.Namespace, config: Config, console: Console) 
     if command == "demo":
         from harvester.demo import run_demo
 
+        async def tables_and_recipe(demo: Config) -> None:
+            from harvester.tables.recipes import format_monthly, monthly_output
+
+            await build_tables(demo, console)
+            console.result("Workouts and output per month, local time (README \"Typed tables\"):")
+            months = await anyio.to_thread.run_sync(monthly_output, demo.output.root_path, 6)
+            for line in format_monthly(months).splitlines():
+                console.result(f"  {line}")
+
         return await run_demo(config, console, workouts=args.workouts, seed=args.seed,
-                              progress=_progress_factory(args))
+                              progress=_progress_factory(args), tables=tables_and_recipe)
     raise ConfigError(f"unknown command {command!r}")
+
+
+async def build_tables(config: Config, console: Console) -> None:
+    """Rebuild what changed of the typed tables; one summary line."""
+    from harvester.tables import build_tables as build  # pyarrow: only the commands that build pay
+
+    root = config.output.root_path  # a folder: check_lake_root refused object-store roots
+    if not await anyio.Path(root).is_dir():
+        raise ConfigError(f"no lake at {root}: run backfill first, or pass --out")
+    report = await anyio.to_thread.run_sync(build, root)
+    console.result(report.summary(), fields={"event": "tables"})
 
 
 async def _paste_from_stdin(url: str) -> str:

@@ -32,7 +32,8 @@ DEFAULT_TOKEN_DIR = "~/.cache/peloton-harvester"
 # whose password grant some still report working (PELOTON_API.md 1a, 1d).
 WEB_CLIENT_ID = "WVoJxVDdPoFx4RNewvvg6ch2mZ7bwnsM"
 LEGACY_CLIENT_ID = "mgsmWCD0A8Qn6uz6mmqI6qeBNHH9IPwS"
-ALL_DATASETS = ("workouts", "performance_graphs", "rides", "instructors", "profiles")
+ALL_DATASETS = ("workouts", "performance_graphs", "rides", "instructors", "profiles",
+                "metadata_mappings")
 AUTH_METHODS = ("login", "token", "password", "session")
 COMPRESSIONS = ("none", "gzip")
 DEFAULT_KEEP_RUNS = 200
@@ -92,6 +93,7 @@ class HarvestConfig:
 class OutputConfig:
     root: str = "./peloton-lake"
     compression: str = "none"
+    tables: bool = False  # rebuild the typed Parquet tables after each harvest
     keep_runs: int = DEFAULT_KEEP_RUNS
 
     @property

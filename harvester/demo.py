@@ -13,7 +13,7 @@ import json
 import shlex
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -55,7 +55,10 @@ def query_command(root: Path) -> str:
 async def run_demo(
     config: Config, console: Console, *, workouts: int, seed: int,
     progress: ProgressFactory | None = None,
+    tables: Callable[[Config], Awaitable[None]] | None = None,
 ) -> int:
+    """Emulator up, backfill, settle the in-progress workout, then ``tables`` (the typed
+    tables and one recipe: the CLI passes it, as this layer cannot import them)."""
     from harvester.emulator import Emulator, EmulatorSettings
 
     if workouts < 2:
@@ -88,6 +91,8 @@ async def run_demo(
         await emulator.stop()
     if report.exit_code == 0:
         root = demo_config.output.root_path.resolve()
+        if tables is not None:
+            await tables(demo_config)
         console.result("Try it with DuckDB (the Python package; the first line installs it):")
         console.result(f"  {shlex.quote(sys.executable)} -m pip install duckdb")
         console.result(f"  {query_command(root)}")

@@ -12,7 +12,8 @@ from harvester.errors import LakeError
 
 Row = dict[str, object]
 
-DATASETS = ("workouts", "performance_graphs", "rides", "instructors", "profiles", "deletions")
+DATASETS = ("workouts", "performance_graphs", "rides", "instructors", "profiles", "deletions",
+            "metadata_mappings")
 DEFAULT_RIDE_DATE = "1970-01-01"  # rides without an air time still get a real partition
 _KEY_FIELDS = {"workouts": "id", "performance_graphs": "workout_id", "rides": "ride_id",
                "instructors": "id", "deletions": "workout_id"}
@@ -28,9 +29,11 @@ _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 def primary_key(dataset: str, row: Row) -> str:
-    """The row's primary key: profiles are keyed by ``user_id|run date``."""
+    """The row's primary key: profiles by ``user_id|run date``, metadata_mappings by run date."""
     if dataset == "profiles":
         return f"{_text(dataset, row, 'user_id')}|{_iso_day(row, '_harvested_at')}"
+    if dataset == "metadata_mappings":
+        return _iso_day(row, "_harvested_at")
     field = _KEY_FIELDS.get(dataset)
     if field is None:
         raise LakeError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
@@ -52,7 +55,7 @@ def partition_date(dataset: str, row: Row) -> str | None:
         ride = row.get("ride")
         aired = ride.get("original_air_time") if isinstance(ride, dict) else None
         return utc_day(aired) or DEFAULT_RIDE_DATE
-    if dataset == "profiles":
+    if dataset in ("profiles", "metadata_mappings"):
         return _iso_day(row, "_harvested_at")
     if dataset == "instructors":
         return None

@@ -54,7 +54,8 @@ __all__ = ["DATASETS", "Lake", "Row", "check_user_id", "partition_date", "primar
 
 # Workouts last: a workout row in the lake implies its graph and ride were committed before it.
 # Deletions first: a workout removed from the lake is recorded as deleted before it goes.
-COMMIT_ORDER = ("deletions", "performance_graphs", "rides", "instructors", "profiles", "workouts")
+COMMIT_ORDER = ("deletions", "performance_graphs", "rides", "instructors", "profiles",
+                "metadata_mappings", "workouts")
 SUFFIXES = {"none": ".jsonl", "gzip": ".jsonl.gz"}
 STATE_DIR = "_harvester"
 DEFAULT_GZIP_LEVEL = 6
@@ -63,7 +64,7 @@ _UNPARTITIONED = frozenset({"instructors"})
 # Instructors are the same for every account: one shared file keeps each id once
 # in a lake that several accounts share; runs of different accounts may commit at
 # once, so its merge holds the directory's flock (_shared_files_lock).
-SHARED_FILES = {"instructors": "instructors"}
+SHARED_FILES = {"instructors": "instructors", "metadata_mappings": "metadata_mappings"}
 
 # -- the lake ------------------------------------------------------------------
 

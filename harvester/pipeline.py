@@ -16,9 +16,9 @@ Data flow of one run (``Harvest.run``):
  4. One writer batches finished workouts and commits them to the lake off the
     event loop (graphs and rides before workouts, so a committed workout implies
     its graph). A cancelled run still commits what is complete (shielded).
- 5. Beside them, one task fetches the daily datasets (profiles, instructors), at
-    most once per UTC day per account. It and the producer's list pages take
-    the workers' request slots: at most ``concurrency`` requests in flight.
+ 5. Beside them, one task fetches the daily datasets (profiles, instructors,
+    metadata_mappings), at most once per UTC day per account. It and the producer's
+    list pages take the workers' request slots: at most ``concurrency`` requests in flight.
  6. The caller writes state, failures and the manifest from the ``Harvest``'s
     outcome.
 """
@@ -615,6 +615,10 @@ class Harvest:
             instructors = await self._daily("instructors", self._instructor_rows, stamp)
             if instructors is not None:
                 batch["instructors"] = instructors
+        if "metadata_mappings" in self.datasets and self.state.daily.get("metadata_mappings") != today:
+            mappings = await self._daily("metadata_mappings", self._mappings_rows, stamp)
+            if mappings is not None:
+                batch["metadata_mappings"] = mappings
         if batch:
             with anyio.CancelScope(shield=True):
                 counts = await anyio.to_thread.run_sync(self.lake.commit, self.user_id, batch)
@@ -639,7 +643,12 @@ class Harvest:
             raise UnexpectedResponseError(
                 f"/api/me names another account than the one being harvested ({self.user_id})")
         overview = await self.api.overview(self.user_id)
-        return {**me, "overview": overview, "user_id": self.user_id, "_harvested_at": stamp}
+        user = await self.api.user(self.user_id)
+        return {**me, "overview": overview, "user": user, "user_id": self.user_id,
+                "_harvested_at": stamp}
+
+    async def _mappings_rows(self, stamp: str) -> list[Row]:
+        return [{**await self.api.metadata_mappings(), "_harvested_at": stamp}]
 
     async def _instructor_rows(self, stamp: str) -> list[Row]:
         rows: list[Row] = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import anyio
 
@@ -23,7 +24,10 @@ from harvester.listing import ListingGuard
 from harvester.state import AccountState, StateStore
 
 DAY_S = 86_400
-DAILY_REQUESTS = 3  # /api/me, overview, one page of instructors
+# Requests of each daily dataset when it is due (not yet fetched this UTC day).
+DAILY_REQUESTS = {"profiles": 3,  # /api/me, /api/user/{id}, overview
+                  "instructors": 1,  # one page of about 60
+                  "metadata_mappings": 1}
 ProgressHook = Callable[[int, int], None]  # (workouts listed, workouts the listing says exist)
 ProgressFactory = Callable[[RequestStats], AbstractContextManager[ProgressHook | None]]
 
@@ -98,7 +102,9 @@ async def plan_harvest(config: Config, *, progress: ProgressFactory | None = Non
             await _list(api, config, user_id, horizon, in_lake, known_rides, tally, hook)
     retried = {f.id for f in state.failures if f.kind == "workout"} - tally.seen
     to_fetch = tally.to_fetch + len(retried)
-    daily = DAILY_REQUESTS if not refresh or len(state.daily) < 2 else 0
+    today = datetime.now(UTC).date().isoformat()
+    daily = sum(n for name, n in DAILY_REQUESTS.items()
+                if name in config.harvest.datasets and state.daily.get(name) != today)
     requests = tally.pages + 2 * to_fetch + len(tally.rides) + daily + 1
     return PlanReport(
         user_id=user_id, command="refresh" if refresh else "backfill", workouts=len(tally.seen),

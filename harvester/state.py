@@ -26,8 +26,8 @@ from harvester.files import atomic_write
 
 STATE_DIR = "_harvester"
 STATE_VERSION = 1
-FAILURE_KINDS = ("workout", "performance_graph", "ride", "profile", "instructors", "list",
-                 "quarantine", "deletions")
+FAILURE_KINDS = ("workout", "performance_graph", "ride", "profile", "instructors",
+                 "metadata_mappings", "list", "quarantine", "deletions")
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 _RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _TEMP = re.compile(r"\..+\.tmp-\d+-[0-9a-f]+")

@@ -19,6 +19,7 @@ SCENARIOS = {
     "cpu": "CPU per record",
     "memory": "memory",
     "refresh": "refresh",
+    "tables": "typed tables",
     "inflight": "peak in-flight requests",
 }
 

@@ -106,7 +106,7 @@ async def test_plan_counts_without_writing(make_emulator: Any, tmp_path: Path) -
 
 
 def test_demo_backfills_a_small_account(tmp_path: Path) -> None:
-    """demo signs in through the emulator's Universal Login, backfills and prints a query."""
+    """demo signs in through the emulator's Universal Login, backfills, builds the tables and prints a recipe's answer."""
     done = run_cli(
         ["demo", "--workouts", "40", "--out", str(tmp_path / "demo"), "--no-progress", "-v"],
         cli_env(tmp_path), timeout=120,
@@ -115,3 +115,5 @@ def test_demo_backfills_a_small_account(tmp_path: Path) -> None:
     assert "signed in with Universal Login" in done.stderr
     assert "read_json(" in done.stdout
     assert list((tmp_path / "demo" / "workouts").glob("date=*/*.jsonl"))
+    assert "Workouts and output per month" in done.stdout and "month    workouts  output_kj" in done.stdout
+    assert list((tmp_path / "demo" / "tables" / "workouts").glob("month=*/part-0.parquet"))

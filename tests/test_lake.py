@@ -208,7 +208,8 @@ def test_workout_ids_ride_ids_and_row_counts(tmp_path: Path) -> None:
     assert lake.workout_ids(USER) == {wid(1): MIDNIGHT, wid(2): MIDNIGHT - 90_000}
     assert lake.ride_ids() == {wid(8)}
     assert lake.row_counts(USER) == {"workouts": 2, "performance_graphs": 0, "rides": 1,
-                                     "instructors": 0, "profiles": 1, "deletions": 0}
+                                     "instructors": 0, "profiles": 1, "deletions": 0,
+                                     "metadata_mappings": 0}
 
 
 def test_unreadable_lake_file_raises_lake_error_naming_it(tmp_path: Path) -> None:

@@ -88,3 +88,12 @@ def test_emulator_imports_nothing_from_the_harvester() -> None:
     """The emulator is an independent model of the remote API."""
     for path in (PACKAGE / "emulator").glob("*.py"):
         assert harvester_imports(path) <= {"emulator"}, path.name
+
+
+def test_tables_read_the_raw_lake_only_as_files() -> None:
+    """harvester/tables depends on no harvesting module, and none of those depends on it."""
+    for path in (PACKAGE / "tables").glob("*.py"):
+        assert harvester_imports(path) <= {"errors", "files", "tables"}, path.name
+    for name in ALLOWED:
+        for path in sources(name):
+            assert "tables" not in harvester_imports(path), path.relative_to(PACKAGE)

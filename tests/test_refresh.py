@@ -133,7 +133,7 @@ async def test_workouts_arriving_while_paging_cause_no_duplicate_and_no_miss(
 
 
 async def test_daily_datasets_are_fetched_once_per_utc_day(make_emulator: Any, tmp_path: Path) -> None:
-    """Profiles and instructors: once today however many refreshes; again on a new UTC day."""
+    """Profiles, instructors, metadata mappings: once today however many refreshes; again on a new UTC day."""
     emulator = await make_emulator(workouts=20)
     config = write_config(tmp_path, emulator.url)
     await harvest("backfill", config, tmp_path)
@@ -141,6 +141,7 @@ async def test_daily_datasets_are_fetched_once_per_utc_day(make_emulator: Any, t
     await harvest("refresh", config, tmp_path)
     seen = requests(emulator)["by_endpoint"]
     assert seen["overview"] == 1 and seen["instructors"] == 1
+    assert seen["user"] == 1 and seen["metadata_mappings"] == 1
 
     path = tmp_path / "lake" / "_harvester" / "state" / f"{emulator.account.user_id}.json"
     state = orjson.loads(path.read_bytes())

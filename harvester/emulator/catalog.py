@@ -282,13 +282,18 @@ def ride_json(ride: Ride, embed_instructor: bool) -> dict[str, Any]:
 
 
 def metadata_mappings(instructors: list[Instructor]) -> dict[str, Any]:
+    """``/api/ride/metadata_mappings``: decodes class_type_ids, disciplines, device types."""
     return {
         "instructors": [
             {
                 "id": i.id,
                 "name": i.name,
+                "first_name": i.first_name,
+                "last_name": i.last_name,
                 "list_order": i.order,
+                "is_visible": True,
                 "fitness_disciplines": list(i.disciplines),
+                "image_url": f"{IMAGE_HOST}/{i.name.lower().replace(' ', '-')}.png",
             }
             for i in instructors
         ],
@@ -296,8 +301,10 @@ def metadata_mappings(instructors: list[Instructor]) -> dict[str, Any]:
             {
                 "id": class_type_id(disc, n),
                 "name": name,
+                "display_name": name,
                 "fitness_discipline": disc,
                 "is_active": True,
+                "is_visible": True,
                 "list_order": n,
             }
             for disc, names in CLASS_TYPES.items()
@@ -312,15 +319,25 @@ def metadata_mappings(instructors: list[Instructor]) -> dict[str, Any]:
                 ("home_bike_plus", "Peloton Bike+"),
                 ("home_tread_v1", "Peloton Tread"),
                 ("home_row_v1", "Peloton Row"),
+                ("home_tablet", "Peloton Guide"),
                 ("iPhone", "iPhone"),
                 ("iPad", "iPad"),
                 ("web", "Web"),
             )
         ],
-        "content_focus_labels": [{"slug": "endurance", "display_name": "Endurance"}],
-        "difficulty_levels": [
-            {"slug": s, "display_name": s.title()} for s in ("beginner", "intermediate", "advanced")
+        "content_focus_labels": [
+            {"slug": s, "display_name": s.replace("_", " ").title()}
+            for s in ("endurance", "intervals", "recovery", "strength")
         ],
-        "locales": [{"locale_code": "en-US", "display_name": "English"}],
+        "difficulty_levels": [
+            {"slug": s, "display_name": s.title(), "list_order": n}
+            for n, s in enumerate(("beginner", "intermediate", "advanced"))
+        ],
+        "equipment_tags": [
+            {"id": class_type_id("equipment", n), "name": name, "slug": name.lower().replace(" ", "_")}
+            for n, name in enumerate(("Light Weights", "Medium Weights", "Heavy Weights", "Yoga Mat"))
+        ],
+        "locales": [{"locale_code": "en-US", "display_name": "English"},
+                    {"locale_code": "de-DE", "display_name": "Deutsch"}],
         "class_type_ids_to_filter": [],
     }

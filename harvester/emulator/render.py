@@ -211,6 +211,8 @@ def workout_counts(account: Account) -> list[dict[str, Any]]:
 
 
 def public_profile(account: Account) -> dict[str, Any]:
+    """``/api/user/{id}``: what any signed-in member may see of the account."""
+    pedaling = sum(1 for w in account.workouts if w.discipline in ("cycling", "bike_bootcamp"))
     return {
         "id": account.user_id,
         "username": account.username.split("@")[0],
@@ -219,10 +221,8 @@ def public_profile(account: Account) -> dict[str, Any]:
         "is_private": False,
         "is_profile_private": False,
         "total_workouts": account.total,
-        "total_pedaling_metric_workouts": sum(
-            1 for w in account.workouts if w.discipline in ("cycling", "bike_bootcamp")
-        ),
-        "total_non_pedaling_metric_workouts": 0,
+        "total_pedaling_metric_workouts": pedaling,
+        "total_non_pedaling_metric_workouts": account.total - pedaling,
         "total_followers": 42,
         "total_following": 17,
         "created_at": account.member_since,
@@ -252,9 +252,6 @@ def me(account: Account) -> dict[str, Any]:
         estimated_cycling_ftp=195,
         v1_referrals_made=0,
         obfuscated_email="d***@example.com",
-    )
-    out["total_non_pedaling_metric_workouts"] = (
-        out["total_workouts"] - out["total_pedaling_metric_workouts"]
     )
     return out
 
