@@ -61,7 +61,7 @@ COMMANDS: dict[str, Command] = {
         "Sign in and store the tokens at auth.token_cache. Headless with "
         "PELOTON_USERNAME/PELOTON_PASSWORD (asked for on a terminal when not set), or "
         "--browser: open the printed URL, sign in, paste the address the browser lands on.",
-        ("config", "account", "browser", "log-format", "verbose")),
+        ("config", "account", "browser", "quiet", "log-format", "verbose")),
     "backfill": Command(
         "make the lake complete and equal to the source (resumes)",
         "Make the lake complete and equal to the source: fetch every workout the lake lacks, "
@@ -79,12 +79,13 @@ COMMANDS: dict[str, Command] = {
         "Check every lake invariant (each key once, rows in their partitions, whole files, a "
         "graph per workout, a class per class workout, no stray temporary files) and print "
         "what is wrong; --repair fixes it.",
-        ("config", "out", "repair", "concurrency", "rps", "no-progress", "log-format", "verbose")),
+        ("config", "out", "repair", "concurrency", "rps", "no-progress", "quiet", "log-format",
+         "verbose")),
     "plan": Command(
         "count workouts and price the next run; writes nothing",
         "Page the workout list only and estimate the requests and time of the next run at the "
         "configured rate: a backfill, or on a complete lake a refresh. Progress on stderr.",
-        ("config", "out", "account", "rps", "no-progress", "log-format", "verbose")),
+        ("config", "out", "account", "rps", "no-progress", "quiet", "log-format", "verbose")),
     "status": Command(
         "show the last run and attempt, a running harvest, rows, items to retry",
         "Read the lake's state, run manifests and lock: per account the watermark, the last "

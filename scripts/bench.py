@@ -200,8 +200,8 @@ class Harvester:
         env = {**os.environ, "PELOTON_USERNAME": USERNAME, "PELOTON_PASSWORD": PASSWORD}
         for name in ("PELOTON_ACCESS_TOKEN", "PELOTON_REFRESH_TOKEN"):
             env.pop(name, None)
-        child = measure([PYTHON, "-m", "harvester", command, "--config", str(self.config),
-                         "--no-progress"], env)
+        quiet = ["--no-progress"] if command in ("backfill", "refresh") else []  # tables has no bar
+        child = measure([PYTHON, "-m", "harvester", command, "--config", str(self.config), *quiet], env)
         if child.returncode != 0:
             raise RuntimeError(f"harvester {command} exited {child.returncode}: {child.stderr[-2000:]}")
         return child
