@@ -23,6 +23,7 @@ from harvester.config import Config, load_config, require_credentials
 from harvester.errors import ApiError, ConfigError, HarvesterError
 from harvester.pipeline import ProgressHook
 from harvester.run import plan_harvest, read_status, run_harvest, run_login
+from harvester.storage import is_object_url, parse_object_url
 
 log = logging.getLogger("harvester")
 
@@ -207,7 +208,8 @@ def _config(args: argparse.Namespace) -> Config:
     if args.command == "login":
         config = _login_account(config, args.account)
         return config if args.browser else _with_prompted_credentials(config)
-    check_lake_root(config)
+    if is_object_url(config.output.root):
+        parse_object_url(config.output.root)  # a malformed URL is named before anything runs
     if args.command in ("backfill", "refresh", "plan"):
         check_credentials(config, args.account)
     elif args.command == "verify" and args.repair:

@@ -28,7 +28,7 @@ from harvester.errors import ApiError
 from harvester.lake import Lake
 from harvester.pipeline import Harvest, Outcome, ProgressHook
 from harvester.state import AccountState, StateStore
-from harvester.storage import LocalStorage
+from harvester.storage import open_storage
 from harvester.storage.lease import run_lock
 
 log = logging.getLogger(__name__)
@@ -102,17 +102,17 @@ async def run_harvest(
     Several accounts' runs in one process pass ``stop_requested`` (set by the one
     signal watcher of them all) and ``session`` (one connection pool for all).
     """
-    root = config.output.root_path
-    lake = Lake(root, config.output.compression)
-    lake.check_writable()
-    store = StateStore(root)
+    storage = open_storage(config.output.root)
+    lake = Lake(storage, config.output.compression)
+    await anyio.to_thread.run_sync(lake.check_writable)
+    store = StateStore(storage)
     account = config.accounts[0].name if config.accounts else DEFAULT_ACCOUNT
 
     def sweep() -> None:  # temporaries of killed runs; only while no other run is writing
         lake.clean_temp_files()
         store.clean_temp_files()
 
-    async with run_lock(LocalStorage(root), account, command, sweep=sweep):
+    async with run_lock(storage, account, command, sweep=sweep):
         stop = anyio.CancelScope()
         error: BaseException | None = None
         try:
@@ -332,7 +332,7 @@ class PlanReport:
 
 async def plan_harvest(config: Config) -> PlanReport:
     """Page the workout list only and estimate what a backfill would cost."""
-    lake = Lake(config.output.root_path, config.output.compression)
+    lake = Lake(open_storage(config.output.root), config.output.compression)
     stats = RequestStats()
     async with open_api(config, stats) as api:
         user_id = await api.user_id()
@@ -374,13 +374,13 @@ async def plan_harvest(config: Config) -> PlanReport:
 
 def read_status(config: Config) -> list[str]:
     """One block of lines per account known to the lake's state."""
-    root = config.output.root_path
-    store = StateStore(root)
-    lake = Lake(root, config.output.compression)
+    storage = open_storage(config.output.root)
+    store = StateStore(storage)
+    lake = Lake(storage, config.output.compression)
     lines: list[str] = []
-    accounts = store.accounts() if root.exists() else []
+    accounts = store.accounts()
     if not accounts:
-        return [f"no harvest has run into {root} yet"]
+        return [f"no harvest has run into {storage.url} yet"]
     for user_id in accounts:
         state = store.load(user_id)
         counts = lake.row_counts(user_id)

@@ -17,14 +17,14 @@ ALLOWED: dict[str, set[str]] = {
     "auth": {"auth", "errors", "config", "client", "files"},
     "api": {"errors", "config", "client", "auth", "limiter"},
     "keys": {"errors"},
-    "lake": {"errors", "files", "keys"},
-    "state": {"errors", "files"},
+    "lake": {"errors", "files", "keys", "storage"},
+    "state": {"errors", "storage"},
     "heal": {"errors", "lake"},
     "reconcile": {"heal", "lake"},
     "pipeline": {"errors", "config", "client", "api", "lake", "state", "heal", "reconcile"},
     "run": {"errors", "config", "client", "api", "auth", "lake", "state", "pipeline", "storage",
             "__init__"},
-    "verify": {"api", "config", "heal", "lake", "state", "run"},
+    "verify": {"api", "config", "heal", "lake", "state", "run", "storage"},
     "accounts": {"errors", "config", "client", "api", "run", "storage"},
 }
 

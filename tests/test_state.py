@@ -82,7 +82,7 @@ async def test_state_files_are_0600_in_0700_dirs(tmp_path: Path) -> None:
     async with run_lock(LocalStorage(tmp_path), "default", "refresh"):
         pass
     base = tmp_path / "_harvester"
-    files = [base / "state" / f"{USER}.json", base / "failures" / f"{USER}.json", manifest,
+    files = [base / "state" / f"{USER}.json", base / "failures" / f"{USER}.json", tmp_path / manifest,
              base / "lock", base / "locks" / "default.lock"]
     assert [mode(p) for p in files] == [0o600] * 5
     dirs = (base, base / "state", base / "failures", base / "runs", base / "locks")
@@ -155,7 +155,7 @@ def test_manifest_name_and_latest_per_account(tmp_path: Path) -> None:
     first = store.write_manifest({"run_id": "r1", "user_id": USER, "n": 1})
     store.write_manifest({"run_id": "r2", "user_id": USER, "n": 2})
     store.write_manifest({"run_id": "r3", "user_id": OTHER, "n": 3})
-    assert first.name == "20240301T100000Z-r1.json"
+    assert first == "_harvester/runs/20240301T100000Z-r1.json"
     assert store.latest_manifest(USER) == {"run_id": "r2", "user_id": USER, "n": 2}
     assert store.latest_manifest("f" * 32) is None
     with pytest.raises(StateError, match="run_id"):
