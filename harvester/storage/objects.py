@@ -47,6 +47,9 @@ DEFAULT_BATCH_WORKERS = 8  # concurrent PUTs of one batch level
 # Where each provider's standard environment names a custom endpoint.
 ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT", "AWS_ENDPOINT_URL_S3",
                       "GOOGLE_BASE_URL", "AZURE_STORAGE_ENDPOINT", "AZURE_ENDPOINT")
+# Where the SDKs look for a role's credentials when the environment has none: an
+# error from one of them means "no credentials", not "the store is down".
+CREDENTIAL_SOURCES = ("169.254.169.254", "169.254.170.2", "fd00:ec2::254", "metadata.google.internal")
 T = TypeVar("T")
 
 
@@ -282,6 +285,12 @@ def _entry(meta: Mapping[str, object]) -> Entry:
 def _raise_generic(op: str, where: str, exc: Exception) -> NoReturn:
     """A generic obstore error: unreachable or failing server (75), else a refusal (2)."""
     text = str(exc)
+    if any(mark in text for mark in CREDENTIAL_SOURCES):
+        raise StorageError(
+            f"cannot {op} {where}: no storage credentials (none in the environment, and no "
+            "instance or container role answered); set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY (or GOOGLE_* / AZURE_*)"
+        ) from None
     transient = ("error sending request", "retries", "timed out", "timeout", "connection",
                  "Server returned non-2xx status code: 5", "dns error")
     if any(word.lower() in text.lower() for word in transient):
