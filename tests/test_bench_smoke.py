@@ -17,6 +17,7 @@ SCENARIOS = {
     "cpu": "CPU per record",
     "memory": "memory",
     "refresh": "refresh",
+    "s3": "S3 vs local disk",
 }
 
 
