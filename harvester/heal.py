@@ -86,19 +86,22 @@ class LakeScan:
         """Key -> the copy kept, for every key of the dataset."""
         return {key: self.winner(dataset, key) for key in self.copies[dataset]}
 
-    def problems(self) -> list[str]:
-        """One line per invariant broken, for ``verify`` and the logs."""
-        found = [f"{f.path}: {fault}" for f in self.files for fault in f.faults]
-        found += [f"{f.path}: no newline after its last line"
+    def problems(self, root: str = "") -> list[str]:
+        """One line per invariant broken, for ``verify`` and the logs; files named under ``root``."""
+        def at(key: str) -> str:
+            return f"{root}/{key}" if root else key
+
+        found = [f"{at(f.path)}: {fault}" for f in self.files for fault in f.faults]
+        found += [f"{at(f.path)}: no newline after its last line"
                   for f in self.files if f.no_final_newline]
         for dataset, keys in self.copies.items():
             for key, copies in keys.items():
                 if len(copies) > 1:
                     where = ", ".join(f"{_short(c.path)}:{c.line}" for c in copies)
                     found.append(f"{dataset} key {key} is held {len(copies)} times ({where})")
-                found += [f"{c.path}:{c.line}: {dataset} row {key} belongs in date={c.home}"
+                found += [f"{at(c.path)}:{c.line}: {dataset} row {key} belongs in date={c.home}"
                           for c in copies if c.home != c.part]
-        found += [f"{path}: temporary file left by a killed run" for path in self.temp_files]
+        found += [f"{at(path)}: temporary file left by a killed run" for path in self.temp_files]
         return found
 
     def outputs_to_rewrite(self) -> set[Output]:
@@ -213,7 +216,7 @@ def _workout_facts(row: Row) -> tuple[int | None, str | None]:
 
 def heal(lake: Lake, found: LakeScan) -> list[str]:
     """Rewrite what ``found`` found wanting; the problems fixed (empty: the lake was whole)."""
-    problems = found.problems()
+    problems = found.problems(lake.url)
     outputs = found.outputs_to_rewrite()
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     for temp in found.temp_files:
@@ -224,7 +227,7 @@ def heal(lake: Lake, found: LakeScan) -> list[str]:
         if f.faults and f.output in outputs:
             kept = lake.quarantine(f.path, stamp)
             log.warning("lake file %s is damaged (%s): kept as %s, its whole lines re-committed",
-                        f.path, "; ".join(f.faults[:3]), kept)
+                        f"{lake.url}/{f.path}", "; ".join(f.faults[:3]), f"{lake.url}/{kept}")
     contents = _healed_contents(lake, found, outputs)
     # Files gaining rows first: a kill in between leaves a row twice, never nowhere.
     held = _held(found, set(contents))

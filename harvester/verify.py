@@ -55,7 +55,7 @@ def check_lake(config: Config) -> VerifyReport:
     for user_id in store.accounts():
         report.accounts += 1
         found = scan(lake, user_id, temp_files=True)
-        for problem in found.problems():
+        for problem in found.problems(lake.url):
             if "temporary file" in problem:
                 temps.add(problem)  # lake-wide: the same for every account
             else:
