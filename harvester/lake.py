@@ -34,19 +34,16 @@ The code is blocking: the pipeline calls it from a worker thread.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import os
-import random
 import threading
 import time
-import zlib
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 
-from harvester.errors import LakeError, StorageConflictError, StorageError
+from harvester.errors import LakeError, StorageError
 from harvester.files import TEMP_NAME
 from harvester.keys import (
     DATASETS,
@@ -57,20 +54,25 @@ from harvester.keys import (
     utc_day,
     workout_day,
 )
+from harvester.lakefile import (
+    SUFFIXES,
+    Row,
+    encode,
+    inflate,
+    inflate_partial,
+    keyed_lines,
+    lines,
+    merge_shared,
+)
 from harvester.storage import Batch, Entry, LocalStorage, Storage, open_storage
 
-Row = dict[str, object]
 __all__ = ["DATASETS", "Lake", "Row", "check_user_id", "partition_date", "primary_key",
            "row_problem", "utc_day", "workout_day"]
 
 # Workouts last: a workout row in the lake implies its graph and ride were committed before it.
 # Deletions first: a workout removed from the lake is recorded as deleted before it goes.
 COMMIT_ORDER = ("deletions", "performance_graphs", "rides", "instructors", "profiles", "workouts")
-SUFFIXES = {"none": ".jsonl", "gzip": ".jsonl.gz"}
 STATE_DIR = "_harvester"
-DEFAULT_GZIP_LEVEL = 6
-DEFAULT_CAS_ATTEMPTS = 20  # a shared file still changing under us after this many: exit 75
-DEFAULT_CAS_BACKOFF_S = 0.02
 
 _UNPARTITIONED = frozenset({"instructors"})
 # Instructors are the same for every account: one shared file keeps each id once
@@ -139,7 +141,7 @@ class Lake:
             for part in sorted({*groups, *gone}, key=lambda p: p or ""):
                 drop = frozenset(gone.get(part, ())) if part is not None else frozenset()
                 plan.append((dataset, part, groups.get(part, {}), drop))
-            written = sum(len(lines) for lines in groups.values())
+            written = sum(len(rows) for rows in groups.values())
             if written:
                 counts[dataset] = written
         with self.storage.batch() as staged:
@@ -148,17 +150,17 @@ class Lake:
                 steps = [p for p in plan if p[0] == dataset and dataset not in SHARED_FILES]
                 # Partitions only gaining rows before those losing some (a moved row's old home).
                 for losing in (False, True):
-                    for _, part, lines, drop in steps:
+                    for _, part, new, drop in steps:
                         if bool(drop) == losing:
-                            change = self._stage(dataset, part, user_id, lines, drop)
+                            change = self._stage(dataset, part, user_id, new, drop)
                             if change is not None:
                                 changes.append(_add(staged, change))
                     staged.barrier()
             staged.commit()
         self._committed(changes)
-        for dataset, part, lines, drop in plan:  # shared files: compare-and-swap, each on its own
+        for dataset, part, new, drop in plan:  # shared files: compare-and-swap, each on its own
             if dataset in SHARED_FILES:
-                self._merge_shared(dataset, part, lines, drop)
+                self._merge_shared(dataset, part, new, drop)
         return counts
 
     def workout_ids(self, user_id: str) -> dict[str, int]:
@@ -172,7 +174,7 @@ class Lake:
         rides: set[str] = set()
         for key in self._files("workouts", user_id):
             # One file (one day of one account) in memory at a time; rows are dropped at once.
-            for row in _rows(self._read(key), self._where(key)):
+            for _, row in lines(self._read(key), self._where(key)):
                 workout_id, created, ride = row.get("id"), row.get("created_at"), row.get("ride")
                 if isinstance(workout_id, str) and isinstance(created, int | float):
                     ids[workout_id] = int(created)
@@ -242,16 +244,7 @@ class Lake:
     def read_file(self, key: str) -> tuple[bytes, str | None]:
         """The file's bytes (decompressed), and why they stop short (a damaged gzip), or None."""
         blob = self.storage.read(key)
-        if blob is None:
-            return b"", None
-        if not key.endswith(".gz"):
-            return blob.data, None
-        inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        try:
-            out = inflate.decompress(blob.data)
-        except zlib.error as exc:
-            return b"", f"not gzip: {exc}"
-        return out, None if inflate.eof else "gzip stream cut short"
+        return (b"", None) if blob is None else inflate_partial(blob.data, key)
 
     def replace_files(
         self, dataset: str, files: Sequence[tuple[str | None, str, Mapping[str, bytes]]],
@@ -263,14 +256,14 @@ class Lake:
         """
         changes: list[_Change] = []
         with self.storage.batch() as staged:
-            for part, stem, lines in files:
+            for part, stem, content in files:
                 if dataset in SHARED_FILES:
-                    self._merge_shared(dataset, part, dict(lines), frozenset(), tolerant=True)
+                    self._merge_shared(dataset, part, content, frozenset(), tolerant=True)
                     continue
                 prefix = _prefix(dataset, part)
                 target = f"{prefix}/{stem}{self._suffix}"
                 variants = tuple(self._variants(dataset, prefix, stem))
-                data = self._encode(lines) if lines else None
+                data = encode(content, self.compression) if content else None
                 if data is None and not variants:
                     continue
                 changes.append(_add(staged, _Change(target, data,
@@ -316,12 +309,6 @@ class Lake:
             groups.setdefault(part, {})[key] = line
         return groups
 
-    def _encode(self, lines: Mapping[str, bytes]) -> bytes:
-        data = b"".join(lines[key] for key in sorted(lines))
-        if self.compression == "gzip":
-            data = gzip.compress(data, compresslevel=DEFAULT_GZIP_LEVEL, mtime=0)
-        return data
-
     def _stage(
         self, dataset: str, part: str | None, stem: str, new: dict[str, bytes],
         drop: frozenset[str] = frozenset(),
@@ -334,54 +321,32 @@ class Lake:
             return None  # only removals, from a file that does not exist
         merged: dict[str, bytes] = {}
         for key in variants:
-            for line, row in _lines(self._read(key), self._where(key)):
-                merged[_stored_key(dataset, row, self._where(key))] = line
+            merged.update(keyed_lines(dataset, self._read(key), self._where(key)))
         merged.update(new)
         for key in drop - new.keys():
             merged.pop(key, None)
         target = f"{prefix}/{stem}{self._suffix}"
         if not merged:
             return _Change(target, None, tuple(variants))
-        return _Change(target, self._encode(merged), tuple(v for v in variants if v != target))
+        return _Change(target, encode(merged, self.compression),
+                       tuple(v for v in variants if v != target))
 
     def _merge_shared(
-        self, dataset: str, part: str | None, new: dict[str, bytes], drop: frozenset[str],
+        self, dataset: str, part: str | None, new: Mapping[str, bytes], drop: frozenset[str],
         *, tolerant: bool = False,
     ) -> None:
-        """Read, merge and write back the shared file with compare-and-swap, retried on conflict."""
+        """Merge ``new`` into the shared file with compare-and-swap (lakefile.merge_shared)."""
         prefix, stem = _prefix(dataset, part), SHARED_FILES[dataset]
-        target = f"{prefix}/{stem}{self._suffix}"
-        keys = [f"{prefix}/{stem}{suffix}" for suffix in SUFFIXES.values()]
-        for attempt in range(DEFAULT_CAS_ATTEMPTS):
-            blobs = {key: self.storage.read(key) for key in keys}
-            merged: dict[str, bytes] = {}
-            for key in sorted(keys, key=lambda k: k == target):  # the configured variant wins
-                blob = blobs[key]
-                if blob is not None:
-                    where = self._where(key)
-                    data = _inflate(blob.data, where)
-                    merged.update(_tolerant_lines(dataset, data) if tolerant
-                                  else {_stored_key(dataset, row, where): line
-                                        for line, row in _lines(data, where)})
+
+        def change(merged: dict[str, bytes]) -> dict[str, bytes]:
             merged.update(new)
             for key in drop - new.keys():
                 merged.pop(key, None)
-            current = blobs[target]
-            try:
-                if current is None:
-                    self.storage.create(target, self._encode(merged))
-                else:
-                    self.storage.replace(target, self._encode(merged), current.version)
-            except StorageConflictError:
-                time.sleep(random.uniform(0, DEFAULT_CAS_BACKOFF_S * (attempt + 1)))
-                continue
-            for key in keys:
-                if key != target and blobs[key] is not None:
-                    self.storage.delete(key)  # merged into the configured variant
-            return
-        raise StorageConflictError(
-            f"{self.url}/{target} kept changing under {DEFAULT_CAS_ATTEMPTS} attempts to merge "
-            "it (other runs writing it); try again later")
+            return merged
+
+        merge_shared(self.storage, dataset, f"{prefix}/{stem}{self._suffix}",
+                     [f"{prefix}/{stem}{suffix}" for suffix in SUFFIXES.values()], change,
+                     self.compression, tolerant=tolerant)
 
     def _known_files(self, dataset: str) -> dict[str, Entry]:
         """The dataset's files as this lake last saw them: listed once, then kept by commits."""
@@ -444,7 +409,7 @@ class Lake:
     def _read(self, key: str) -> bytes:
         """The file's decompressed bytes (empty if gone); LakeError naming it if damaged."""
         blob = self.storage.read(key)
-        return b"" if blob is None else _inflate(blob.data, self._where(key))
+        return b"" if blob is None else inflate(blob.data, self._where(key))
 
     def _where(self, key: str) -> str:
         return f"{self.url}/{key}"
@@ -469,54 +434,3 @@ def _add(staged: Batch, change: _Change) -> _Change:
     else:
         staged.put(change.key, change.data, replaces=change.stale)
     return change
-
-
-def _inflate(data: bytes, key: str) -> bytes:
-    if not key.endswith(".gz"):
-        return data
-    try:
-        return gzip.decompress(data)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise LakeError(f"cannot read lake file {key}: {exc}; move it aside and run backfill") from None
-
-
-def _lines(data: bytes, key: str) -> Iterator[tuple[bytes, Row]]:
-    """Each line (with its newline) and its parsed row."""
-    if data and not data.endswith(b"\n"):
-        raise LakeError(f"lake file {key} ends in a partial line; move it aside and run backfill")
-    start = 0
-    number = 0
-    while start < len(data):
-        end = data.index(b"\n", start) + 1
-        number += 1
-        try:
-            row = orjson.loads(data[start:end])
-        except orjson.JSONDecodeError as exc:
-            raise LakeError(f"lake file {key} line {number} is not JSON: {exc}") from None
-        if not isinstance(row, dict):
-            raise LakeError(f"lake file {key} line {number} is not a JSON object")
-        yield data[start:end], row
-        start = end
-
-
-def _tolerant_lines(dataset: str, data: bytes) -> dict[str, bytes]:
-    """Key -> line of every whole, keyed line (heal rewrites what the rest held)."""
-    found: dict[str, bytes] = {}
-    for line in data.splitlines():
-        with contextlib.suppress(orjson.JSONDecodeError, LakeError):
-            row = orjson.loads(line)
-            if isinstance(row, dict):
-                found[primary_key(dataset, row)] = orjson.dumps(row) + b"\n"
-    return found
-
-
-def _rows(data: bytes, key: str) -> Iterator[Row]:
-    for _, row in _lines(data, key):
-        yield row
-
-
-def _stored_key(dataset: str, row: Row, key: str) -> str:
-    try:
-        return primary_key(dataset, row)
-    except LakeError as exc:
-        raise LakeError(f"lake file {key}: {exc}") from None
