@@ -350,11 +350,14 @@ async def _demo(args: argparse.Namespace, config: Config) -> int:
 
 
 def _run_emulator(args: argparse.Namespace) -> int:
-    from harvester.emulator import serve, settings_from_args
+    from harvester.emulator import SettingsError, serve, settings_from_args
 
-    settings, host, port = settings_from_args(args)
-    with contextlib.suppress(KeyboardInterrupt):
-        anyio.run(serve, settings, host, port)
+    try:
+        settings, host, port = settings_from_args(args)
+        with contextlib.suppress(KeyboardInterrupt):
+            anyio.run(serve, settings, host, port)
+    except SettingsError as exc:  # a bad option value, a port in use
+        raise ConfigError(f"emulator: {exc}") from None
     return 0
 
 

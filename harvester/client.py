@@ -2,7 +2,11 @@
 
     request_json(method, url)
       1. wait for the shared limiter (every attempt, auth requests included)
-      2. send with Peloton-Platform and User-Agent, per-attempt timeout
+      2. send with Peloton-Platform and User-Agent; each attempt has a total deadline
+         (api.timeout_s: connect, headers and the whole body), reads at most
+         max_body_bytes of decompressed body, and follows at most DEFAULT_MAX_REDIRECTS;
+         a body still incomplete at the deadline is StalledResponseError (not retried:
+         a dripping server would cost a whole deadline per attempt)
       3. classify: status / exception / body  ->  JsonObject or an ApiError subclass
       4. TransientApiError -> back off (Retry-After, else full jitter) and repeat,
          up to api.max_attempts attempts; anything else is raised at once
@@ -26,12 +30,22 @@ import anyio
 import orjson
 
 from harvester import __version__
+from harvester.bounds import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_REDIRECTS,
+    STALLED,
+    Misbehaviour,
+    oversized,
+    read_capped,
+)
 from harvester.config import ApiConfig
 from harvester.errors import (
     ApiError,
     NotFoundError,
     PermanentApiError,
     RateLimitedError,
+    ResponseTooLargeError,
+    StalledResponseError,
     TlsError,
     TransientApiError,
     UnexpectedResponseError,
@@ -127,6 +141,7 @@ class _Request:
     headers: Mapping[str, str]
     json: object
     data: Mapping[str, str] | None
+    follow_redirects: bool = False
 
 
 class HttpClient:
@@ -143,9 +158,13 @@ class HttpClient:
         rng: random.Random | None = None,
         backoff_base: float = DEFAULT_BACKOFF_BASE_S,
         backoff_cap: float = DEFAULT_BACKOFF_CAP_S,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
         self._session = session
+        # total, not only an idle timeout: a body dripping a byte a second ends here too
         self._timeout = aiohttp.ClientTimeout(total=api.timeout_s)
+        self._max_body = max_body_bytes
+        self._misbehaviour = Misbehaviour()  # oversized or stalled success answers this run
         self._limiter = limiter
         self.stats = stats
         self._sleep = sleep
@@ -171,10 +190,11 @@ class HttpClient:
         headers: Mapping[str, str] | None = None,
         json: object = None,
         data: Mapping[str, str] | None = None,
+        follow_redirects: bool = False,
     ) -> JsonObject:
         """Send until a JSON object comes back or the policy gives up."""
         request = _Request(method, url, endpoint, params, {**BASE_HEADERS, **(headers or {})},
-                           json, data)
+                           json, data, follow_redirects)
         attempt = 0
         while True:
             attempt += 1
@@ -214,14 +234,43 @@ class HttpClient:
         try:
             async with self._session.request(
                 request.method, request.url, params=request.params, headers=request.headers,
-                json=request.json, data=request.data, timeout=self._timeout, allow_redirects=False,
+                json=request.json, data=request.data, timeout=self._timeout,
+                allow_redirects=request.follow_redirects, max_redirects=DEFAULT_MAX_REDIRECTS,
             ) as resp:
-                body = await resp.read()
+                try:
+                    body = await read_capped(resp, self._max_body)
+                except TimeoutError:
+                    body = self._stalled(request, resp.status)
+                if body is None:
+                    body = self._oversized(request, resp.status)
                 return _Reply(
                     resp.status, body, resp.headers.get("Retry-After"), resp.headers.get("Location")
                 )
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise translate_exception(exc, request.method, request.url, self._timeout.total) from exc
+
+    def _stalled(self, request: _Request, status: int) -> bytes:
+        """As ``_oversized``: an error answer is judged by its status, a success one refused."""
+        if not 200 <= status < 300:
+            return b""
+        self._misbehaviour.note(request.method, request.url, STALLED)
+        path = _path(request.url)
+        raise StalledResponseError(
+            f"{request.method} {path}: HTTP {status} answer still incomplete after "
+            f"{self._timeout.total:g} s (the server sends its body too slowly or stalls); "
+            "not retried in this run", status=status, url=path)
+
+    def _oversized(self, request: _Request, status: int) -> bytes:
+        """An error answer's status still tells enough; a success answer that big is refused."""
+        if not 200 <= status < 300:
+            return b""
+        self._misbehaviour.note(request.method, request.url, oversized(self._max_body))
+        path = _path(request.url)
+        raise ResponseTooLargeError(
+            f"{request.method} {path}: HTTP {status} answer larger than "
+            f"{self._max_body // (1024 * 1024)} MB (decompressed); stopped reading it. No Peloton "
+            "answer is that big: check api.base_url and any proxy in between",
+            status=status, url=path)
 
 
 def translate_exception(
@@ -237,6 +286,10 @@ def translate_exception(
             "certificates, proxy or api.base_url", url=path)
     if isinstance(exc, TimeoutError):  # aiohttp's ServerTimeoutError is one too
         return TransientApiError(f"{where}: no complete answer within {timeout_s:g} s", url=path)
+    if isinstance(exc, aiohttp.TooManyRedirects):
+        return UnexpectedResponseError(
+            f"{where}: still redirected after {DEFAULT_MAX_REDIRECTS} redirects; check "
+            "api.base_url and api.auth_url", url=path)
     if isinstance(exc, aiohttp.ClientConnectorError):  # DNS failure, refused, unreachable
         return UnreachableError(
             f"cannot connect to {host}: {_os_reason(exc)}; check api.base_url, api.auth_url "

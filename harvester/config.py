@@ -30,6 +30,9 @@ LEGACY_CLIENT_ID = "mgsmWCD0A8Qn6uz6mmqI6qeBNHH9IPwS"
 ALL_DATASETS = ("workouts", "performance_graphs", "rides", "instructors", "profiles")
 AUTH_METHODS = ("login", "token", "password", "session")
 COMPRESSIONS = ("none", "gzip")
+TOKEN_VARIABLES = {"access_token": "PELOTON_ACCESS_TOKEN", "refresh_token": "PELOTON_REFRESH_TOKEN"}
+# RFC 6750's b64token: every character a bearer token may hold, and all a header can carry safely.
+_TOKEN_CHARS = re.compile(r"[A-Za-z0-9._~+/=-]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,6 +312,9 @@ def validate(config: Config) -> None:
     """Range and consistency checks that types alone cannot express."""
     api, auth, harvest, output = config.api, config.auth, config.harvest, config.output
     _check_url("api.base_url", api.base_url)
+    _require(not urlsplit(api.base_url).path.rstrip("/").endswith("/api"),
+             f"api.base_url must not end in /api (got {api.base_url!r}): the harvester adds "
+             "/api/... itself; use the host alone, e.g. https://api.onepeloton.com")
     _check_url("api.auth_url", api.auth_url)
     _require(api.timeout_s > 0, "api.timeout_s must be greater than 0")
     _require(1 <= api.max_attempts <= 50, "api.max_attempts must be between 1 and 50")
@@ -363,6 +369,26 @@ def require_credentials(config: Config, account: AccountConfig | None = None) ->
             f"{whose}auth.method = 'token' needs {names.access_token_env} or "
             f"{names.refresh_token_env} in the environment"
         )
+    if method == "token":
+        for name, variable in TOKEN_VARIABLES.items():
+            require_token_text(getattr(creds, name), variable)
+
+
+def is_token_text(value: str) -> bool:
+    """Whether ``value`` can be a token: RFC 6750 b64token characters only, so header-safe."""
+    return _TOKEN_CHARS.fullmatch(value) is not None
+
+
+def require_token_text(value: str | None, source: str) -> None:
+    """ConfigError naming ``source`` (a variable, a file) if ``value`` cannot be a token.
+
+    A control character or line break in a token would otherwise reach an HTTP
+    header (aiohttp refuses it with a ValueError). The message never shows the value.
+    """
+    if value is not None and not is_token_text(value):
+        raise ConfigError(
+            f"{source} holds a character no token has (a control character, space or line "
+            "break, often from copy and paste); set it again")
 
 
 def _require(ok: bool, message: str) -> None:

@@ -14,7 +14,13 @@
     │   └── PermanentApiError         not worth retrying: 4xx, a body that is not the expected JSON
     │       ├── NotFoundError         404 for an unknown id
     │       ├── TlsError              exit 2: certificate or handshake failure
-    │       └── UnexpectedResponseError  exit 2: a 200 that is HTML, not an object, lacks `data`
+    │       ├── StalledResponseError  exit 75: headers came, the body did not finish by the deadline
+    │       ├── UnexpectedResponseError  exit 2: a 200 that is HTML, not an object, lacks `data`
+    │       │   └── ResponseTooLargeError  a body past the cap, decompressed size counted
+    │       └── ListingError          exit 3: the workout list repeats, or misses its total
+    ├── MisbehavingServerError        exit 2 (bodies past the cap) or 75 (stalled bodies):
+    │                                 stops the run after a few such answers; not an ApiError,
+    │                                 so no item catches it
     ├── LakeError                     exit 2: output root not writable, corrupt lake file
     ├── StateError                    exit 2: state unreadable
     │   └── LockedError               exit 75: another run holds the account's lock or lease
@@ -116,10 +122,46 @@ class TlsError(PermanentApiError):
     exit_code = 2
 
 
+class StalledResponseError(PermanentApiError):
+    """The server answered, then sent its body too slowly to finish within the deadline.
+
+    Not retried within the run (another attempt would cost another whole
+    deadline, and a dripping server drips again); the next run tries again.
+    """
+
+    exit_code = 75
+
+
 class UnexpectedResponseError(PermanentApiError):
     """A success answer that is not the Peloton API's JSON (HTML, a list, no ``data``)."""
 
     exit_code = 2
+
+
+class ResponseTooLargeError(UnexpectedResponseError):
+    """The answer grew past the body cap (its decompressed size, a gzip bomb included)."""
+
+
+class ListingError(PermanentApiError):
+    """Paging the workout list stopped making sense: a page with nothing new, a broken total.
+
+    Recorded as a failure of the listing (exit 3); the listing is never "complete".
+    Where it stops a command outright (``plan``), that command exits 3 as well.
+    """
+
+    exit_code = 3
+
+
+class MisbehavingServerError(HarvesterError):
+    """The server sent several answers no Peloton server sends (too big, stalled): stop the run.
+
+    One such answer fails its item; a few more mean every request will, each at
+    the cost of a deadline or of inflating a bomb to the cap, so the run ends.
+    """
+
+    def __init__(self, message: str, *, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class LakeError(HarvesterError):

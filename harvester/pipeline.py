@@ -41,9 +41,16 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from harvester.api import NULL_RIDE_ID, PelotonApi, WorkoutRef, is_ride_id, workout_ref
 from harvester.client import JsonObject
 from harvester.config import Config
-from harvester.errors import ApiError, AuthError, NotFoundError, UnexpectedResponseError
+from harvester.errors import (
+    ApiError,
+    AuthError,
+    ListingError,
+    NotFoundError,
+    UnexpectedResponseError,
+)
 from harvester.heal import LakeScan, heal, scan
 from harvester.lake import Lake, row_problem, workout_day
+from harvester.listing import ListingGuard
 from harvester.reconcile import NEED_ALL, NEED_GRAPH, RECONCILE_PAGE_SIZE, MassDeleteError, Mirror
 from harvester.state import AccountState, FailedItem
 
@@ -250,6 +257,7 @@ class Harvest:
         limit = RECONCILE_PAGE_SIZE if reconciling else self.config.harvest.page_size
         horizon = None if full else self._horizon()
         self.mirror.listing = type(self.mirror.listing)()
+        guard = ListingGuard()
         page = 0
         while True:
             try:
@@ -276,13 +284,16 @@ class Harvest:
                 if full and not self._needed(ref):
                     continue
                 await self._enqueue(send, ref)
-            page += 1
-            if not listing.items or listing.show_next is False or (
-                listing.page_count is not None and page >= listing.page_count
-            ):
+            try:
+                last = guard.finished(page, listing)
+            except ListingError as exc:  # the server's paging cannot be trusted: exit 3
+                self.outcome.failures.append(_failure("list", f"page {page}", exc))
+                return
+            if last:
                 self.outcome.listing_complete = True
                 self._full_pass = self._full_pass or full
                 return
+            page += 1
 
     def _note_total(self, total: int | None, full: bool) -> None:
         if total is None:

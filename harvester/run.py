@@ -26,6 +26,7 @@ from harvester.client import DEFAULT_BACKOFF_BASE_S, RequestStats
 from harvester.config import DEFAULT_ACCOUNT, Config
 from harvester.errors import ApiError
 from harvester.lake import Lake
+from harvester.listing import ListingGuard
 from harvester.pipeline import Harvest, Outcome, ProgressHook
 from harvester.state import AccountState, StateStore
 from harvester.storage import open_storage
@@ -341,8 +342,10 @@ async def plan_harvest(config: Config) -> PlanReport:
         seen: set[str] = set()
         rides: set[str] = set()
         to_fetch = page = 0
+        guard = ListingGuard()
         while True:
             listing = await api.workouts_page(user_id, page, config.harvest.page_size)
+            last = guard.finished(page, listing)  # ListingError: a list that never ends
             page += 1
             for item in listing.items:
                 try:
@@ -356,9 +359,7 @@ async def plan_harvest(config: Config) -> PlanReport:
                     to_fetch += 1
                     if ref.ride_id and ref.ride_id != NULL_RIDE_ID and ref.ride_id not in known_rides:
                         rides.add(ref.ride_id)
-            if not listing.items or listing.show_next is False or (
-                listing.page_count is not None and page >= listing.page_count
-            ):
+            if last:
                 break
     daily = 3  # /api/me, overview, one page of instructors
     requests = page + 2 * to_fetch + len(rides) + daily + 1

@@ -202,7 +202,9 @@ def test_only_transient_errors_are_retried_by_policy() -> None:
          UnreachableError, "cannot connect to api.onepeloton.com: Connection refused"),
         (aiohttp.ClientConnectorCertificateError(None, ValueError("self-signed")),  # type: ignore[arg-type]
          TlsError, "TLS failure talking to api.onepeloton.com"),
-        (aiohttp.TooManyRedirects(None, ()), PermanentApiError, "request failed"),  # type: ignore[arg-type]
+        (aiohttp.TooManyRedirects(None, ()), UnexpectedResponseError,  # type: ignore[arg-type]
+         "still redirected after 5 redirects"),
+        (aiohttp.InvalidURL("no host"), PermanentApiError, "request failed"),
     ],
 )
 def test_exception_translation_table(exc: aiohttp.ClientError | TimeoutError,

@@ -35,6 +35,7 @@ import anyio
 import anyio.to_thread
 import orjson
 
+from harvester.config import require_token_text
 from harvester.files import atomic_write
 
 log = logging.getLogger(__name__)
@@ -149,6 +150,8 @@ class TokenStore:
             return None
         if access is None and refresh is None:
             return None
+        for token in (access, refresh):  # a damaged cache: say which file, don't send it
+            require_token_text(token, f"the token cache {self.path}")
         return Tokens(access, refresh, *self._deadline(raw.get("expires_at"), raw.get("expires_in")))
 
     def _deadline(self, expires_at: object, expires_in: object) -> tuple[float | None, float | None]:

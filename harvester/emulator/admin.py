@@ -18,8 +18,9 @@ def _json(payload: Any, status: int = 200) -> web.Response:
 
 def change_settings(state: EmulatorState, changes: dict[str, Any]) -> None:
     """Apply runtime knob changes; SettingsError names a bad or fixed knob."""
-    if "quirks" in changes and isinstance(changes["quirks"], list):
-        changes["quirks"] = frozenset(changes["quirks"])
+    for key in ("quirks", "hostile_routes"):  # JSON has lists, the settings hold sets
+        if key in changes and isinstance(changes[key], list):
+            changes[key] = frozenset(changes[key])
     if "password_clients" in changes and isinstance(changes["password_clients"], list):
         changes["password_clients"] = tuple(changes["password_clients"])
     state.apply(state.settings.updated(changes))

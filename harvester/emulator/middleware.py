@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 import orjson
 from aiohttp import web
 
+from harvester.emulator import hostile
 from harvester.emulator.faults import retry_after_value
 from harvester.emulator.state import STATE, EmulatorState
 
@@ -99,6 +100,9 @@ async def _answer(
             return throttled(state, wait)
     if s.latency_ms or s.jitter_ms:
         await asyncio.sleep((s.latency_ms + s.jitter_ms * state.jitter.random()) / 1000)
+    if data and hostile.applies(s.hostile, s.hostile_routes, request.match_info.route.name or ""):
+        state.stats.faults[s.hostile] += 1
+        return await hostile.answer(request, handler)
     kind = state.faults.draw(s.faults) if data else None
     if kind is None:
         return await handler(request)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 import time
@@ -15,7 +16,7 @@ from harvester.emulator.account import Account
 from harvester.emulator.admin import change_settings
 from harvester.emulator.app import make_app
 from harvester.emulator.orca import make_orca_app
-from harvester.emulator.settings import DEFAULT_HOST, EmulatorSettings
+from harvester.emulator.settings import DEFAULT_HOST, EmulatorSettings, SettingsError
 from harvester.emulator.state import STATE, EmulatorState
 from harvester.emulator.stats import Stats
 
@@ -104,7 +105,14 @@ async def _listen(runner: web.AppRunner, host: str, port: int) -> int:
 async def serve(settings: EmulatorSettings, host: str = DEFAULT_HOST, port: int = 0) -> None:
     """Start, print the base URL as the first stdout line, serve until cancelled or signalled."""
     emulator = Emulator(settings)
-    url = await emulator.start(host, port)
+    try:
+        url = await emulator.start(host, port)
+    except OSError as exc:  # in use, not an address of this machine, unknown host name
+        await emulator.stop()
+        code = exc.errno or 0  # getaddrinfo's are negative: no strerror for them
+        reason = os.strerror(code) if code > 0 else exc.strerror or str(exc)
+        raise SettingsError(f"cannot listen on {host}:{port}: {reason}; choose another --port "
+                            "(0 picks a free one) or --host") from None
     print(url, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +12,7 @@ DEFAULT_USERNAME = "demo@example.com"
 DEFAULT_PASSWORD = "peloton-demo"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
+MAX_PORT = 65535
 # Peloton's members web app (Universal Login) and the older client pylotoncycle sends.
 WEB_CLIENT_ID = "WVoJxVDdPoFx4RNewvvg6ch2mZ7bwnsM"
 LEGACY_CLIENT_ID = "mgsmWCD0A8Qn6uz6mmqI6qeBNHH9IPwS"
@@ -22,6 +24,11 @@ FAULT_PROFILES = ("none", "flaky", "hostile")
 RATE_LIMIT_STYLES = ("cloudflare", "retry-after", "http-date")
 LEGACY_LOGIN_MODES = ("ok", "gone")
 QUIRKS = frozenset({"bad_id", "missing_created_at", "null_numbers", "unknown_enum"})
+# Answers built to hang or exhaust a client (hostile.py describes each).
+HOSTILE_MODES = ("none", "repeat_page", "ignore_page", "lying_total", "lying_page_count",
+                 "endless_body", "drip", "gzip_bomb")
+ROUTES = frozenset({"me", "user", "overview", "workouts", "workout", "performance_graph",
+                    "metadata_mappings", "ride", "ride_details", "instructors", "instructor"})
 
 # Knobs that only change how requests are answered; the rest shape the synthetic
 # account and need a new emulator.
@@ -38,6 +45,9 @@ RUNTIME_KNOBS = frozenset(
         "legacy_login",
         "arrive_every",
         "extra_field",
+        "hostile",
+        "hostile_routes",
+        "drip_s",
         "verification",
         "anomalies",
         "missing_csrf",
@@ -53,7 +63,11 @@ MAX_ACCOUNTS = 1000
 
 
 class SettingsError(ValueError):
-    """A knob was given a value the emulator cannot honour."""
+    """A knob was given a value the emulator cannot honour; ``knob`` names it when one did."""
+
+    def __init__(self, message: str, knob: str | None = None) -> None:
+        super().__init__(message)
+        self.knob = knob
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +91,9 @@ class EmulatorSettings:
     arrive_every: int | None = None
     extra_field: bool = False
     quirks: frozenset[str] = field(default_factory=frozenset)
+    hostile: str = "none"
+    hostile_routes: frozenset[str] = field(default_factory=frozenset)  # empty: every /api route
+    drip_s: float = 1.0
     accounts: int = 1  # members served; see logins()
     # Universal Login (PELOTON_API.md 1a)
     verification: bool = False  # the account must verify (MFA): no headless sign-in
@@ -89,25 +106,36 @@ class EmulatorSettings:
     orca_host: str = DEFAULT_ORCA_HOST  # the second listener (auth-orca) as redirects name it
 
     def __post_init__(self) -> None:
-        _check(self.workouts >= 0, "workouts must be >= 0")
-        _check(1 <= self.accounts <= MAX_ACCOUNTS, f"accounts must be between 1 and {MAX_ACCOUNTS}")
-        _check(self.faults in FAULT_PROFILES, f"faults must be one of {FAULT_PROFILES}")
-        _check(
-            self.rate_limit_style in RATE_LIMIT_STYLES,
-            f"rate_limit_style must be one of {RATE_LIMIT_STYLES}",
-        )
-        _check(self.legacy_login in LEGACY_LOGIN_MODES, "legacy_login must be ok or gone")
-        _check(self.rate_limit is None or self.rate_limit > 0, "rate_limit must be > 0")
-        _check(self.rate_burst is None or self.rate_burst >= 1, "rate_burst must be >= 1")
-        _check(self.arrive_every is None or self.arrive_every >= 1, "arrive_every must be >= 1")
-        _check(self.latency_ms >= 0 and self.jitter_ms >= 0, "latency must be >= 0")
-        _check(self.anomalies >= 0 and self.missing_csrf >= 0, "injection counts must be >= 0")
-        _check(self.lockout_after >= 1, "lockout_after must be >= 1")
-        _check(self.code_ttl > 0 and self.refresh_stall_s >= 0, "code_ttl > 0, refresh_stall_s >= 0")
+        _check(self.workouts >= 0, "workouts", "must be 0 or more")
+        _check(1 <= self.accounts <= MAX_ACCOUNTS, "accounts", f"must be between 1 and {MAX_ACCOUNTS}")
+        _check(self.faults in FAULT_PROFILES, "faults", f"must be one of {FAULT_PROFILES}")
+        _check(self.rate_limit_style in RATE_LIMIT_STYLES, "rate_limit_style",
+               f"must be one of {RATE_LIMIT_STYLES}")
+        _check(self.legacy_login in LEGACY_LOGIN_MODES, "legacy_login", "must be ok or gone")
+        _check(self.rate_limit is None or _finite(self.rate_limit) > 0, "rate_limit",
+               "must be a number of requests per second greater than 0")
+        _check(self.rate_burst is None or _finite(self.rate_burst) >= 1, "rate_burst",
+               "must be 1 or more")
+        _check(self.arrive_every is None or self.arrive_every >= 1, "arrive_every",
+               "must be 1 or more")
+        _check(_finite(self.latency_ms) >= 0, "latency_ms", "must be 0 or more")
+        _check(_finite(self.jitter_ms) >= 0, "jitter_ms", "must be 0 or more")
+        _check(_finite(self.slow_s) >= 0, "slow_s", "must be 0 or more")
+        _check(_finite(self.token_ttl) > 0, "token_ttl", "must be greater than 0")
+        _check(self.anomalies >= 0, "anomalies", "must be 0 or more")
+        _check(self.missing_csrf >= 0, "missing_csrf", "must be 0 or more")
+        _check(self.lockout_after >= 1, "lockout_after", "must be 1 or more")
+        _check(_finite(self.code_ttl) > 0, "code_ttl", "must be greater than 0")
+        _check(_finite(self.refresh_stall_s) >= 0, "refresh_stall_s", "must be 0 or more")
         unknown_clients = set(self.password_clients) - set(CLIENTS)
-        _check(not unknown_clients, f"password_clients must be among {CLIENTS}")
+        _check(not unknown_clients, "password_clients", f"must be among {CLIENTS}")
         unknown = set(self.quirks) - QUIRKS
-        _check(not unknown, f"unknown quirks {sorted(unknown)}; known: {sorted(QUIRKS)}")
+        _check(not unknown, "quirks", f"has unknown {sorted(unknown)}; known: {sorted(QUIRKS)}")
+        _check(self.hostile in HOSTILE_MODES, "hostile", f"must be one of {HOSTILE_MODES}")
+        routes = set(self.hostile_routes) - ROUTES
+        _check(not routes, "hostile_routes",
+               f"has unknown {sorted(routes)}; known: {sorted(ROUTES)}")
+        _check(_finite(self.drip_s) > 0, "drip_s", "must be greater than 0")
 
     def logins(self) -> list[tuple[str, str]]:
         """(username, password) of each account: the first is --username/--password,
@@ -126,16 +154,22 @@ class EmulatorSettings:
     def updated(self, changes: dict[str, Any]) -> EmulatorSettings:
         """A copy with runtime knobs changed; account-shaping knobs are refused."""
         refused = set(changes) - RUNTIME_KNOBS
-        _check(not refused, f"cannot change {sorted(refused)} at runtime")
+        if refused:
+            raise SettingsError(f"cannot change {sorted(refused)} at runtime")
         try:
             return dataclasses.replace(self, **changes)
         except TypeError as exc:
             raise SettingsError(str(exc)) from exc
 
 
-def _check(ok: bool, message: str) -> None:
+def _check(ok: bool, knob: str, rule: str) -> None:
     if not ok:
-        raise SettingsError(message)
+        raise SettingsError(f"{knob} {rule}", knob)
+
+
+def _finite(value: float) -> float:
+    """``value``, or NaN (which fails every comparison) when it is infinite or NaN."""
+    return value if math.isfinite(value) else math.nan
 
 
 def parse_quirks(text: str) -> frozenset[str]:
@@ -235,6 +269,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add("--extra-field", action="store_true", help="add an undocumented key to every workout")
     add("--quirks", default="", help=f"comma list of {','.join(sorted(QUIRKS))} (default none)")
+    add(
+        "--hostile",
+        choices=HOSTILE_MODES,
+        default=d.hostile,
+        help="answer like a hostile server: repeat_page, ignore_page, lying_total, "
+        "lying_page_count (the workout list); endless_body, drip, gzip_bomb (bodies) "
+        "(default none)",
+    )
+    add(
+        "--hostile-routes",
+        default="",
+        help="comma list of routes the body modes hit, e.g. workouts,performance_graph "
+        "(default: every /api route)",
+    )
+    add("--drip-s", type=float, default=d.drip_s,
+        help=f"seconds between two bytes of a drip answer (default {d.drip_s:g})")
     add("--verification", action="store_true",
         help="Universal Login asks for a verification step (MFA): only a browser gets through")
     add("--anomalies", type=int, default=0,
@@ -253,8 +303,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(ns: argparse.Namespace) -> tuple[EmulatorSettings, str, int]:
-    """Settings, host and port from parsed arguments; SettingsError on bad values."""
-    settings = EmulatorSettings(
+    """Settings, host and port from parsed arguments; SettingsError naming the option."""
+    if not 0 <= ns.port <= MAX_PORT:
+        raise SettingsError(f"--port must be between 0 and {MAX_PORT} (0: any free port)")
+    try:
+        return _settings(ns), ns.host, ns.port
+    except SettingsError as exc:
+        if exc.knob is None:
+            raise
+        option = "--" + exc.knob.replace("_", "-")
+        raise SettingsError(f"{option}{str(exc).removeprefix(exc.knob)}", exc.knob) from None
+
+
+def _settings(ns: argparse.Namespace) -> EmulatorSettings:
+    return EmulatorSettings(
         workouts=ns.workouts,
         seed=ns.seed,
         username=ns.username,
@@ -272,6 +334,9 @@ def settings_from_args(ns: argparse.Namespace) -> tuple[EmulatorSettings, str, i
         arrive_every=ns.arrive_every,
         extra_field=ns.extra_field,
         quirks=parse_quirks(ns.quirks),
+        hostile=ns.hostile,
+        hostile_routes=parse_quirks(ns.hostile_routes),
+        drip_s=ns.drip_s,
         accounts=ns.accounts,
         verification=ns.verification,
         anomalies=ns.anomalies,
@@ -281,4 +346,3 @@ def settings_from_args(ns: argparse.Namespace) -> tuple[EmulatorSettings, str, i
         code_ttl=ns.code_ttl,
         orca_host=ns.orca_host,
     )
-    return settings, ns.host, ns.port

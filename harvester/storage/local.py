@@ -323,7 +323,11 @@ class RunFileLock:
         if fd is None:
             return
         try:
-            os.ftruncate(fd, 0)  # no stale holder info for the next reader
+            # No stale holder info for the next reader. On a disk that turned read-only
+            # this fails: harmless (closing frees the lock), and it must not mask the
+            # error that is ending the run.
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
             fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
