@@ -193,7 +193,9 @@ class LocalStorage:
         except (FileNotFoundError, NotADirectoryError):
             return [], []
         except OSError as exc:
-            raise _error("list", directory, exc) from None
+            raise StorageError(
+                f"cannot read lake directory {directory}: {exc.strerror or exc}; fix its permissions "
+                "(the harvester needs to read and write every folder of the lake)") from None
         return sorted(dirs), sorted(files, key=lambda e: e.key)
 
     def batch(self) -> LocalBatch:
