@@ -174,7 +174,8 @@ def _common_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", type=Path, metavar="PATH",
                         help="TOML config (default ./peloton-harvester.toml when present)")
-    common.add_argument("--out", metavar="DIR", help="lake root (overrides output.root)")
+    common.add_argument("--out", metavar="DIR|URL",
+                        help="lake root: a folder or s3://bucket/prefix (overrides output.root)")
     common.add_argument("--account", action="append", metavar="NAME",
                         help="harvest only this [[accounts]] entry (repeatable; default all)")
     common.add_argument("--concurrency", type=int, metavar="N",
