@@ -213,7 +213,7 @@ class HttpClient:
 
     async def _attempt(self, request: _Request) -> JsonObject:
         method, url, endpoint = request.method, request.url, request.endpoint
-        async with self._limiter:
+        async with self._limiter as sent_at:
             self.stats.requests += 1
             self.stats.by_endpoint[endpoint] = self.stats.by_endpoint.get(endpoint, 0) + 1
             reply = await self._send(request)
@@ -222,13 +222,13 @@ class HttpClient:
         if reply.status == 429:
             self.stats.throttled += 1
             before = self._limiter.current_rate
-            self._limiter.on_throttled()
+            self._limiter.on_throttled(sent_at)
             if self._limiter.current_rate < before:
                 log.info("HTTP 429 from %s: request rate lowered to %.3g/s",
                          urlsplit(url).hostname, self._limiter.current_rate)
-        result = interpret(method, url, reply.status, reply.body, reply.retry_after, reply.location)
-        self._limiter.on_success()
-        return result
+        else:
+            self._limiter.on_success(sent_at)  # any other answer passed the server's rate limit
+        return interpret(method, url, reply.status, reply.body, reply.retry_after, reply.location)
 
     async def _send(self, request: _Request) -> _Reply:
         try:

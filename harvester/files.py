@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import itertools
 import os
 import re
 import secrets
@@ -24,9 +25,26 @@ from typing import cast
 TEMP_NAME = re.compile(r"\..+\.tmp-\d+-[0-9a-f]+")
 
 
+class _TempNames:
+    """Process id, a tag drawn once per process and a counter: unique among processes
+    sharing a directory, even where process ids repeat (other hosts, containers),
+    without a random draw per file. A forked child draws its own tag."""
+
+    def __init__(self) -> None:
+        self.reseed()
+
+    def reseed(self) -> None:
+        self.prefix = f"tmp-{os.getpid()}-{secrets.token_hex(4)}"
+        self.sequence = itertools.count()
+
+
+_NAMES = _TempNames()
+os.register_at_fork(after_in_child=_NAMES.reseed)
+
+
 def temp_name(name: str) -> str:
     """A sibling name for ``name`` that no ``*.jsonl`` glob (nor Spark, nor DuckDB) sees."""
-    return f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    return f".{name}.{_NAMES.prefix}{next(_NAMES.sequence):x}"
 
 
 def write_temp(target: Path, data: bytes, mode: int) -> Path:

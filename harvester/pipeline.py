@@ -17,7 +17,8 @@ Data flow of one run (``Harvest.run``):
     event loop (graphs and rides before workouts, so a committed workout implies
     its graph). A cancelled run still commits what is complete (shielded).
  5. Beside them, one task fetches the daily datasets (profiles, instructors), at
-    most once per UTC day per account.
+    most once per UTC day per account. It and the producer's list pages take
+    the workers' request slots: at most ``concurrency`` requests in flight.
  6. The caller writes state, failures and the manifest from the ``Harvest``'s
     outcome.
 """
@@ -146,7 +147,7 @@ class Harvest:
         self.done = 0
         self._inflight: list[WorkoutResult] = []  # the batch a background commit holds
         self.total = 0
-        # Requests in flight for workouts: at most `concurrency`, whichever worker asks.
+        # Requests in flight: at most `concurrency`, whichever task asks (see _in_slot).
         # asyncio's semaphore, not anyio's CapacityLimiter: that one yields to the
         # event loop on every acquire, a cost paid per request (see _request_all).
         self._slots = asyncio.Semaphore(config.harvest.concurrency)
@@ -168,7 +169,7 @@ class Harvest:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._write, recv_results)
-                # One request at a time beside the workers, so it costs no wall time.
+                # One request at a time, in one of the same slots as the workers.
                 tg.start_soon(self._fetch_daily)
                 async with anyio.create_task_group() as fetchers:
                     fetchers.start_soon(self._produce, send_refs)
@@ -261,7 +262,7 @@ class Harvest:
         page = 0
         while True:
             try:
-                listing = await self.api.workouts_page(self.user_id, page, limit)
+                listing = await self._in_slot(partial(self.api.workouts_page, self.user_id, page, limit))
             except ApiError as exc:
                 # The rest of the history stays unlisted: no watermark move, exit 3, next run relists.
                 self.outcome.failures.append(_failure("list", f"page {page}", exc))
@@ -456,11 +457,10 @@ class Harvest:
         got: dict[str, JsonObject | ApiError] = {}
 
         async def one(name: str, call: Callable[[], Awaitable[JsonObject]]) -> None:
-            async with self._slots:
-                try:
-                    got[name] = await call()
-                except ApiError as exc:
-                    got[name] = exc
+            try:
+                got[name] = await self._in_slot(call)
+            except ApiError as exc:
+                got[name] = exc
 
         if len(calls) == 1:
             [(name, call)] = calls.items()
@@ -473,6 +473,12 @@ class Harvest:
             if isinstance(value, AuthError):
                 raise value  # the whole run stops: the credentials are gone
         return got
+
+    async def _in_slot(self, call: Callable[[], Awaitable[T]]) -> T:
+        """``call`` holding one of the run's ``concurrency`` request slots: every request
+        of the harvest (workouts, listing, daily datasets) goes through here."""
+        async with self._slots:
+            return await call()
 
     def _workout_failed(self, result: WorkoutResult, exc: ApiError) -> None:
         if isinstance(exc, NotFoundError):
@@ -620,7 +626,7 @@ class Harvest:
         self, kind: str, fetch: Callable[[str], Awaitable[T]], stamp: str
     ) -> T | None:
         try:
-            return await fetch(stamp)
+            return await self._in_slot(partial(fetch, stamp))  # its requests go one at a time
         except AuthError:
             raise
         except ApiError as exc:

@@ -12,12 +12,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = {
     "rate": "rate-bound",
+    "rate_2x": "rate-bound, 2 x the limit",
+    "rate_5x": "rate-bound, 5 x the limit",
     "latency": "latency-bound",
     "versus": "against pylotoncycle 0.9.5",
     "cpu": "CPU per record",
     "memory": "memory",
     "refresh": "refresh",
     "s3": "S3 vs local disk",
+    "inflight": "peak in-flight requests",
 }
 
 
@@ -39,6 +42,8 @@ def test_quick_bench_prints_a_table_and_writes_every_figure(tmp_path: Path) -> N
         assert "error" not in scenario, scenario
         assert scenario["value"] is not None and isinstance(scenario["holds"], bool), key
     assert report["scenarios"]["refresh"]["nothing_new"]["requests"] >= 1
+    assert "peers" not in report["scenarios"]  # the dlt peer runs only on request (--peers)
+    assert report["scenarios"]["rate_5x"]["runs"][0]["requests"] >= 30
     assert report["scenarios"]["cpu"]["bare_loop"]["requests"] == (
         report["scenarios"]["cpu"]["harvester"]["requests"]
     )

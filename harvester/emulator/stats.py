@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from array import array
 from collections import Counter, defaultdict
 from typing import Any
@@ -32,6 +33,7 @@ class Stats:
         self.early_refreshes = 0  # refreshes while the access token had over half its life left
         self.refresh_in_flight = 0  # refresh grants rotated but not yet answered
         self.arrivals = array("d")  # compact: a benchmark makes millions
+        self.throttled_at = array("d")  # when each 429 was sent, on the arrivals' clock
 
     def begin(self, endpoint: str, item_id: str | None, now: float) -> None:
         self.requests += 1
@@ -46,8 +48,9 @@ class Stats:
         self.concurrency -= 1
         if status:
             self.status[str(status)] += 1
-        if status == 429:
+        if status == 429:  # answered at once, before any latency: stamped as it leaves
             self.throttled += 1
+            self.throttled_at.append(time.monotonic() - self.started)
 
     def snapshot(self, arrivals: bool) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -71,6 +74,7 @@ class Stats:
         }
         if arrivals:
             out["arrivals"] = [round(t, 6) for t in self.arrivals]
+            out["throttled_at"] = [round(t, 6) for t in self.throttled_at]
             # Arrivals count from this time.monotonic() reading; on Linux that clock is
             # shared by every process, so a benchmark can place them on its own timeline.
             out["arrivals_since_monotonic"] = self.started
