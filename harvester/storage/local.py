@@ -259,6 +259,8 @@ class LocalBatch:
 
     def commit(self) -> None:
         """One barrier, the renames in staging order (and removals), a second barrier."""
+        if not self._staged:
+            return  # nothing staged: no barrier to pay for
         root = self._storage.root
         try:
             sync_filesystem(root)
