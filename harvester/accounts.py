@@ -26,7 +26,15 @@ from harvester.api import open_session
 from harvester.client import DEFAULT_BACKOFF_BASE_S
 from harvester.config import DEFAULT_ACCOUNT, AccountConfig, Config, require_credentials
 from harvester.errors import ConfigError, HarvesterError
-from harvester.run import EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, ProgressFactory, RunReport, run_harvest
+from harvester.run import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    ProgressFactory,
+    RunReport,
+    absorb_further_signals,
+    run_harvest,
+)
 from harvester.storage import is_object_url, parse_object_url
 
 log = logging.getLogger(__name__)
@@ -121,14 +129,19 @@ async def _harvest_one(
 async def _set_on_signal(
     event: anyio.Event, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
 ) -> None:
-    """Set ``event`` on the first SIGINT or SIGTERM: every account's run commits, then stops."""
+    """Set ``event`` on the first SIGINT or SIGTERM: every account's run commits, then stops.
+
+    Later signals are ignored, as a single account's run does (``absorb_further_signals``).
+    """
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         task_status.started()
-        async for signum in signals:
-            log.warning("received %s: every account commits what is complete, then stops",
-                        signal.Signals(signum).name)
-            event.set()
-            return
+        async for received in signals:
+            signum = received
+            break
+    absorb_further_signals()
+    log.warning("received %s: every account commits what is complete, then stops",
+                signal.Signals(signum).name)
+    event.set()
 
 
 def exit_code(outcomes: Sequence[AccountOutcome]) -> int:

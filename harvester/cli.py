@@ -1,4 +1,9 @@
-"""Command line: parse, configure logging, run a command, map errors to exit codes."""
+"""Command line: parse, configure logging, run a command, map errors to exit codes.
+
+Each command is one row of ``COMMANDS``: its one-line help, its description and
+the options it takes (names from ``OPTIONS``), so ``COMMAND --help`` lists only
+what applies, with defaults. A new command adds a row and a branch in ``_dispatch``.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,14 @@ import argparse
 import contextlib
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import anyio
 import orjson
@@ -19,20 +26,168 @@ import orjson
 from harvester import __version__
 from harvester.accounts import check_credentials, check_lake_root, exit_code, failure_line, harvest_accounts
 from harvester.client import RequestStats
-from harvester.config import Config, load_config, require_credentials
-from harvester.errors import ApiError, ConfigError, HarvesterError
+from harvester.config import SECRET_KEYS, Config, load_config, require_credentials
+from harvester.console import Console, configure_logging
+from harvester.errors import ApiError, ConfigError, UsageError, first_harvester_error
 from harvester.pipeline import ProgressHook
-from harvester.run import plan_harvest, read_status, run_harvest, run_login
+from harvester.plan import plan_harvest
+from harvester.run import run_login
+from harvester.status import read_status, render
 from harvester.storage import is_object_url, parse_object_url
 
 log = logging.getLogger("harvester")
 
 PROG = "peloton-harvester"
-DEMO_WORKOUTS = 500
-DEMO_RPS = 200.0
-DEMO_CONCURRENCY = 16
-DEMO_LATENCY_MS = 15.0
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+_DEFAULTS = Config()
+_SECRET_OPTIONS = {f"--{key.replace('_', '-')}": var for key, var in SECRET_KEYS.items()} | {
+    "--pass": "PELOTON_PASSWORD", "--passwd": "PELOTON_PASSWORD",
+}
+_NO_SECRET_CHECK = frozenset({"emulator"})  # its --username/--password are the fake account's
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    help: str
+    description: str
+    options: tuple[str, ...]  # keys of OPTIONS
+
+
+_HARVEST_OPTIONS = ("config", "out", "account", "concurrency", "rps", "no-progress", "quiet",
+                    "log-format", "verbose", "allow-mass-delete")
+COMMANDS: dict[str, Command] = {
+    "login": Command(
+        "sign in once and store the tokens, so later runs need no password",
+        "Sign in and store the tokens at auth.token_cache. Headless with "
+        "PELOTON_USERNAME/PELOTON_PASSWORD (asked for on a terminal when not set), or "
+        "--browser: open the printed URL, sign in, paste the address the browser lands on.",
+        ("config", "account", "browser", "log-format", "verbose")),
+    "backfill": Command(
+        "make the lake complete and equal to the source (resumes)",
+        "Make the lake complete and equal to the source: fetch every workout the lake lacks, "
+        "with its performance graph and class details, then the daily datasets; re-home rows "
+        "whose date changed and remove what the source deleted. Safe to stop and run again.",
+        _HARVEST_OPTIONS),
+    "refresh": Command(
+        "harvest what is new, plus a look-back window; reconcile at most daily (for cron)",
+        "Fetch workouts newer than the watermark minus harvest.lookback_days, what failed "
+        "last time and workouts that were in progress; reconcile deletes at most once a day. "
+        "Cheap when nothing is new; exit 75 means try again later.",
+        _HARVEST_OPTIONS),
+    "verify": Command(
+        "check every lake invariant; exit 0 clean, 3 problems found",
+        "Check every lake invariant (each key once, rows in their partitions, whole files, a "
+        "graph per workout, a class per class workout, no stray temporary files) and print "
+        "what is wrong; --repair fixes it.",
+        ("config", "out", "repair", "concurrency", "rps", "no-progress", "log-format", "verbose")),
+    "plan": Command(
+        "count workouts and price the next run; writes nothing",
+        "Page the workout list only and estimate the requests and time of the next run at the "
+        "configured rate: a backfill, or on a complete lake a refresh. Progress on stderr.",
+        ("config", "out", "account", "rps", "no-progress", "log-format", "verbose")),
+    "status": Command(
+        "show the last run and attempt, a running harvest, rows, items to retry",
+        "Read the lake's state, run manifests and lock: per account the watermark, the last "
+        "run and the last attempt (failed ones too), rows per dataset, items to retry, "
+        "workouts in progress and classes without details. Exit 2 if the lake does not exist.",
+        ("config", "out", "json", "log-format", "verbose")),
+    "demo": Command(
+        "backfill a synthetic account from the bundled emulator (no account, no network)",
+        "Start the bundled emulator on loopback, backfill its synthetic account into "
+        "./demo-lake (or --out), settle its in-progress workout with a refresh, and print a "
+        "query to try.",
+        ("out", "workouts", "seed", "no-progress", "log-format", "verbose")),
+}
+
+
+DEMO_WORKOUTS = 500
+_H, _O = _DEFAULTS.harvest, _DEFAULTS.output
+# option name -> (flags, add_argument keywords); help texts state the default.
+OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
+    "config": (("--config",), {"type": Path, "metavar": "PATH", "help": (
+        "TOML config; relative paths in it start at its folder "
+        "(default: ./peloton-harvester.toml when present)")}),
+    "out": (("--out",), {"metavar": "DIR|URL", "help": (
+        "lake root: a folder (relative to the current directory) or s3://bucket/prefix "
+        f"(default: output.root, {_O.root})")}),
+    "account": (("--account",), {"action": "append", "metavar": "NAME", "help": (
+        "only this [[accounts]] entry (repeatable; default: all)")}),
+    "concurrency": (("--concurrency",), {"type": int, "metavar": "N", "help": (
+        f"workers (default: harvest.concurrency, {_H.concurrency})")}),
+    "rps": (("--rps",), {"type": float, "metavar": "X", "help": (
+        "requests per second, shared by every request "
+        f"(default: harvest.requests_per_second, {_H.requests_per_second:g})")}),
+    "no-progress": (("--no-progress",), {"action": "store_true", "help": (
+        "no progress bar (default: a bar on stderr when it is a terminal)")}),
+    "quiet": (("-q", "--quiet"), {"action": "store_true", "help": (
+        "nothing on stdout when all went well; warnings and errors still go to stderr")}),
+    "log-format": (("--log-format",), {"choices": ("text", "json"), "default": "text", "help": (
+        "every line printed as text, or as one JSON object per line (default: text)")}),
+    "verbose": (("-v", "--verbose"), {"action": "count", "default": 0, "help": (
+        "more logging (-vv for debug); tracebacks on errors (default: warnings only)")}),
+    "json": (("--json",), {"action": "store_true", "help": (
+        "print one JSON document for machines (default: text)")}),
+    "workouts": (("--workouts",), {"type": int, "default": DEMO_WORKOUTS, "metavar": "N", "help": (
+        f"workouts in the synthetic account (default: {DEMO_WORKOUTS})")}),
+    "seed": (("--seed",), {"type": int, "default": 1, "metavar": "N", "help": (
+        "synthetic account seed (default: 1)")}),
+    "allow-mass-delete": (("--allow-mass-delete",), {"action": "store_true", "help": (
+        "apply deletions even when the listing would remove more than 10%% of an account's "
+        "workouts (and more than 5) (default: refuse them)")}),
+    "browser": (("--browser",), {"action": "store_true", "help": (
+        "sign in with a browser and paste the callback URL back (default: headless sign-in)")}),
+    "repair": (("--repair",), {"action": "store_true", "help": (
+        "fix what is wrong: quarantine damaged files, fetch what is missing (default: only check)")}),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError instead of exiting, and never echoes a typed value."""
+
+    def parse_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None,
+    ) -> argparse.Namespace:
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            options = sorted({e.split("=", 1)[0] for e in extras if e.startswith("-")})
+            what = f"unknown option(s) {', '.join(options)}" if options else "unexpected argument(s)"
+            raise UsageError(f"{what} (values not shown); see {self.prog} --help")
+        return parsed
+
+    def error(self, message: str) -> NoReturn:
+        message = re.sub(r"invalid (\w+) value: .*", r"invalid \1 value", message)
+        message = re.sub(r"invalid choice: .*? \(", "invalid choice (", message)
+        raise UsageError(f"{message}; see {self.prog} --help")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description="Copy a Peloton workout history into a date-partitioned JSONL lake.",
+        epilog="Secrets come from the environment: PELOTON_USERNAME, PELOTON_PASSWORD, "
+        "PELOTON_ACCESS_TOKEN, PELOTON_REFRESH_TOKEN (or the variables an [[accounts]] entry "
+        "names), never from the command line. Exit codes: "
+        "0 ok, 1 internal error (a bug), 2 fix the config or system, 3 some items or accounts "
+        "failed (retried next run), 4 authentication failed (run `login`), "
+        "75 temporary failure (try again later), "
+        "130 interrupted.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, command in COMMANDS.items():
+        child = sub.add_parser(name, help=command.help, description=command.description)
+        for option in command.options:
+            flags, keywords = OPTIONS[option]
+            child.add_argument(*flags, **keywords)
+    from harvester.emulator import add_arguments
+
+    emulator = sub.add_parser(
+        "emulator", help="run the bundled Peloton API emulator in the foreground",
+        description="Serve the Peloton API emulator on loopback until interrupted. The first "
+        "line of stdout is its base URL; the next lines say how to point a config at it.")
+    add_arguments(emulator)
+    return parser
 
 
 def entry() -> NoReturn:
@@ -42,7 +197,7 @@ def entry() -> NoReturn:
     wrote; what is left of the process is the interpreter unloading aiohttp and the
     rest, about 40 ms here, longer than a refresh with nothing new spends on the
     network. So flush what is buffered (logging, stdout, stderr) and leave at once,
-    as mypy does. A SystemExit (``--help``, a usage error) takes the ordinary way.
+    as mypy does. A SystemExit (``--help``) takes the ordinary way.
     """
     code = main()
     logging.shutdown()
@@ -53,33 +208,61 @@ def entry() -> NoReturn:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    console = Console(_format_in(argv))
+    try:
+        _refuse_secret_arguments(argv)
+        parser = build_parser()
+        args = parser.parse_args(argv)
+    except UsageError as exc:
+        console.error(str(exc))
+        return EXIT_USAGE
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     verbose: int = getattr(args, "verbose", 0)
-    secrets: list[str] = []
+    console = Console(getattr(args, "log_format", "text"), quiet=getattr(args, "quiet", False))
     try:
         if args.command == "emulator":
             return _run_emulator(args)
         config = _config(args)
-        secrets = [*config.credentials.secrets(),
-                   *(s for account in config.accounts for s in account.credentials.secrets())]
-        configure_logging(verbose, getattr(args, "log_format", "text"), secrets)
-        return anyio.run(_dispatch, args, config)
+        console.secrets = [*config.credentials.secrets(),
+                           *(s for account in config.accounts for s in account.credentials.secrets())]
+        configure_logging(verbose, console.fmt, console.secrets)
+        return anyio.run(_dispatch, args, config, console)
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+        console.error("interrupted", exit_code=EXIT_INTERRUPTED)
+        return EXIT_INTERRUPTED
     except BaseException as exc:
-        return _report_error(exc, verbose, secrets)
+        return _report_error(exc, verbose, console)
 
 
-def _report_error(exc: BaseException, verbose: int, secrets: list[str]) -> int:
+def _format_in(argv: Sequence[str]) -> str:
+    """The --log-format asked for, for errors found before parsing succeeds."""
+    for i, arg in enumerate(argv):
+        if arg == "--log-format=json" or (arg == "--log-format" and argv[i + 1:i + 2] == ["json"]):
+            return "json"
+    return "text"
+
+
+def _refuse_secret_arguments(argv: Sequence[str]) -> None:
+    """``--password X`` is answered with the variable to set; X is never repeated."""
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command in _NO_SECRET_CHECK:
+        return
+    for arg in argv:
+        variable = _SECRET_OPTIONS.get(arg.split("=", 1)[0].replace("_", "-").lower())
+        if variable is not None:
+            raise UsageError(f"secrets come from the environment: set {variable} "
+                             f"(the command line takes no {arg.split('=', 1)[0]}; "
+                             "nothing typed after it is shown)")
+
+
+def _report_error(exc: BaseException, verbose: int, console: Console) -> int:
     """One line on stderr, a traceback only with -v; the exit code the SPEC gives."""
     if isinstance(exc, SystemExit):
         raise exc
-    error = _first_harvester_error(exc)
+    error = first_harvester_error(exc)
     if error is not None:
         message, code = str(error), error.exit_code
         if isinstance(error, ApiError):
@@ -87,125 +270,27 @@ def _report_error(exc: BaseException, verbose: int, secrets: list[str]) -> int:
     else:
         message = f"internal error: {type(exc).__name__}: {exc} (run with -v for the traceback)"
         code = 1
-    for secret in secrets:
-        message = message.replace(secret, "[redacted]")
     if verbose:
         log.error("traceback follows", exc_info=exc)
-    print(f"{PROG}: error: {message}", file=sys.stderr)
+    console.error(message, exit_code=code)
     return code
-
-
-def _first_harvester_error(exc: BaseException) -> HarvesterError | None:
-    """Task groups wrap errors in groups; the user wants the one that stopped the run."""
-    if isinstance(exc, HarvesterError):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = _first_harvester_error(inner)
-            if found is not None:
-                return found
-    return None
-
-
-# -- parser -------------------------------------------------------------------
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Copy a Peloton workout history into a date-partitioned JSONL lake.",
-        epilog="Secrets come from PELOTON_USERNAME, PELOTON_PASSWORD, PELOTON_ACCESS_TOKEN "
-        "and PELOTON_REFRESH_TOKEN (or the variables an [[accounts]] entry names). Exit codes: "
-        "0 ok, 1 internal error, 2 usage/config, 3 some items or accounts failed, "
-        "4 authentication failed (run `login`), 75 try again later (another run holds the "
-        "account, or Peloton is throttling or down), "
-        "130 interrupted.",
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    common = _common_options()
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    _add_login(sub, common)
-    for name, text in (
-        ("backfill", "make the lake complete and equal to the source (resumes)"),
-        ("refresh", "harvest what is new, plus a look-back window; reconcile at most daily"),
-    ):
-        harvest = sub.add_parser(name, parents=[common], help=text)
-        harvest.add_argument(
-            "--allow-mass-delete", action="store_true",
-            help="apply deletions even when the listing would remove more than 10%% of an "
-            "account's workouts (and more than 5)")
-    verify = sub.add_parser(
-        "verify", parents=[common],
-        help="check every lake invariant; exit 0 clean, 3 problems found")
-    verify.add_argument("--repair", action="store_true",
-                        help="fix what is wrong: quarantine damaged files, fetch what is missing")
-    sub.add_parser("plan", parents=[common],
-                   help="list only: count workouts, estimate requests and time")
-    sub.add_parser("status", parents=[common],
-                   help="per account: watermark, last run, rows per dataset")
-    demo = sub.add_parser(
-        "demo", parents=[common],
-        help="backfill a synthetic account from the bundled emulator (no account, no network)",
-    )
-    demo.add_argument("--workouts", type=int, default=DEMO_WORKOUTS,
-                      help=f"workouts in the synthetic account (default {DEMO_WORKOUTS})")
-    demo.add_argument("--seed", type=int, default=1, help="synthetic account seed (default 1)")
-    from harvester.emulator import add_arguments
-
-    emulator = sub.add_parser("emulator", help="run the bundled Peloton API emulator")
-    add_arguments(emulator)
-    return parser
-
-
-def _add_login(sub: argparse._SubParsersAction[argparse.ArgumentParser],
-               common: argparse.ArgumentParser) -> None:
-    login = sub.add_parser(
-        "login", parents=[common],
-        help="sign in once and store the tokens, so later runs need no password",
-        description="Sign in and store the tokens at auth.token_cache. Headless with "
-        "PELOTON_USERNAME/PELOTON_PASSWORD (asked for on a terminal when not set), or "
-        "--browser: open the printed URL, sign in, paste the address the browser lands on.",
-    )
-    login.add_argument("--browser", action="store_true",
-                       help="sign in with a browser and paste the callback URL back")
-
-
-def _common_options() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", type=Path, metavar="PATH",
-                        help="TOML config (default ./peloton-harvester.toml when present)")
-    common.add_argument("--out", metavar="DIR|URL",
-                        help="lake root: a folder or s3://bucket/prefix (overrides output.root)")
-    common.add_argument("--account", action="append", metavar="NAME",
-                        help="harvest only this [[accounts]] entry (repeatable; default all)")
-    common.add_argument("--concurrency", type=int, metavar="N",
-                        help="workers (overrides harvest.concurrency)")
-    common.add_argument("--rps", type=float, metavar="X",
-                        help="requests per second (overrides harvest.requests_per_second)")
-    common.add_argument("--no-progress", action="store_true", help="no progress bar")
-    common.add_argument("--log-format", choices=("text", "json"), default="text",
-                        help="log line format on stderr (default text)")
-    common.add_argument("-v", "--verbose", action="count", default=0,
-                        help="more logging (-vv for debug); tracebacks on errors")
-    return common
 
 
 def _config(args: argparse.Namespace) -> Config:
     overrides: dict[str, object] = {}
-    if args.out is not None:
+    if getattr(args, "out", None) is not None:
         overrides["output.root"] = args.out
-    if args.concurrency is not None:
+    if getattr(args, "concurrency", None) is not None:
         overrides["harvest.concurrency"] = args.concurrency
-    if args.rps is not None:
+    if getattr(args, "rps", None) is not None:
         overrides["harvest.requests_per_second"] = args.rps
     if args.command == "demo":
-        overrides.setdefault("output.root", "./demo-lake")
-        overrides.setdefault("harvest.requests_per_second", DEMO_RPS)
-        overrides.setdefault("harvest.concurrency", DEMO_CONCURRENCY)
-        demo = load_config(args.config, overrides=overrides, search_default=False)
+        from harvester.demo import demo_overrides
+
+        demo = load_config(None, overrides=demo_overrides(overrides), search_default=False)
         check_lake_root(demo)
         return demo
-    config = load_config(args.config, overrides=overrides)
+    config = load_config(getattr(args, "config", None), overrides=overrides)
     if args.command == "login":
         config = _login_account(config, args.account)
         return config if args.browser else _with_prompted_credentials(config)
@@ -250,52 +335,50 @@ def _with_prompted_credentials(config: Config) -> Config:
 # -- commands -----------------------------------------------------------------
 
 
-async def _dispatch(args: argparse.Namespace, config: Config) -> int:
+async def _dispatch(args: argparse.Namespace, config: Config, console: Console) -> int:
     command: str = args.command
     if command == "login":
         user_id = await run_login(config, _paste_from_stdin if args.browser else None)
-        print(f"signed in to Peloton as account {user_id}; tokens stored in "
-              f"{config.auth.token_cache_path}")
+        console.result(f"signed in to Peloton as account {user_id}; tokens stored in "
+                       f"{config.auth.token_cache_path}")
         return 0
     if command in ("backfill", "refresh"):
         outcomes = await harvest_accounts(config, command, args.account,
                                           progress=_progress_factory(args),
                                           allow_mass_delete=args.allow_mass_delete)
+        named = len(outcomes) > 1 or bool(config.accounts)
         for outcome in outcomes:
             if outcome.report is not None:
-                named = len(outcomes) > 1 or bool(config.accounts)
-                print(f"{outcome.name}: " * named + outcome.report.summary())
+                report = outcome.report
+                console.result(f"{outcome.name}: " * named + report.summary(),
+                               ok=report.exit_code == 0,
+                               fields={"event": "summary", "account": outcome.name, **report.fields()})
         failed = failure_line(outcomes)
         if failed is not None:
-            _say_error(failed, config)
+            console.error(failed)
         return exit_code(outcomes)
-    if command == "plan":
-        accounts = config.select(args.account)
-        if not accounts:
-            print((await plan_harvest(config)).describe())
-        for account in accounts:
-            own = config.for_account(account)
-            require_credentials(own, account)
-            print(f"{account.name}: {(await plan_harvest(own)).describe()}")
-        return 0
     if command == "verify":
         from harvester.verify import verify
 
-        return await verify(config, repair=args.repair, print_line=print)
+        return await verify(config, repair=args.repair, print_line=console.result)
+    if command == "plan":
+        return await _plan(args, config, console)
     if command == "status":
-        print("\n".join(read_status(config)))
+        document = read_status(config)
+        if args.json:
+            sys.stdout.write(orjson.dumps(document).decode() + "\n")
+        elif console.fmt == "json":
+            console.result("status", fields={"event": "status", "status": document})
+        else:
+            for line in render(document):
+                console.result(line)
         return 0
     if command == "demo":
-        return await _demo(args, config)
+        from harvester.demo import run_demo
+
+        return await run_demo(config, console, workouts=args.workouts, seed=args.seed,
+                              progress=_progress_factory(args))
     raise ConfigError(f"unknown command {command!r}")
-
-
-def _say_error(message: str, config: Config) -> None:
-    """One error line on stderr, every account's secrets redacted."""
-    for account in config.accounts:
-        for secret in account.credentials.secrets():
-            message = message.replace(secret, "[redacted]")
-    print(f"{PROG}: error: {message}", file=sys.stderr)
 
 
 async def _paste_from_stdin(url: str) -> str:
@@ -310,44 +393,16 @@ async def _paste_from_stdin(url: str) -> str:
     return line.strip()
 
 
-async def _demo(args: argparse.Namespace, config: Config) -> int:
-    from dataclasses import replace
-
-    from harvester.config import Credentials
-    from harvester.emulator import Emulator, EmulatorSettings
-
-    if args.workouts < 1:
-        raise ConfigError("--workouts must be at least 1")
-    settings = EmulatorSettings(
-        workouts=args.workouts, seed=args.seed, latency_ms=DEMO_LATENCY_MS,
-        jitter_ms=DEMO_LATENCY_MS, in_progress=True,
-    )
-    emulator = Emulator(settings)
-    url = await emulator.start()
-    print(f"emulator: synthetic account with {args.workouts} workouts at {url}", flush=True)
-    try:
-        import tempfile  # only the demo needs it
-
-        with tempfile.TemporaryDirectory(prefix="peloton-demo-") as tmp:
-            demo_config = replace(
-                config,
-                api=replace(config.api, base_url=url, auth_url=url),
-                auth=replace(config.auth, method="login", client_id="",
-                             token_cache=f"{tmp}/tokens.json"),
-                credentials=Credentials(username=settings.username, password=settings.password),
-            )
-            report = await run_harvest(demo_config, "backfill", progress=_progress_factory(args))
-    finally:
-        await emulator.stop()
-    print(report.summary())
-    root = demo_config.output.root_path.resolve()
-    print(
-        "\nTry it with DuckDB (pip install duckdb):\n"
-        f"  duckdb -c \"SELECT date_trunc('month', to_timestamp(created_at)) AS month, "
-        f"fitness_discipline, count(*) AS workouts FROM read_json('{root}/workouts/**/*.jsonl', "
-        "hive_partitioning=true) GROUP BY ALL ORDER BY month DESC, workouts DESC LIMIT 12\""
-    )
-    return report.exit_code
+async def _plan(args: argparse.Namespace, config: Config, console: Console) -> int:
+    accounts = config.select(args.account)
+    for account in accounts or [None]:
+        own = config if account is None else config.for_account(account)
+        if account is not None:
+            require_credentials(own, account)
+        plan = await plan_harvest(own, progress=_progress_factory(args))
+        prefix = f"{account.name}: " if account is not None else ""
+        console.result(prefix + plan.describe(), fields={"event": "plan", **plan.fields()})
+    return 0
 
 
 def _run_emulator(args: argparse.Namespace) -> int:
@@ -362,13 +417,14 @@ def _run_emulator(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- progress and logging -----------------------------------------------------
+# -- progress -----------------------------------------------------------------
 
 
 def _progress_factory(
     args: argparse.Namespace,
 ) -> Callable[[RequestStats], AbstractContextManager[ProgressHook | None]] | None:
-    if args.no_progress or not sys.stderr.isatty():
+    # A bar is not a JSON line: --log-format json promises nothing but those.
+    if args.no_progress or getattr(args, "log_format", "text") == "json" or not sys.stderr.isatty():
         return None
     return _tqdm_progress
 
@@ -392,48 +448,3 @@ def _tqdm_progress(stats: RequestStats) -> Iterator[ProgressHook | None]:
             bar.refresh()
 
         yield update
-
-
-class _RedactingFilter(logging.Filter):
-    """Defence in depth: no known secret survives into a log line."""
-
-    def __init__(self, secrets: list[str]) -> None:
-        super().__init__()
-        self.secrets = [s for s in secrets if s]
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if self.secrets:
-            message = record.getMessage()
-            for secret in self.secrets:
-                message = message.replace(secret, "[redacted]")
-            record.msg, record.args = message, None
-        return True
-
-
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, object] = {
-            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return orjson.dumps(entry).decode()
-
-
-def configure_logging(verbose: int, fmt: str, secrets: list[str]) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(_RedactingFilter(secrets))
-    if fmt == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    root.setLevel(level)
-    # Third-party debug output can echo request headers; keep it out even at -vv.
-    for noisy in ("aiohttp", "asyncio", "urllib3"):
-        logging.getLogger(noisy).setLevel(max(level, logging.INFO))

@@ -3,6 +3,11 @@
 Precedence, lowest first: built-in defaults, the TOML file, command-line overrides.
 Secrets come only from the environment (``PELOTON_*``), never from a file or argv.
 Every problem is a :class:`ConfigError` whose one-line message names the key.
+
+Relative paths (``output.root``, ``auth.token_cache``) in a config file, or left
+at their defaults when a config file is read, resolve against the file's folder,
+so a cron job finds the same lake whatever its working directory; ``~`` expands.
+Paths given on the command line (``--out``) stay relative to the working directory.
 """
 
 from __future__ import annotations
@@ -30,6 +35,18 @@ LEGACY_CLIENT_ID = "mgsmWCD0A8Qn6uz6mmqI6qeBNHH9IPwS"
 ALL_DATASETS = ("workouts", "performance_graphs", "rides", "instructors", "profiles")
 AUTH_METHODS = ("login", "token", "password", "session")
 COMPRESSIONS = ("none", "gzip")
+DEFAULT_KEEP_RUNS = 200
+PATH_KEYS = (("output", "root"), ("auth", "token_cache"))  # resolved against the config's folder
+# Keys people try for secrets, and the variable that holds each instead.
+SECRET_KEYS = {
+    "username": "PELOTON_USERNAME",
+    "user": "PELOTON_USERNAME",
+    "email": "PELOTON_USERNAME",
+    "password": "PELOTON_PASSWORD",
+    "access_token": "PELOTON_ACCESS_TOKEN",
+    "token": "PELOTON_ACCESS_TOKEN",
+    "refresh_token": "PELOTON_REFRESH_TOKEN",
+}
 TOKEN_VARIABLES = {"access_token": "PELOTON_ACCESS_TOKEN", "refresh_token": "PELOTON_REFRESH_TOKEN"}
 # RFC 6750's b64token: every character a bearer token may hold, and all a header can carry safely.
 _TOKEN_CHARS = re.compile(r"[A-Za-z0-9._~+/=-]+")
@@ -75,6 +92,7 @@ class HarvestConfig:
 class OutputConfig:
     root: str = "./peloton-lake"
     compression: str = "none"
+    keep_runs: int = DEFAULT_KEEP_RUNS
 
     @property
     def root_path(self) -> Path:
@@ -192,10 +210,12 @@ def load_config(
     """
     env = os.environ if env is None else env
     raw: dict[str, Any] = {}
+    if path is None and search_default and DEFAULT_CONFIG_PATH.is_file():
+        path = DEFAULT_CONFIG_PATH
     if path is not None:
         raw = _read_toml(path)
-    elif search_default and DEFAULT_CONFIG_PATH.is_file():
-        raw = _read_toml(DEFAULT_CONFIG_PATH)
+        _check_no_secrets(raw, path)
+        _resolve_paths(raw, path.expanduser().absolute().parent)
     for dotted, value in (overrides or {}).items():
         section, key = dotted.split(".", 1)
         raw.setdefault(section, {})[key] = value
@@ -215,6 +235,47 @@ def _read_toml(path: Path) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: TOML syntax error: {_with_line(str(exc), text)}") from None
+
+
+def _check_no_secrets(raw: dict[str, Any], path: Path) -> None:
+    """A secret in the file is refused with the variable to set; its value is never shown."""
+    for section, values in raw.items():
+        tables = values if isinstance(values, list) else [values]  # [[accounts]] too
+        for table in tables:
+            if not isinstance(table, dict):
+                continue
+            for key in table:
+                variable = SECRET_KEYS.get(str(key).lower())
+                if variable is not None:
+                    raise ConfigError(
+                        f"config key {section}.{key} in {path}: secrets come from the "
+                        f"environment: set {variable} (and remove the key from the file)"
+                    )
+
+
+def _resolve_paths(raw: dict[str, Any], folder: Path) -> None:
+    """Make the relative path keys absolute against ``folder``, defaults included."""
+    defaults = Config()
+    for section, key in PATH_KEYS:
+        values = raw.get(section)
+        if values is not None and not isinstance(values, dict):
+            continue  # _build names the mistake
+        value = (values or {}).get(key, getattr(getattr(defaults, section), key))
+        if isinstance(value, str) and value:
+            raw.setdefault(section, {})[key] = resolve_path(value, folder)
+    entries = raw.get("accounts")
+    for entry in entries if isinstance(entries, list) else []:
+        cache = entry.get("token_cache") if isinstance(entry, dict) else None
+        if isinstance(cache, str) and cache:
+            entry["token_cache"] = resolve_path(cache, folder)
+
+
+def resolve_path(value: str, folder: Path) -> str:
+    """``value`` anchored at ``folder`` when relative; ``~`` paths (expanded at use),
+    absolute paths and URLs unchanged."""
+    if "://" in value or value.startswith("~") or Path(value).is_absolute():
+        return value
+    return os.path.normpath(folder / value)
 
 
 def _with_line(message: str, text: str) -> str:
@@ -335,6 +396,7 @@ def validate(config: Config) -> None:
     _require(output.compression in COMPRESSIONS,
              f"output.compression must be 'none' or 'gzip', got {output.compression!r}")
     _require(bool(output.root), "output.root must not be empty")
+    _require(1 <= output.keep_runs <= 1_000_000, "output.keep_runs must be between 1 and 1000000")
     _validate_accounts(config)
 
 

@@ -2,20 +2,21 @@
 
     HarvesterError                    exit 1 unless a subclass says otherwise
     ├── ConfigError                   exit 2: bad config file, key, value or missing credential
+    │   └── UsageError                exit 2: a bad command line (never echoes what was typed)
     ├── AuthError                     exit 4: wrong credentials, expired tokens
     │   ├── LegacyLoginGoneError      /auth/login answers 403 "no longer accepting requests"
     │   ├── SessionEndedError         no stored sign-in (or it was revoked) and no password: run `login`
     │   └── LoginRetryLaterError      exit 75: Auth0 throttles the login, or a transient anomaly
     │       └── LoginAnomalyError     AnomalyDetected / Invalid state / no _csrf: one retry first
-    ├── ApiError                      a request that did not give usable JSON
-    │   ├── TransientApiError         worth retrying: 5xx, resets, timeouts, empty/truncated bodies
+    ├── ApiError                      exit 2: a request that did not give usable JSON
+    │   ├── TransientApiError         exit 75, worth retrying: 5xx, resets, timeouts, empty/truncated
     │   │   ├── RateLimitedError      429, with the server's Retry-After when it sent one
-    │   │   └── UnreachableError      exit 2: DNS failure, connection refused, host unreachable
+    │   │   └── UnreachableError      DNS failure, connection refused, host or network unreachable
     │   └── PermanentApiError         not worth retrying: 4xx, a body that is not the expected JSON
     │       ├── NotFoundError         404 for an unknown id
-    │       ├── TlsError              exit 2: certificate or handshake failure
+    │       ├── TlsError              certificate or handshake failure
     │       ├── StalledResponseError  exit 75: headers came, the body did not finish by the deadline
-    │       ├── UnexpectedResponseError  exit 2: a 200 that is HTML, not an object, lacks `data`
+    │       ├── UnexpectedResponseError  a 200 that is HTML, not an object, lacks `data`
     │       │   └── ResponseTooLargeError  a body past the cap, decompressed size counted
     │       └── ListingError          exit 3: the workout list repeats, or misses its total
     ├── MisbehavingServerError        exit 2 (bodies past the cap) or 75 (stalled bodies):
@@ -23,8 +24,9 @@
     │                                 so no item catches it
     ├── LakeError                     exit 2: output root not writable, corrupt lake file
     ├── StateError                    exit 2: state unreadable
-    │   └── LockedError               exit 75: another run holds the account's lock or lease
-    │       └── LeaseLostError        the run's lease was taken over (it stalled past its expiry)
+    │   ├── LockedError               exit 75: another run holds the account's lock or lease
+    │   │   └── LeaseLostError        the run's lease was taken over (it stalled past its expiry)
+    │   └── NeedsBackfillError        exit 2: refresh on a lake with data but no state for the account
     └── StorageError                  exit 2: the lake's storage refused (no bucket, access denied)
         ├── StorageUnavailableError   exit 75: the storage server cannot be reached, times out, 5xx
         └── StorageConflictError      exit 75: a conditional write lost (exists, or changed since read)
@@ -34,9 +36,11 @@ message is one line a user can act on, and never contains a secret.
 
 An ApiError only decides the exit code when it stops a whole run (at login,
 ``/api/me``, or outside any item): failures of single items are recorded and
-give exit 3. The exit-2 ApiErrors are the ones whose cure is the configuration
-or the machine's network setup (``api.base_url``, proxy, CA certificates),
-not the harvester's code.
+give exit 3. Exit 75 (EX_TEMPFAIL) means "try again later": the network or
+Peloton is down or throttling, or another run holds the lake; cron and
+orchestrators retry on it. Exit 2 means the user must fix something first
+(``api.base_url``, proxy, CA certificates, the config). Neither is ever 1,
+which is kept for bugs.
 """
 
 from __future__ import annotations
@@ -48,10 +52,17 @@ class HarvesterError(Exception):
     exit_code = 1
 
 
+EXIT_TEMPORARY = 75  # sysexits.h EX_TEMPFAIL: what cron wrappers and orchestrators retry on
+
+
 class ConfigError(HarvesterError):
     """Invalid configuration, command line or missing credentials."""
 
     exit_code = 2
+
+
+class UsageError(ConfigError):
+    """A command line argparse refused; the message never repeats a typed value."""
 
 
 class AuthError(HarvesterError):
@@ -71,7 +82,7 @@ class SessionEndedError(AuthError):
 class LoginRetryLaterError(AuthError):
     """The sign-in failed in a way that waiting may cure (throttling, an Auth0 anomaly)."""
 
-    exit_code = 75
+    exit_code = EXIT_TEMPORARY
 
 
 class LoginAnomalyError(LoginRetryLaterError):
@@ -81,6 +92,8 @@ class LoginAnomalyError(LoginRetryLaterError):
 class ApiError(HarvesterError):
     """A request did not produce usable JSON."""
 
+    exit_code = 2
+
     def __init__(self, message: str, *, status: int | None = None, url: str = "") -> None:
         super().__init__(message)
         self.status = status
@@ -89,6 +102,8 @@ class ApiError(HarvesterError):
 
 class TransientApiError(ApiError):
     """A failure that may well succeed if the request is repeated."""
+
+    exit_code = EXIT_TEMPORARY
 
 
 class RateLimitedError(TransientApiError):
@@ -103,9 +118,7 @@ class RateLimitedError(TransientApiError):
 
 
 class UnreachableError(TransientApiError):
-    """No connection at all: unknown host, refused, unreachable (often a wrong base URL)."""
-
-    exit_code = 2
+    """No connection at all: unknown host, refused, unreachable (the network or the host is down)."""
 
 
 class PermanentApiError(ApiError):
@@ -119,8 +132,6 @@ class NotFoundError(PermanentApiError):
 class TlsError(PermanentApiError):
     """The TLS handshake or certificate check failed: retrying will not help."""
 
-    exit_code = 2
-
 
 class StalledResponseError(PermanentApiError):
     """The server answered, then sent its body too slowly to finish within the deadline.
@@ -129,13 +140,11 @@ class StalledResponseError(PermanentApiError):
     deadline, and a dripping server drips again); the next run tries again.
     """
 
-    exit_code = 75
+    exit_code = EXIT_TEMPORARY
 
 
 class UnexpectedResponseError(PermanentApiError):
     """A success answer that is not the Peloton API's JSON (HTML, a list, no ``data``)."""
-
-    exit_code = 2
 
 
 class ResponseTooLargeError(UnexpectedResponseError):
@@ -179,7 +188,7 @@ class StateError(HarvesterError):
 class LockedError(StateError):
     """Another run holds the account's lock (a local flock or an object-store lease)."""
 
-    exit_code = 75
+    exit_code = EXIT_TEMPORARY
 
 
 class LeaseLostError(LockedError):
@@ -195,7 +204,7 @@ class StorageError(HarvesterError):
 class StorageUnavailableError(StorageError):
     """The storage cannot be reached now (connection refused, timeouts, 5xx after retries)."""
 
-    exit_code = 75
+    exit_code = EXIT_TEMPORARY
 
 
 class StorageConflictError(StorageError):
@@ -205,4 +214,20 @@ class StorageConflictError(StorageError):
     reaches the user when another writer kept winning.
     """
 
-    exit_code = 75
+    exit_code = EXIT_TEMPORARY
+
+
+class NeedsBackfillError(StateError):
+    """``refresh`` found a lake with data but no state for the account: run ``backfill``."""
+
+
+def first_harvester_error(exc: BaseException) -> HarvesterError | None:
+    """The error that stopped a run, also when task groups wrapped it in groups."""
+    if isinstance(exc, HarvesterError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = first_harvester_error(inner)
+            if found is not None:
+                return found
+    return None

@@ -103,6 +103,14 @@ class Lake:
         self._suffix = SUFFIXES[compression]
         self._known: dict[str, dict[str, Entry]] = {}  # dataset -> its files, listed once
         self._lock = threading.Lock()
+        # dataset -> {"new": rows whose key the file lacked, "changed": rows that differ
+        # from the stored version beyond _harvested_at}: what the summary reports.
+        self.tally: dict[str, dict[str, int]] = {}
+
+    def has_workouts(self, user_id: str) -> bool:
+        """Whether the lake holds any workout file of the account."""
+        check_user_id(user_id)
+        return next(self._files("workouts", user_id), None) is not None
 
     @property
     def url(self) -> str:
@@ -322,6 +330,7 @@ class Lake:
         merged: dict[str, bytes] = {}
         for key in variants:
             merged.update(keyed_lines(dataset, self._read(key), self._where(key)))
+        self._count(dataset, merged, new)
         merged.update(new)
         for key in drop - new.keys():
             merged.pop(key, None)
@@ -339,6 +348,8 @@ class Lake:
         prefix, stem = _prefix(dataset, part), SHARED_FILES[dataset]
 
         def change(merged: dict[str, bytes]) -> dict[str, bytes]:
+            if not tolerant:
+                self._count(dataset, merged, new)
             merged.update(new)
             for key in drop - new.keys():
                 merged.pop(key, None)
@@ -347,6 +358,21 @@ class Lake:
         merge_shared(self.storage, dataset, f"{prefix}/{stem}{self._suffix}",
                      [f"{prefix}/{stem}{suffix}" for suffix in SUFFIXES.values()], change,
                      self.compression, tolerant=tolerant)
+
+    def _count(self, dataset: str, stored: Mapping[str, bytes], new: Mapping[str, bytes]) -> None:
+        """Add ``new``'s rows to the tally: new keys, and known keys whose content changed."""
+        fresh = changed = 0
+        for key, line in new.items():
+            before = stored.get(key)
+            if before is None:
+                fresh += 1
+            elif before != line and _content(before) != _content(line):
+                changed += 1
+        if fresh or changed:
+            with self._lock:
+                tally = self.tally.setdefault(dataset, {"new": 0, "changed": 0})
+                tally["new"] += fresh
+                tally["changed"] += changed
 
     def _known_files(self, dataset: str) -> dict[str, Entry]:
         """The dataset's files as this lake last saw them: listed once, then kept by commits."""
@@ -434,3 +460,11 @@ def _add(staged: Batch, change: _Change) -> _Change:
     else:
         staged.put(change.key, change.data, replaces=change.stale)
     return change
+
+
+def _content(line: bytes) -> object:
+    """A row without its ``_harvested_at`` stamp, to tell a changed row from a re-fetched one."""
+    row = orjson.loads(line)
+    if isinstance(row, dict):
+        row.pop("_harvested_at", None)
+    return row

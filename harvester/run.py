@@ -1,8 +1,10 @@
-"""One run of a command: lock, authenticate, harvest, then state, failures and manifest.
+"""One run of ``backfill`` or ``refresh``: lock, authenticate, harvest, then state, failures, manifest.
 
-``run_harvest`` is what ``backfill`` and ``refresh`` do; ``plan_harvest`` and
-``read_status`` are the read-only commands. The CLI turns their reports into
-output and exit codes.
+``run_harvest`` is what both commands do. Every run that got this far leaves a
+manifest under ``_harvester/runs/``, failed ones too (wrong password, dead host,
+the lake held by another run): ``status`` reads the last attempt from it. The
+read-only commands live in ``plan.py`` and ``status.py``; the CLI turns reports
+into output and exit codes.
 """
 
 from __future__ import annotations
@@ -20,13 +22,18 @@ import anyio
 from anyio.abc import TaskStatus
 
 from harvester import __version__
-from harvester.api import NULL_RIDE_ID, open_api, workout_ref
+from harvester.api import open_api
 from harvester.auth import Paste
 from harvester.client import DEFAULT_BACKOFF_BASE_S, RequestStats
 from harvester.config import DEFAULT_ACCOUNT, Config
-from harvester.errors import ApiError
+from harvester.errors import (
+    EXIT_TEMPORARY,
+    NeedsBackfillError,
+    StateError,
+    StorageError,
+    first_harvester_error,
+)
 from harvester.lake import Lake
-from harvester.listing import ListingGuard
 from harvester.pipeline import Harvest, Outcome, ProgressHook
 from harvester.state import AccountState, StateStore
 from harvester.storage import open_storage
@@ -35,8 +42,14 @@ from harvester.storage.lease import run_lock
 log = logging.getLogger(__name__)
 
 EXIT_OK = 0
+EXIT_INTERNAL = 1
 EXIT_PARTIAL = 3
+EXIT_AUTH = 4
 EXIT_INTERRUPTED = 130
+OUTCOME_WORDS = {
+    EXIT_OK: "success", EXIT_PARTIAL: "partial", EXIT_INTERRUPTED: "interrupted",
+    EXIT_AUTH: "auth failed", EXIT_TEMPORARY: "temporary failure", EXIT_INTERNAL: "internal error",
+}
 
 
 @dataclass(slots=True)
@@ -53,15 +66,27 @@ class RunReport:
     watermark_before: int | None
     watermark_after: int | None
     manifest: dict[str, object] = field(default_factory=dict)
+    manifest_path: str | None = None  # where the manifest is: root joined with its key
+    tally: dict[str, dict[str, int]] = field(default_factory=dict)  # Lake.tally
+
+    def counts(self, dataset: str) -> tuple[int, int, int]:
+        """(new, re-checked, changed) rows of ``dataset``: re-checked ones were in the lake."""
+        written = self.outcome.rows.get(dataset, 0)
+        tally = self.tally.get(dataset, {})
+        new = min(tally.get("new", 0), written)
+        return new, written - new, tally.get("changed", 0)
 
     def summary(self) -> str:
-        rows = ", ".join(f"{n} {name}" for name, n in sorted(self.outcome.rows.items()))
-        parts = [
-            f"{self.command}: {rows or 'no rows'} written",
-            f"{self.stats.requests} requests ({self.stats.retries} retries, "
-            f"{self.stats.throttled} throttled)",
-            f"{self.elapsed_s:.1f} s",
-        ]
+        new, rechecked, changed = self.counts("workouts")
+        label = "look-back" if self.command == "refresh" else "retried"
+        others = ", ".join(f"{n} {name}" for name, n in sorted(self.outcome.rows.items())
+                           if name != "workouts")
+        parts = [f"{self.command}: {_plural(new, 'new workout')}, {rechecked} re-checked "
+                 f"({label}), {changed} changed"]
+        if others:
+            parts.append(f"also written: {others}")
+        parts += [f"{self.stats.requests} requests ({self.stats.retries} retries, "
+                  f"{self.stats.throttled} throttled)", f"{self.elapsed_s:.1f} s"]
         if self.outcome.skipped_committed:
             parts.append(f"{self.outcome.skipped_committed} already in the lake")
         if self.outcome.in_progress:
@@ -78,7 +103,34 @@ class RunReport:
             parts.append(f"{len(self.outcome.failures)} FAILED (retried next run)")
         if self.outcome.interrupted:
             parts.append("INTERRUPTED")
+        parts.append(f"run {self.run_id}, manifest {self.manifest_path}")
         return "; ".join(parts)
+
+    def fields(self) -> dict[str, object]:
+        """The summary as data, for ``--log-format json``."""
+        new, rechecked, changed = self.counts("workouts")
+        return {
+            "command": self.command, "run_id": self.run_id, "user_id": self.user_id or None,
+            "exit_code": self.exit_code, "outcome": outcome_word(self.exit_code),
+            "manifest": str(self.manifest_path) if self.manifest_path else None,
+            "workouts_new": new, "workouts_rechecked": rechecked, "workouts_changed": changed,
+            "rows": dict(self.outcome.rows), "requests": self.stats.requests,
+            "retries": self.stats.retries, "throttled": self.stats.throttled,
+            "failures": len(self.outcome.failures), "in_progress": len(self.outcome.in_progress),
+            "quarantined": len(self.outcome.quarantined), "duration_s": round(self.elapsed_s, 3),
+        }
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """What is known about a run while it goes, for the manifest of one that fails."""
+
+    command: str
+    started: float
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    stats: RequestStats = field(default_factory=RequestStats)
+    user_id: str = ""
+    recorded: bool = False  # its manifest is written: a late Ctrl-C must not add a second
 
 
 ProgressFactory = Callable[[RequestStats], AbstractContextManager[ProgressHook | None]]
@@ -98,34 +150,53 @@ async def run_harvest(
 
     A signal at any point after the lock is taken (authentication included)
     stops the run: what is complete is committed, state and manifest are
-    written, and the report says exit 130.
+    written, and the report says exit 130. A run that fails instead still
+    writes its manifest (outcome, exit code, the error's one line) before the
+    error goes on to the CLI.
     ``backoff_base`` scales retry back-off; tests shrink it so no test sleeps for seconds.
     Several accounts' runs in one process pass ``stop_requested`` (set by the one
     signal watcher of them all) and ``session`` (one connection pool for all).
     """
-    storage = open_storage(config.output.root)
-    lake = Lake(storage, config.output.compression)
+    attempt = _Attempt(command, time.time())
+    store = StateStore(open_storage(config.output.root))
+    try:
+        return await _run(config, attempt, store, _Options(
+            progress, backoff_base, allow_mass_delete, stop_requested, session))
+    except (Exception, KeyboardInterrupt) as exc:  # recorded, then re-raised
+        if not attempt.recorded:
+            _record_failed(store, config, attempt, exc)
+        raise
+
+
+@dataclass(frozen=True, slots=True)
+class _Options:
+    progress: ProgressFactory | None
+    backoff_base: float
+    allow_mass_delete: bool
+    stop_requested: anyio.Event | None
+    session: aiohttp.ClientSession | None
+
+
+async def _run(config: Config, attempt: _Attempt, store: StateStore, options: _Options) -> RunReport:
+    lake = Lake(store.storage, config.output.compression)
     await anyio.to_thread.run_sync(lake.check_writable)
-    store = StateStore(storage)
     account = config.accounts[0].name if config.accounts else DEFAULT_ACCOUNT
 
     def sweep() -> None:  # temporaries of killed runs; only while no other run is writing
         lake.clean_temp_files()
         store.clean_temp_files()
 
-    async with run_lock(storage, account, command, sweep=sweep):
+    async with run_lock(store.storage, account, attempt.command, sweep=sweep):
         stop = anyio.CancelScope()
         error: BaseException | None = None
         try:
             async with anyio.create_task_group() as watcher:
-                if stop_requested is None:
+                if options.stop_requested is None:
                     await watcher.start(_cancel_on_signal, stop)
                 else:
-                    watcher.start_soon(_cancel_on_event, stop, stop_requested)
+                    watcher.start_soon(_cancel_on_event, stop, options.stop_requested)
                 try:
-                    report = await _run_locked(config, command, lake, store, stop,
-                                               progress=progress, backoff_base=backoff_base,
-                                               allow_mass_delete=allow_mass_delete, session=session)
+                    report = await _run_locked(config, attempt, lake, store, stop, options)
                 finally:
                     watcher.cancel_scope.cancel()
         except BaseExceptionGroup as group:
@@ -138,81 +209,132 @@ async def run_harvest(
 
 
 async def _run_locked(
-    config: Config, command: str, lake: Lake, store: StateStore, stop: anyio.CancelScope,
-    *, progress: ProgressFactory | None, backoff_base: float, allow_mass_delete: bool,
-    session: aiohttp.ClientSession | None = None,
+    config: Config, attempt: _Attempt, lake: Lake, store: StateStore, stop: anyio.CancelScope,
+    options: _Options,
 ) -> RunReport:
     """Authenticate and harvest inside ``stop``; then record the run, interrupted or not."""
-    stats = RequestStats()
-    started = time.time()
-    run_id = uuid.uuid4().hex[:12]
     harvest: Harvest | None = None
-    async with open_api(config, stats, backoff_base=backoff_base, session=session) as api:
+    progress = options.progress
+    async with open_api(config, attempt.stats, backoff_base=options.backoff_base,
+                        session=options.session) as api:
         sink: AbstractContextManager[ProgressHook | None] = (
-            progress(stats) if progress is not None else nullcontext(None)
+            progress(attempt.stats) if progress is not None else nullcontext(None)
         )
         with sink as hook, stop:
-            user_id = await api.user_id()
-            state = store.load(user_id)
-            harvest = Harvest(config, api, lake, state, mode=command, on_progress=hook,
-                              allow_mass_delete=allow_mass_delete)
+            attempt.user_id = await api.user_id()
+            state = _load_state(store, lake, attempt)
+            harvest = Harvest(config, api, lake, state, mode=attempt.command, on_progress=hook,
+                              allow_mass_delete=options.allow_mass_delete)
             await harvest.run()
     if harvest is None:  # stopped before the account was known: nothing to record for it
-        outcome = Outcome(interrupted=True)
-        report = RunReport(
-            command=command, run_id=run_id, user_id="", exit_code=EXIT_INTERRUPTED,
-            outcome=outcome, stats=stats, elapsed_s=time.time() - started,
-            watermark_before=None, watermark_after=None,
-        )
-        report.manifest = _manifest(report, started)
-        store.write_manifest(report.manifest)
+        report = _report(attempt, Outcome(interrupted=True), EXIT_INTERRUPTED, None, None)
+        _write_manifest(store, config, report)
+        attempt.recorded = True
         return report
     harvest.outcome.interrupted = harvest.outcome.interrupted or stop.cancelled_caught
-    return _record(store, harvest, command, run_id, stats, started)
+    report = _record(store, harvest, attempt)
+    report.tally = {k: dict(v) for k, v in lake.tally.items()}
+    _write_manifest(store, config, report)
+    attempt.recorded = True
+    return report
 
 
-def _record(
-    store: StateStore, harvest: Harvest, command: str, run_id: str, stats: RequestStats,
-    started: float,
+def _load_state(store: StateStore, lake: Lake, attempt: _Attempt) -> AccountState:
+    """The account's state; a refresh refuses a lake that holds the account's data without it."""
+    user_id = attempt.user_id
+    if attempt.command == "refresh" and not store.exists(user_id) and lake.has_workouts(user_id):
+        raise NeedsBackfillError(
+            f"the lake at {lake.url} holds workouts of account {user_id} but no state for it "
+            f"({store.where('_harvester/state')} was removed or is another lake's); run `backfill` once: "
+            "it fetches only what the lake lacks and records the state refresh needs"
+        )
+    return store.load(user_id)
+
+
+def _report(
+    attempt: _Attempt, outcome: Outcome, exit_code: int, before: int | None, after: int | None,
 ) -> RunReport:
-    """Write the account's state, failures and the run's manifest; the report for the CLI."""
+    return RunReport(
+        command=attempt.command, run_id=attempt.run_id, user_id=attempt.user_id,
+        exit_code=exit_code, outcome=outcome, stats=attempt.stats,
+        elapsed_s=time.time() - attempt.started, watermark_before=before, watermark_after=after,
+    )
+
+
+def _record(store: StateStore, harvest: Harvest, attempt: _Attempt) -> RunReport:
+    """Write the account's state and failures; the report for the manifest and the CLI."""
     state, outcome = harvest.state, harvest.outcome
     watermark_before = state.watermark
-    _update_state(state, harvest, command)
+    _update_state(state, harvest, attempt.command)
     exit_code = (
         EXIT_INTERRUPTED if outcome.interrupted
         else EXIT_PARTIAL if outcome.failures else EXIT_OK
     )
-    report = RunReport(
-        command=command, run_id=run_id, user_id=state.user_id, exit_code=exit_code,
-        outcome=outcome, stats=stats, elapsed_s=time.time() - started,
-        watermark_before=watermark_before, watermark_after=state.watermark,
-    )
+    report = _report(attempt, outcome, exit_code, watermark_before, state.watermark)
     state.last_run = {
-        "run_id": run_id, "command": command, "started_at": _iso(started),
-        "finished_at": _iso(time.time()), "outcome": _outcome_word(exit_code),
+        "run_id": attempt.run_id, "command": attempt.command, "started_at": _iso(attempt.started),
+        "finished_at": _iso(time.time()), "outcome": outcome_word(exit_code),
         "exit_code": exit_code,
     }
     store.save(state)
     # Quarantined records are listed beside the failures (kind "quarantine") for the
     # user to see; the next run does not retry them: their data cannot change.
     store.write_failures(state.user_id, [*state.failures, *outcome.quarantined])
-    report.manifest = _manifest(report, started)
-    store.write_manifest(report.manifest)
     return report
+
+
+def _write_manifest(store: StateStore, config: Config, report: RunReport) -> None:
+    report.manifest = _manifest(report)
+    key = store.manifest_path(report.run_id)
+    report.manifest_path = store.where_absolute(key)  # for logs read elsewhere
+    store.write_manifest(report.manifest, keep=config.output.keep_runs, path=key)
+
+
+def _record_failed(store: StateStore, config: Config, attempt: _Attempt, exc: BaseException) -> None:
+    """The manifest of a run that stopped on an error; a lake it cannot write gets none."""
+    error = first_harvester_error(exc)
+    if isinstance(exc, KeyboardInterrupt):
+        code, message = EXIT_INTERRUPTED, "interrupted"
+    elif error is not None:
+        code, message = error.exit_code, str(error)
+    else:
+        code, message = EXIT_INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+    for secret in config.credentials.secrets():
+        message = message.replace(secret, "[redacted]")
+    report = _report(attempt, Outcome(), code, None, None)
+    manifest = _manifest(report) | {"error": message}
+    try:
+        store.write_manifest(manifest, keep=config.output.keep_runs)
+    except (StateError, StorageError, OSError) as write_error:  # e.g. the root is not writable
+        log.info("no manifest for the failed run: %s", write_error)
 
 
 async def _cancel_on_signal(
     scope: anyio.CancelScope, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
 ) -> None:
-    """Cancel ``scope`` on the first SIGINT or SIGTERM; a second one acts as the default."""
+    """Cancel ``scope`` on the first SIGINT or SIGTERM; later ones are absorbed, not fatal."""
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         task_status.started()
-        async for signum in signals:
-            log.warning("received %s: committing what is complete, then stopping",
-                        signal.Signals(signum).name)
-            scope.cancel()
-            return
+        async for received in signals:
+            signum = received
+            break
+    absorb_further_signals()
+    log.warning("received %s: committing what is complete, then stopping",
+                signal.Signals(signum).name)
+    scope.cancel()
+
+
+def absorb_further_signals() -> None:
+    """After the first SIGINT/SIGTERM, ignore the next ones for the rest of the process.
+
+    The run is already stopping: it commits what is complete, writes its state and
+    manifest and exits 130 within moments. An impatient second Ctrl-C must not
+    turn that into a KeyboardInterrupt halfway through (SIGKILL still ends it at
+    once; that is what the lake's atomic writes are for). Installed right after
+    the first signal's receiver closes, before anything is said or done about it.
+    """
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 async def _cancel_on_event(scope: anyio.CancelScope, event: anyio.Event) -> None:
@@ -255,18 +377,24 @@ def _update_state(state: AccountState, harvest: Harvest, command: str) -> None:
     state.missing_rides = sorted(set(state.missing_rides) | set(outcome.rides_not_found))
 
 
-def _manifest(report: RunReport, started: float) -> dict[str, object]:
+def _manifest(report: RunReport) -> dict[str, object]:
     outcome, stats = report.outcome, report.stats
+    new, rechecked, changed = report.counts("workouts")
     return {
         "run_id": report.run_id,
         "version": __version__,
         "command": report.command,
         "user_id": report.user_id or None,
-        "started_at": _iso(started),
+        "started_at": _iso(time.time() - report.elapsed_s),
         "duration_s": round(report.elapsed_s, 3),
-        "outcome": _outcome_word(report.exit_code),
+        "outcome": outcome_word(report.exit_code),
         "exit_code": report.exit_code,
         "rows": dict(outcome.rows),
+        "rows_new": {k: v.get("new", 0) for k, v in report.tally.items()},
+        "rows_changed": {k: v.get("changed", 0) for k, v in report.tally.items()},
+        "workouts_new": new,
+        "workouts_rechecked": rechecked,
+        "workouts_changed": changed,
         "workouts_listed": outcome.listed,
         "workouts_fetched": outcome.queued,
         "workouts_already_in_lake": outcome.skipped_committed,
@@ -288,10 +416,12 @@ def _manifest(report: RunReport, started: float) -> dict[str, object]:
     }
 
 
-def _outcome_word(exit_code: int) -> str:
-    return {EXIT_OK: "success", EXIT_PARTIAL: "partial", EXIT_INTERRUPTED: "interrupted"}.get(
-        exit_code, "error"
-    )
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def outcome_word(exit_code: int) -> str:
+    return OUTCOME_WORDS.get(exit_code, "error")
 
 
 def _iso(ts: float) -> str:
@@ -305,95 +435,3 @@ async def run_login(config: Config, paste: Paste | None = None) -> str:
     """``login``: sign in once, store the tokens at ``auth.token_cache``; the account id."""
     async with open_api(config, RequestStats()) as api:
         return await api.sign_in(paste)
-
-
-# -- plan ---------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class PlanReport:
-    user_id: str
-    workouts: int
-    in_lake: int
-    to_fetch: int
-    rides_to_fetch: int
-    list_requests: int
-    requests: int
-    seconds: float
-
-    def describe(self) -> str:
-        minutes = self.seconds / 60
-        return (
-            f"{self.workouts} workouts listed ({self.in_lake} already in the lake); a backfill "
-            f"would make about {self.requests} requests ({self.to_fetch} workouts x 2, "
-            f"{self.rides_to_fetch} rides, {self.list_requests} list pages, daily datasets), "
-            f"taking about {minutes:.1f} min at the configured rate"
-        )
-
-
-async def plan_harvest(config: Config) -> PlanReport:
-    """Page the workout list only and estimate what a backfill would cost."""
-    lake = Lake(open_storage(config.output.root), config.output.compression)
-    stats = RequestStats()
-    async with open_api(config, stats) as api:
-        user_id = await api.user_id()
-        in_lake = await anyio.to_thread.run_sync(lake.workout_ids, user_id)
-        known_rides = await anyio.to_thread.run_sync(lake.ride_ids)
-        seen: set[str] = set()
-        rides: set[str] = set()
-        to_fetch = page = 0
-        guard = ListingGuard()
-        while True:
-            listing = await api.workouts_page(user_id, page, config.harvest.page_size)
-            last = guard.finished(page, listing)  # ListingError: a list that never ends
-            page += 1
-            for item in listing.items:
-                try:
-                    ref = workout_ref(item)
-                except ApiError:
-                    continue
-                if ref.id in seen or ref.status == "IN_PROGRESS":
-                    continue
-                seen.add(ref.id)
-                if ref.id not in in_lake:
-                    to_fetch += 1
-                    if ref.ride_id and ref.ride_id != NULL_RIDE_ID and ref.ride_id not in known_rides:
-                        rides.add(ref.ride_id)
-            if last:
-                break
-    daily = 3  # /api/me, overview, one page of instructors
-    requests = page + 2 * to_fetch + len(rides) + daily + 1
-    return PlanReport(
-        user_id=user_id, workouts=len(seen), in_lake=len(seen & in_lake.keys()),
-        to_fetch=to_fetch, rides_to_fetch=len(rides), list_requests=page,
-        requests=requests, seconds=requests / config.harvest.requests_per_second,
-    )
-
-
-# -- status -------------------------------------------------------------------
-
-
-def read_status(config: Config) -> list[str]:
-    """One block of lines per account known to the lake's state."""
-    storage = open_storage(config.output.root)
-    store = StateStore(storage)
-    lake = Lake(storage, config.output.compression)
-    lines: list[str] = []
-    accounts = store.accounts()
-    if not accounts:
-        return [f"no harvest has run into {storage.url} yet"]
-    for user_id in accounts:
-        state = store.load(user_id)
-        counts = lake.row_counts(user_id)
-        last = state.last_run or {}
-        lines.append(f"account {user_id}")
-        lines.append(f"  watermark: {_iso(state.watermark) if state.watermark else 'none'}")
-        lines.append(
-            f"  last run: {last.get('command', '-')} finished {last.get('finished_at', '-')}, "
-            f"{last.get('outcome', '-')} (exit {last.get('exit_code', '-')})"
-        )
-        lines.append(f"  backfill complete: {'yes' if state.backfill_complete else 'no'}")
-        lines.append("  rows: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
-        if state.failures:
-            lines.append(f"  failures to retry: {len(state.failures)}")
-    return lines

@@ -3,7 +3,8 @@
     _harvester/lock, _harvester/locks/   the run locks: storage/lease.py's
     _harvester/state/<user_id>.json      AccountState: watermark, daily snapshots, failures, resume
     _harvester/failures/<user_id>.json   the items the last run could not fetch, for people to read
-    _harvester/runs/<UTC stamp>-<run_id>.json   one manifest per run
+    _harvester/runs/<UTC stamp, µs>-<run_id>.json   one manifest per run (failed ones too),
+                                         the oldest pruned beyond ``output.keep_runs``
 
 Everything goes through the lake's storage (harvester.storage), so a lake on
 an object store carries its own state and any machine can continue it. On a
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypedDict, TypeVar
@@ -24,7 +25,7 @@ from typing import TypedDict, TypeVar
 import orjson
 
 from harvester.errors import LeaseLostError, StateError, StorageConflictError, StorageError
-from harvester.storage import Storage, open_storage
+from harvester.storage import Storage, is_object_url, open_storage
 
 STATE_DIR = "_harvester"
 STATE_VERSION = 1
@@ -207,28 +208,77 @@ class StateStore:
                  if e.key.endswith(".json"))
         return sorted(stem for stem in stems if _HEX32.fullmatch(stem))
 
-    def write_manifest(self, manifest: Mapping[str, object]) -> str:
-        """Write a run's manifest as ``runs/<UTC yyyymmddThhmmssZ>-<run_id>.json``; its key."""
-        run_id = manifest.get("run_id")
+    def exists(self, user_id: str) -> bool:
+        """Whether the account has a state file (a run has recorded it before)."""
+        return self.storage.stat(_state_key(user_id)) is not None
+
+    def where_absolute(self, key: str) -> str:
+        """``where``, with a local root made absolute (for logs read elsewhere)."""
+        root = self.storage.url
+        if not is_object_url(root):
+            root = str(Path(root).absolute())
+        return f"{root}/{key}"
+
+    def manifest_path(self, run_id: str) -> str:
+        """The key of ``run_id``'s manifest: ``runs/<UTC yyyymmddThhmmss.ffffffZ>-<run_id>.json``.
+
+        Microseconds, so runs within one second still sort in the order they ran
+        (pruning keeps the newest by name).
+        """
         if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
             raise StateError(f"manifest run_id {run_id!r:.40} is not a short word")
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self.now()))
-        key = f"{STATE_DIR}/runs/{stamp}-{run_id}.json"
-        self.storage.write(key, _encode(key, dict(manifest)), private=True)
-        return key
+        now = self.now()
+        micros = round((now % 1) * 1_000_000) % 1_000_000
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f".{micros:06d}Z"
+        return f"{STATE_DIR}/runs/{stamp}-{run_id}.json"
+
+    def write_manifest(
+        self, manifest: Mapping[str, object], *, keep: int | None = None, path: str | None = None,
+    ) -> str:
+        """Write a run's manifest (at key ``path``, else a new one), then keep the newest ``keep``."""
+        if path is None:
+            path = self.manifest_path(str(manifest.get("run_id")))
+        self.storage.write(path, _encode(path, dict(manifest)), private=True)
+        if keep is not None:
+            self.prune_manifests(keep)
+        return path
+
+    def prune_manifests(self, keep: int) -> int:
+        """Delete all but the newest ``keep`` manifests; how many went."""
+        keys = self._manifest_keys()
+        doomed = keys[:-keep] if keep > 0 else keys
+        for key in doomed:
+            self.storage.delete(key)
+        return len(doomed)
+
+    def manifests(self, user_id: str | None = None) -> Iterator[tuple[str, dict[str, object]]]:
+        """(key, manifest), newest first; with ``user_id``, that account's and those of runs
+        that stopped before their account was known (``user_id`` null)."""
+        if user_id is not None:
+            _check_user_id(user_id)
+        for key in reversed(self._manifest_keys()):
+            try:
+                manifest = self._read_json(key)
+            except StateError:
+                continue  # pruned by a concurrent run since listed, or not ours to judge
+            if not isinstance(manifest, dict):
+                continue
+            if user_id is None or manifest.get("user_id") in (user_id, None):
+                yield key, {str(k): v for k, v in manifest.items()}
 
     def latest_manifest(self, user_id: str) -> dict[str, object] | None:
         """The newest manifest of the account's runs, or None."""
         _check_user_id(user_id)
-        _, files = self.storage.list_dir(f"{STATE_DIR}/runs")
-        # Names start with the UTC time, so name order is time order.
-        for entry in sorted(files, key=lambda e: e.key, reverse=True):
-            if not entry.key.endswith(".json") or entry.key.rpartition("/")[2].startswith("."):
-                continue
-            manifest = self._read_json(entry.key)
-            if isinstance(manifest, dict) and manifest.get("user_id") == user_id:
-                return {str(k): v for k, v in manifest.items()}
+        for _, manifest in self.manifests(user_id):
+            if manifest.get("user_id") == user_id:
+                return manifest
         return None
+
+    def _manifest_keys(self) -> list[str]:
+        """Manifest keys, oldest first: names start with the UTC time, so name order is time."""
+        _, files = self.storage.list_dir(f"{STATE_DIR}/runs")
+        return sorted(e.key for e in files if e.key.endswith(".json")
+                      and not e.key.rpartition("/")[2].startswith("."))
 
     def write_failures(self, user_id: str, failures: Sequence[FailedItem]) -> None:
         """The account's outstanding failures, pretty-printed for people to read."""

@@ -99,7 +99,8 @@ def test_output_root_under_a_file_exits_2(tmp_path: Path, capsys: pytest.Capture
 
 async def test_account_locked_by_another_run_exits_75_and_leaves_the_lake_alone(
         make_emulator: MakeEmulator, tmp_path: Path) -> None:
-    """A second run of the account refuses at once (exit 75: try later), naming the holder; nothing changes."""
+    """A second run of the account refuses at once (exit 75: try later), naming the holder; the
+    lake is unchanged and the refused run leaves a manifest saying so."""
     emulator = await make_emulator(workouts=10)
     config = write_config(tmp_path, emulator.url)
     await run_harvest(harvest_config(emulator.url, tmp_path), "backfill")
@@ -109,11 +110,18 @@ async def test_account_locked_by_another_run_exits_75_and_leaves_the_lake_alone(
                                    cli_env(tmp_path))
     assert done.returncode == 75, done.stderr
     assert_one_line_error(done.stderr, "backfill", str(os.getpid()))
+    after = lake_digest(tmp_path / "lake")
+    new_manifests = [k for k in after.keys() - before.keys() if k.startswith("_harvester/runs/")]
+    assert len(new_manifests) == 1, after.keys() - before.keys()
+    manifest = orjson.loads((tmp_path / "lake" / new_manifests[0]).read_bytes())
+    assert manifest["exit_code"] == 75 and manifest["outcome"] == "temporary failure"
+    assert "in use by another run" in manifest["error"]
 
-    def unlocked(digest: dict[str, str]) -> dict[str, str]:
-        return {k: v for k, v in digest.items() if not k.startswith("_harvester/lock")}
+    def unchanged(digest: dict[str, str]) -> dict[str, str]:
+        return {k: v for k, v in digest.items()
+                if not k.startswith("_harvester/lock") and k not in new_manifests}
 
-    assert unlocked(lake_digest(tmp_path / "lake")) == unlocked(before)
+    assert unchanged(after) == unchanged(before)
 
 
 @pytest.mark.parametrize(
@@ -122,14 +130,15 @@ async def test_account_locked_by_another_run_exits_75_and_leaves_the_lake_alone(
      ("https://api.peloton-harvester-test.invalid", "cannot connect to api.peloton-harvester-test.invalid")],
     ids=["refused", "unknown-host"],
 )
-def test_unreachable_server_exits_2_naming_the_host(tmp_path: Path,
-                                                    capsys: pytest.CaptureFixture[str],
-                                                    url: str, fragment: str) -> None:
-    """Connection refused or an unknown host: exit 2, the host named, base_url suggested."""
+def test_unreachable_server_exits_75_naming_the_host(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str],
+                                                     url: str, fragment: str) -> None:
+    """Connection refused or a host that does not resolve (network down): exit 75, try later;
+    the host named, base_url suggested."""
     base = url.format(port=free_port())
     config = write_config(tmp_path, base, api={"max_attempts": 2})
     code, err = run_main(["backfill", "--config", str(config)], capsys)
-    assert code == 2
+    assert code == 75
     assert_one_line_error(err, fragment, "api.base_url")
 
 
@@ -310,12 +319,13 @@ async def test_api_down_after_login_exits_3_listing_what_failed(make_emulator: M
         k: v for k, v in before.items() if not k.startswith("_harvester")}
 
 
-async def test_token_endpoint_down_exits_1_with_one_line(tmp_path: Path) -> None:
-    """The login host 503s: one line naming the request and the status, exit 1, no lake rows."""
+async def test_token_endpoint_down_exits_75_with_one_line(tmp_path: Path) -> None:
+    """The login host 503s: one line naming the request and the status, exit 75 (try later),
+    no lake rows."""
     async with outage() as url:
         config = write_config(tmp_path, url, api={"max_attempts": 2}, auth={"method": "password"})
         done = await run_cli_async(["backfill", "--config", str(config), "--no-progress"],
                                    cli_env(tmp_path))
-    assert done.returncode == 1, done.stderr
+    assert done.returncode == 75, done.stderr
     assert_one_line_error(done.stderr, "POST", "/oauth/token", "HTTP 503 server error")
     assert not list((tmp_path / "lake").glob("workouts/**/*.jsonl"))

@@ -88,7 +88,7 @@ async def test_backfill_then_status_over_the_cli(make_emulator: Any, tmp_path: P
     path = write_config(tmp_path, emulator.url)
     done = await run_cli_async(["backfill", "--config", str(path)], cli_env(tmp_path))
     assert done.returncode == 0, done.stderr
-    assert "25 workouts" in done.stdout
+    assert "25 new workouts" in done.stdout
     status = await run_cli_async(["status", "--config", str(path)], cli_env(tmp_path))
     assert status.returncode == 0, status.stderr
     assert "workouts 25" in status.stdout

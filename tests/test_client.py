@@ -370,7 +370,7 @@ async def test_connection_refused_is_retried_then_named_clearly() -> None:
     async with client(max_attempts=3) as rig:
         with pytest.raises(TransientApiError, match=r"^cannot connect to 127\.0\.0\.1: ") as info:
             await rig.http.request_json("GET", f"http://127.0.0.1:{port}/x", endpoint="x")
-    assert type(info.value) is UnreachableError and info.value.exit_code == 2
+    assert type(info.value) is UnreachableError and info.value.exit_code == 75
     assert rig.stats.requests == 3 and len(rig.sleep.calls) == 2
 
 

@@ -29,6 +29,10 @@ ALLOWED: dict[str, set[str]] = {
     "run": {"errors", "config", "client", "api", "auth", "lake", "state", "pipeline", "storage",
             "listing",
             "__init__"},
+    "plan": {"errors", "config", "client", "api", "lake", "listing", "state", "storage"},
+    "status": {"errors", "config", "lake", "state", "storage"},
+    "console": set(),
+    "demo": {"errors", "config", "console", "run", "emulator"},
     "verify": {"api", "config", "heal", "lake", "state", "run", "storage"},
     "accounts": {"errors", "config", "client", "api", "run", "storage"},
 }

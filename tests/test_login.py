@@ -69,7 +69,7 @@ async def test_a_config_of_method_and_two_urls_plus_two_variables_backfills(
     done = await run_cli_async(["backfill", "--config", str(config), "--out",
                                 str(tmp_path / "lake")], env)
     assert done.returncode == 0, done.stderr
-    assert "20 workouts" in done.stdout
+    assert "20 new workouts" in done.stdout
     assert (tmp_path / "home" / ".cache" / "peloton-harvester" / "tokens.json").is_file()
     assert emulator.stats_snapshot()["token_grants"]["authorization_code"] == 1
 

@@ -15,7 +15,8 @@ DAY = 86_400
 
 
 async def harvest(command: str, config: Path, tmp_path: Path) -> str:
-    done = await run_cli_async([command, "--config", str(config), "--no-progress"], cli_env(tmp_path))
+    progress = ["--no-progress"] if command != "status" else []  # status has no progress bar
+    done = await run_cli_async([command, "--config", str(config), *progress], cli_env(tmp_path))
     assert done.returncode == 0, done.stderr
     return done.stdout
 

@@ -155,7 +155,7 @@ def test_manifest_name_and_latest_per_account(tmp_path: Path) -> None:
     first = store.write_manifest({"run_id": "r1", "user_id": USER, "n": 1})
     store.write_manifest({"run_id": "r2", "user_id": USER, "n": 2})
     store.write_manifest({"run_id": "r3", "user_id": OTHER, "n": 3})
-    assert first == "_harvester/runs/20240301T100000Z-r1.json"
+    assert first == "_harvester/runs/20240301T100000.000000Z-r1.json"
     assert store.latest_manifest(USER) == {"run_id": "r2", "user_id": USER, "n": 2}
     assert store.latest_manifest("f" * 32) is None
     with pytest.raises(StateError, match="run_id"):

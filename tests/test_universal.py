@@ -15,7 +15,6 @@ from aiohttp import web
 
 from harvester.api import open_api
 from harvester.auth import Clocks, make_authenticator, tokens, universal
-from harvester.cli import _first_harvester_error as first_harvester_error
 from harvester.client import RequestStats
 from harvester.config import Config, Credentials
 from harvester.errors import (
@@ -24,6 +23,7 @@ from harvester.errors import (
     LoginRetryLaterError,
     SessionEndedError,
     UnexpectedResponseError,
+    first_harvester_error,
 )
 from harvester.run import run_harvest
 from tests.conftest import MakeEmulator

@@ -93,6 +93,20 @@ class Emulator:
         self.state.clock_offset += seconds
 
 
+def usage_lines(url: str, settings: EmulatorSettings) -> str:
+    """How to point a harvester config at the emulator: the two keys and the login."""
+    return "\n".join([
+        f"# the Peloton API emulator serves {settings.workouts} synthetic workouts at {url}",
+        "# point a config at it (both keys, same URL):",
+        "#   [api]",
+        f'#   base_url = "{url}"',
+        f'#   auth_url = "{url}"',
+        "# and log in as its synthetic account:",
+        f"#   export PELOTON_USERNAME='{settings.username}' PELOTON_PASSWORD='{settings.password}'",
+        "# Ctrl-C stops it.",
+    ])
+
+
 async def _listen(runner: web.AppRunner, host: str, port: int) -> int:
     """Start ``runner`` on host:port; the port it got."""
     await runner.setup()
@@ -103,7 +117,7 @@ async def _listen(runner: web.AppRunner, host: str, port: int) -> int:
 
 
 async def serve(settings: EmulatorSettings, host: str = DEFAULT_HOST, port: int = 0) -> None:
-    """Start, print the base URL as the first stdout line, serve until cancelled or signalled."""
+    """Start, print the base URL as the first stdout line (then how to use it), serve until stopped."""
     emulator = Emulator(settings)
     try:
         url = await emulator.start(host, port)
@@ -114,6 +128,7 @@ async def serve(settings: EmulatorSettings, host: str = DEFAULT_HOST, port: int 
         raise SettingsError(f"cannot listen on {host}:{port}: {reason}; choose another --port "
                             "(0 picks a free one) or --host") from None
     print(url, flush=True)
+    print(usage_lines(url, settings), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
