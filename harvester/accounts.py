@@ -56,13 +56,13 @@ class AccountOutcome:
 
 
 def check_lake_root(config: Config) -> None:
-    """Refuse an object-store root clearly until the lake is ported onto storage/ (never a folder 's3:')."""
+    """``demo`` writes a local folder it then shows with DuckDB: refuse an object-store root."""
     root = config.output.root
     if is_object_url(root):
         url = parse_object_url(root)  # a malformed URL says what is wrong with it
         raise ConfigError(
-            f"output.root {url}: this version writes lakes to local folders only; "
-            "object-store lakes (s3://, gs://, az://) arrive with the storage port"
+            f"output.root {url}: demo writes to a local folder; give --out a folder "
+            "(backfill and refresh write object-store lakes)"
         )
 
 

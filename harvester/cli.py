@@ -33,6 +33,7 @@ from harvester.pipeline import ProgressHook
 from harvester.plan import plan_harvest
 from harvester.run import run_login
 from harvester.status import read_status, render
+from harvester.storage import is_object_url, parse_object_url
 
 log = logging.getLogger("harvester")
 
@@ -115,8 +116,9 @@ OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "config": (("--config",), {"type": Path, "metavar": "PATH", "help": (
         "TOML config; relative paths in it start at its folder "
         "(default: ./peloton-harvester.toml when present)")}),
-    "out": (("--out",), {"metavar": "DIR", "help": (
-        f"lake root, relative to the current directory (default: output.root, {_O.root})")}),
+    "out": (("--out",), {"metavar": "DIR|URL", "help": (
+        "lake root: a folder (relative to the current directory) or s3://bucket/prefix "
+        f"(default: output.root, {_O.root})")}),
     "account": (("--account",), {"action": "append", "metavar": "NAME", "help": (
         "only this [[accounts]] entry (repeatable; default: all)")}),
     "concurrency": (("--concurrency",), {"type": int, "metavar": "N", "help": (
@@ -300,7 +302,8 @@ def _config(args: argparse.Namespace) -> Config:
     if args.command == "login":
         config = _login_account(config, args.account)
         return config if args.browser else _with_prompted_credentials(config)
-    check_lake_root(config)
+    if is_object_url(config.output.root):
+        parse_object_url(config.output.root)  # a malformed URL is named before anything runs
     if args.command in ("backfill", "refresh", "plan"):
         check_credentials(config, args.account)
     elif args.command == "verify" and args.repair:
@@ -348,6 +351,8 @@ async def _dispatch(args: argparse.Namespace, config: Config, console: Console) 
                        f"{config.auth.token_cache_path}")
         return 0
     if command in ("backfill", "refresh"):
+        if config.output.tables:
+            _check_tables_root(config)  # before harvesting, not after
         outcomes = await harvest_accounts(config, command, args.account,
                                           progress=_progress_factory(args),
                                           allow_mass_delete=args.allow_mass_delete)
@@ -401,11 +406,21 @@ async def _dispatch(args: argparse.Namespace, config: Config, console: Console) 
     raise ConfigError(f"unknown command {command!r}")
 
 
+def _check_tables_root(config: Config) -> None:
+    from harvester.storage import is_object_url
+
+    if is_object_url(config.output.root):
+        raise ConfigError(f"typed tables are built from a local lake only in this version, not "
+                          f"{config.output.root}: set output.tables = false, or run "
+                          "`tables --out DIR` on a local copy")
+
+
 async def build_tables(config: Config, console: Console) -> None:
     """Rebuild what changed of the typed tables; one summary line."""
     from harvester.tables import build_tables as build  # pyarrow: only the commands that build pay
 
-    root = config.output.root_path  # a folder: check_lake_root refused object-store roots
+    _check_tables_root(config)
+    root = config.output.root_path
     if not await anyio.Path(root).is_dir():
         raise ConfigError(f"no lake at {root}: run backfill first, or pass --out")
     report = await anyio.to_thread.run_sync(build, root)

@@ -24,7 +24,6 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import orjson
 
@@ -41,7 +40,7 @@ Output = tuple[str, str | None, str]  # (dataset, partition, file stem): one lak
 class Copy:
     """One line holding a key: where it is, where it belongs, how new it is."""
 
-    path: Path
+    path: str  # the lake file's storage key
     line: int  # 1-based line number in the file
     part: str | None  # the partition the file is in
     home: str | None  # the partition the row names
@@ -56,13 +55,13 @@ class FileScan:
 
     dataset: str
     part: str | None
-    path: Path
+    path: str  # storage key
     faults: list[str] = field(default_factory=list)  # lost lines: quarantine before rewriting
     no_final_newline: bool = False  # fixed by a rewrite, nothing lost
 
     @property
     def stem(self) -> str:
-        return self.path.name.split(".jsonl")[0]
+        return self.path.rpartition("/")[2].split(".jsonl")[0]
 
     @property
     def output(self) -> Output:
@@ -76,7 +75,7 @@ class LakeScan:
     files: list[FileScan] = field(default_factory=list)
     copies: dict[str, dict[str, list[Copy]]] = field(
         default_factory=lambda: {d: {} for d in DATASETS})
-    temp_files: list[Path] = field(default_factory=list)
+    temp_files: list[str] = field(default_factory=list)
 
     def winner(self, dataset: str, key: str) -> Copy:
         """The copy a healed lake keeps: newest, then in its right partition, then last."""
@@ -87,19 +86,22 @@ class LakeScan:
         """Key -> the copy kept, for every key of the dataset."""
         return {key: self.winner(dataset, key) for key in self.copies[dataset]}
 
-    def problems(self) -> list[str]:
-        """One line per invariant broken, for ``verify`` and the logs."""
-        found = [f"{f.path}: {fault}" for f in self.files for fault in f.faults]
-        found += [f"{f.path}: no newline after its last line"
+    def problems(self, root: str = "") -> list[str]:
+        """One line per invariant broken, for ``verify`` and the logs; files named under ``root``."""
+        def at(key: str) -> str:
+            return f"{root}/{key}" if root else key
+
+        found = [f"{at(f.path)}: {fault}" for f in self.files for fault in f.faults]
+        found += [f"{at(f.path)}: no newline after its last line"
                   for f in self.files if f.no_final_newline]
         for dataset, keys in self.copies.items():
             for key, copies in keys.items():
                 if len(copies) > 1:
-                    where = ", ".join(f"{c.path.parent.name}/{c.path.name}:{c.line}" for c in copies)
+                    where = ", ".join(f"{_short(c.path)}:{c.line}" for c in copies)
                     found.append(f"{dataset} key {key} is held {len(copies)} times ({where})")
-                found += [f"{c.path}:{c.line}: {dataset} row {key} belongs in date={c.home}"
+                found += [f"{at(c.path)}:{c.line}: {dataset} row {key} belongs in date={c.home}"
                           for c in copies if c.home != c.part]
-        found += [f"{path}: temporary file left by a killed run" for path in self.temp_files]
+        found += [f"{at(path)}: temporary file left by a killed run" for path in self.temp_files]
         return found
 
     def outputs_to_rewrite(self) -> set[Output]:
@@ -135,7 +137,7 @@ def scan(lake: Lake, user_id: str, *, temp_files: bool = False) -> LakeScan:
 
 
 def _scan_file(
-    result: LakeScan, dataset: str, part: str | None, path: Path, data: bytes, cut: str | None,
+    result: LakeScan, dataset: str, part: str | None, path: str, data: bytes, cut: str | None,
 ) -> FileScan:
     found = FileScan(dataset, part, path)
     if cut is not None:
@@ -191,6 +193,11 @@ def _split(data: bytes) -> Iterator[tuple[int, bytes, bool]]:
         start = len(data) if last_open else end + 1
 
 
+def _short(key: str) -> str:
+    """``date=…/file`` of a key: the partition and file name."""
+    return "/".join(key.split("/")[-2:])
+
+
 def _stamp(row: Row) -> str:
     stamp = row.get("_harvested_at")
     return stamp if isinstance(stamp, str) else ""
@@ -209,18 +216,18 @@ def _workout_facts(row: Row) -> tuple[int | None, str | None]:
 
 def heal(lake: Lake, found: LakeScan) -> list[str]:
     """Rewrite what ``found`` found wanting; the problems fixed (empty: the lake was whole)."""
-    problems = found.problems()
+    problems = found.problems(lake.url)
     outputs = found.outputs_to_rewrite()
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     for temp in found.temp_files:
-        temp.unlink(missing_ok=True)
+        lake.storage.delete(temp)
     if not outputs:
         return problems
     for f in found.files:
         if f.faults and f.output in outputs:
             kept = lake.quarantine(f.path, stamp)
             log.warning("lake file %s is damaged (%s): kept as %s, its whole lines re-committed",
-                        f.path, "; ".join(f.faults[:3]), kept)
+                        f"{lake.url}/{f.path}", "; ".join(f.faults[:3]), f"{lake.url}/{kept}")
     contents = _healed_contents(lake, found, outputs)
     # Files gaining rows first: a kill in between leaves a row twice, never nowhere.
     held = _held(found, set(contents))

@@ -21,7 +21,8 @@ from harvester.config import Config
 from harvester.errors import ApiError
 from harvester.lake import Lake
 from harvester.listing import ListingGuard
-from harvester.state import AccountState, StateStore
+from harvester.state import StateStore
+from harvester.storage import open_storage
 
 DAY_S = 86_400
 # Requests of each daily dataset when it is due (not yet fetched this UTC day).
@@ -85,12 +86,13 @@ class _Tally:
 
 async def plan_harvest(config: Config, *, progress: ProgressFactory | None = None) -> PlanReport:
     """Page the workout list and estimate what the next backfill or refresh costs."""
-    lake = Lake(config.output.root_path, config.output.compression)
-    store = StateStore(config.output.root_path)
+    storage = open_storage(config.output.root)
+    lake = Lake(storage, config.output.compression)
+    store = StateStore(storage)
     stats = RequestStats()
     async with open_api(config, stats) as api:
         user_id = await api.user_id()
-        state = store.load(user_id) if config.output.root_path.is_dir() else AccountState(user_id)
+        state = await anyio.to_thread.run_sync(store.load, user_id)
         in_lake = await anyio.to_thread.run_sync(lake.workout_ids, user_id)
         known_rides = await anyio.to_thread.run_sync(lake.ride_ids)
         refresh = state.backfill_complete and state.watermark is not None

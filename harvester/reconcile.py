@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from harvester.heal import Copy, LakeScan
 from harvester.lake import partition_date, primary_key
@@ -183,4 +182,4 @@ class Mirror:
         return None
 
 
-_NO_PATH = Path()  # a row committed this run: where it sits is its partition
+_NO_PATH = ""  # a row committed this run: where it sits is its partition

@@ -16,7 +16,6 @@ import uuid
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import aiohttp
 import anyio
@@ -27,11 +26,17 @@ from harvester.api import open_api
 from harvester.auth import Paste
 from harvester.client import DEFAULT_BACKOFF_BASE_S, RequestStats
 from harvester.config import DEFAULT_ACCOUNT, Config
-from harvester.errors import EXIT_TEMPORARY, NeedsBackfillError, StateError, first_harvester_error
+from harvester.errors import (
+    EXIT_TEMPORARY,
+    NeedsBackfillError,
+    StateError,
+    StorageError,
+    first_harvester_error,
+)
 from harvester.lake import Lake
 from harvester.pipeline import Harvest, Outcome, ProgressHook
 from harvester.state import AccountState, StateStore
-from harvester.storage import LocalStorage
+from harvester.storage import open_storage
 from harvester.storage.lease import run_lock
 
 log = logging.getLogger(__name__)
@@ -61,7 +66,7 @@ class RunReport:
     watermark_before: int | None
     watermark_after: int | None
     manifest: dict[str, object] = field(default_factory=dict)
-    manifest_path: Path | None = None
+    manifest_path: str | None = None  # where the manifest is: root joined with its key
     tally: dict[str, dict[str, int]] = field(default_factory=dict)  # Lake.tally
 
     def counts(self, dataset: str) -> tuple[int, int, int]:
@@ -153,7 +158,7 @@ async def run_harvest(
     signal watcher of them all) and ``session`` (one connection pool for all).
     """
     attempt = _Attempt(command, time.time())
-    store = StateStore(config.output.root_path)
+    store = StateStore(open_storage(config.output.root))
     try:
         return await _run(config, attempt, store, _Options(
             progress, backoff_base, allow_mass_delete, stop_requested, session))
@@ -173,16 +178,15 @@ class _Options:
 
 
 async def _run(config: Config, attempt: _Attempt, store: StateStore, options: _Options) -> RunReport:
-    root = config.output.root_path
-    lake = Lake(root, config.output.compression)
-    lake.check_writable()
+    lake = Lake(store.storage, config.output.compression)
+    await anyio.to_thread.run_sync(lake.check_writable)
     account = config.accounts[0].name if config.accounts else DEFAULT_ACCOUNT
 
     def sweep() -> None:  # temporaries of killed runs; only while no other run is writing
         lake.clean_temp_files()
         store.clean_temp_files()
 
-    async with run_lock(LocalStorage(root), account, attempt.command, sweep=sweep):
+    async with run_lock(store.storage, account, attempt.command, sweep=sweep):
         stop = anyio.CancelScope()
         error: BaseException | None = None
         try:
@@ -240,8 +244,8 @@ def _load_state(store: StateStore, lake: Lake, attempt: _Attempt) -> AccountStat
     user_id = attempt.user_id
     if attempt.command == "refresh" and not store.exists(user_id) and lake.has_workouts(user_id):
         raise NeedsBackfillError(
-            f"the lake at {lake.root} holds workouts of account {user_id} but no state for it "
-            f"({store.dir / 'state'} was removed or is another lake's); run `backfill` once: "
+            f"the lake at {lake.url} holds workouts of account {user_id} but no state for it "
+            f"({store.where('_harvester/state')} was removed or is another lake's); run `backfill` once: "
             "it fetches only what the lake lacks and records the state refresh needs"
         )
     return store.load(user_id)
@@ -281,8 +285,9 @@ def _record(store: StateStore, harvest: Harvest, attempt: _Attempt) -> RunReport
 
 def _write_manifest(store: StateStore, config: Config, report: RunReport) -> None:
     report.manifest = _manifest(report)
-    report.manifest_path = store.manifest_path(report.run_id).absolute()  # for logs read elsewhere
-    store.write_manifest(report.manifest, keep=config.output.keep_runs, path=report.manifest_path)
+    key = store.manifest_path(report.run_id)
+    report.manifest_path = store.where_absolute(key)  # for logs read elsewhere
+    store.write_manifest(report.manifest, keep=config.output.keep_runs, path=key)
 
 
 def _record_failed(store: StateStore, config: Config, attempt: _Attempt, exc: BaseException) -> None:
@@ -300,7 +305,7 @@ def _record_failed(store: StateStore, config: Config, attempt: _Attempt, exc: Ba
     manifest = _manifest(report) | {"error": message}
     try:
         store.write_manifest(manifest, keep=config.output.keep_runs)
-    except (StateError, OSError) as write_error:  # e.g. the root itself is not writable
+    except (StateError, StorageError, OSError) as write_error:  # e.g. the root is not writable
         log.info("no manifest for the failed run: %s", write_error)
 
 

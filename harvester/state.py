@@ -6,8 +6,11 @@
     _harvester/runs/<UTC stamp, µs>-<run_id>.json   one manifest per run (failed ones too),
                                          the oldest pruned beyond ``output.keep_runs``
 
-Every file is written atomically (temporary name, fsync, rename) with mode 0600,
-in directories of mode 0700: state can name the account and its history.
+Everything goes through the lake's storage (harvester.storage), so a lake on
+an object store carries its own state and any machine can continue it. On a
+local disk every file is written atomically (temporary name, fsync, rename)
+with mode 0600, in directories of mode 0700: state can name the account and
+its history. The state is saved with compare-and-swap on the version loaded.
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ from typing import TypedDict, TypeVar
 
 import orjson
 
-from harvester.errors import StateError
-from harvester.files import atomic_write
+from harvester.errors import LeaseLostError, StateError, StorageConflictError, StorageError
+from harvester.storage import Storage, is_object_url, open_storage
 
 STATE_DIR = "_harvester"
 STATE_VERSION = 1
@@ -30,7 +33,6 @@ FAILURE_KINDS = ("workout", "performance_graph", "ride", "profile", "instructors
                  "metadata_mappings", "list", "quarantine", "deletions")
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 _RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_TEMP = re.compile(r"\..+\.tmp-\d+-[0-9a-f]+")
 T = TypeVar("T")
 
 
@@ -136,50 +138,89 @@ class AccountState:
 
 
 class StateStore:
-    """Reads and writes the files under ``<root>/_harvester``."""
+    """Reads and writes the objects under ``_harvester/`` on the lake's storage.
 
-    def __init__(self, root: Path, *, now: Callable[[], float] = time.time) -> None:
-        self.root = Path(root)
-        self.dir = self.root / STATE_DIR
+    ``load`` remembers the version it read; ``save`` writes on that version only
+    (compare-and-swap; ``create`` for a first state), so a run that lost its
+    account's lease to another run cannot overwrite what that run saved.
+    """
+
+    def __init__(self, storage: Storage | Path | str, *,
+                 now: Callable[[], float] = time.time) -> None:
+        self.storage = open_storage(str(storage)) if isinstance(storage, str | Path) else storage
         self.now = now
+        self._versions: dict[str, str | None] = {}  # user id -> version loaded (None: absent)
+
+    def where(self, key: str) -> str:
+        """A key as a location for messages: the lake's root joined with it."""
+        return f"{self.storage.url}/{key}"
 
     def load(self, user_id: str) -> AccountState:
         """The account's state; a fresh one if it has none yet."""
-        path = self._state_path(user_id)
+        key = _state_key(user_id)
         try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
+            blob = self.storage.read(key)
+        except StorageError as exc:
+            if exc.exit_code != 2:
+                raise
+            raise StateError(str(exc)) from None
+        self._versions[user_id] = None if blob is None else blob.version
+        if blob is None:
             return AccountState(user_id=user_id)
-        except OSError as exc:
-            raise StateError(f"cannot read state file {path}: {exc.strerror or exc}") from None
         try:
-            state = AccountState.from_dict(orjson.loads(raw))
+            state = AccountState.from_dict(orjson.loads(blob.data))
         except (orjson.JSONDecodeError, ValueError) as exc:
             raise StateError(
-                f"state file {path} is unreadable ({_one_line(exc)}); "
+                f"state file {self.where(key)} is unreadable ({_one_line(exc)}); "
                 "move it aside to start this account's state afresh"
             ) from None
         if state.user_id != user_id:
-            raise StateError(f"state file {path} belongs to account {state.user_id!r:.40}")
+            raise StateError(f"state file {self.where(key)} belongs to account {state.user_id!r:.40}")
         return state
 
-    def exists(self, user_id: str) -> bool:
-        """Whether the account has a state file (a run has recorded it before)."""
-        return self._state_path(user_id).is_file()
-
     def save(self, state: AccountState) -> None:
-        """Replace the account's state file atomically."""
-        self._write(self._state_path(state.user_id), state.to_dict())
+        """Replace the account's state whole, if nobody else wrote it since ``load``.
+
+        Without a ``load`` first it is created, or replaced on the version there now.
+        """
+        key = _state_key(state.user_id)
+        data = _encode(key, state.to_dict())
+        if state.user_id not in self._versions:
+            blob = self.storage.read(key)
+            self._versions[state.user_id] = None if blob is None else blob.version
+        version = self._versions[state.user_id]
+        try:
+            if version is None:
+                new = self.storage.create(key, data, private=True)
+            else:
+                new = self.storage.replace(key, data, version, private=True)
+        except StorageConflictError:
+            raise LeaseLostError(
+                f"state {self.where(key)} was written by another run since this one read it "
+                "(the account's lease was taken over); this run's state is not saved"
+            ) from None
+        self._versions[state.user_id] = new
 
     def accounts(self) -> list[str]:
         """User ids with a state file, sorted."""
-        directory = self.dir / "state"
-        if not directory.is_dir():
-            return []
-        return sorted(p.stem for p in directory.glob("*.json") if _HEX32.fullmatch(p.stem))
+        _, files = self.storage.list_dir(f"{STATE_DIR}/state")
+        stems = (e.key.rpartition("/")[2].removesuffix(".json") for e in files
+                 if e.key.endswith(".json"))
+        return sorted(stem for stem in stems if _HEX32.fullmatch(stem))
 
-    def manifest_path(self, run_id: str) -> Path:
-        """Where the manifest of ``run_id`` goes: ``runs/<UTC yyyymmddThhmmss.ffffffZ>-<run_id>.json``.
+    def exists(self, user_id: str) -> bool:
+        """Whether the account has a state file (a run has recorded it before)."""
+        return self.storage.stat(_state_key(user_id)) is not None
+
+    def where_absolute(self, key: str) -> str:
+        """``where``, with a local root made absolute (for logs read elsewhere)."""
+        root = self.storage.url
+        if not is_object_url(root):
+            root = str(Path(root).absolute())
+        return f"{root}/{key}"
+
+    def manifest_path(self, run_id: str) -> str:
+        """The key of ``run_id``'s manifest: ``runs/<UTC yyyymmddThhmmss.ffffffZ>-<run_id>.json``.
 
         Microseconds, so runs within one second still sort in the order they ran
         (pruning keeps the newest by name).
@@ -189,41 +230,41 @@ class StateStore:
         now = self.now()
         micros = round((now % 1) * 1_000_000) % 1_000_000
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f".{micros:06d}Z"
-        return self.dir / "runs" / f"{stamp}-{run_id}.json"
+        return f"{STATE_DIR}/runs/{stamp}-{run_id}.json"
 
     def write_manifest(
-        self, manifest: Mapping[str, object], *, keep: int | None = None, path: Path | None = None,
-    ) -> Path:
-        """Write a run's manifest (at ``path``, else a new name), then keep the newest ``keep``."""
+        self, manifest: Mapping[str, object], *, keep: int | None = None, path: str | None = None,
+    ) -> str:
+        """Write a run's manifest (at key ``path``, else a new one), then keep the newest ``keep``."""
         if path is None:
             path = self.manifest_path(str(manifest.get("run_id")))
-        self._write(path, dict(manifest))
+        self.storage.write(path, _encode(path, dict(manifest)), private=True)
         if keep is not None:
             self.prune_manifests(keep)
         return path
 
     def prune_manifests(self, keep: int) -> int:
         """Delete all but the newest ``keep`` manifests; how many went."""
-        paths = self._manifest_paths()
-        doomed = paths[:-keep] if keep > 0 else paths
-        for path in doomed:
-            path.unlink(missing_ok=True)
+        keys = self._manifest_keys()
+        doomed = keys[:-keep] if keep > 0 else keys
+        for key in doomed:
+            self.storage.delete(key)
         return len(doomed)
 
-    def manifests(self, user_id: str | None = None) -> Iterator[tuple[Path, dict[str, object]]]:
-        """Manifests, newest first; with ``user_id``, that account's and those of runs
+    def manifests(self, user_id: str | None = None) -> Iterator[tuple[str, dict[str, object]]]:
+        """(key, manifest), newest first; with ``user_id``, that account's and those of runs
         that stopped before their account was known (``user_id`` null)."""
         if user_id is not None:
             _check_user_id(user_id)
-        for path in reversed(self._manifest_paths()):
+        for key in reversed(self._manifest_keys()):
             try:
-                manifest = _read_json(path)
+                manifest = self._read_json(key)
             except StateError:
                 continue  # pruned by a concurrent run since listed, or not ours to judge
             if not isinstance(manifest, dict):
                 continue
             if user_id is None or manifest.get("user_id") in (user_id, None):
-                yield path, {str(k): v for k, v in manifest.items()}
+                yield key, {str(k): v for k, v in manifest.items()}
 
     def latest_manifest(self, user_id: str) -> dict[str, object] | None:
         """The newest manifest of the account's runs, or None."""
@@ -233,46 +274,30 @@ class StateStore:
                 return manifest
         return None
 
-    def _manifest_paths(self) -> list[Path]:
-        """Manifest files, oldest first: names start with the UTC time, so name order is time."""
-        directory = self.dir / "runs"
-        if not directory.is_dir():
-            return []
-        return sorted(p for p in directory.glob("*.json") if not p.name.startswith("."))
+    def _manifest_keys(self) -> list[str]:
+        """Manifest keys, oldest first: names start with the UTC time, so name order is time."""
+        _, files = self.storage.list_dir(f"{STATE_DIR}/runs")
+        return sorted(e.key for e in files if e.key.endswith(".json")
+                      and not e.key.rpartition("/")[2].startswith("."))
 
     def write_failures(self, user_id: str, failures: Sequence[FailedItem]) -> None:
         """The account's outstanding failures, pretty-printed for people to read."""
-        path = self.dir / "failures" / f"{_check_user_id(user_id)}.json"
+        key = f"{STATE_DIR}/failures/{_check_user_id(user_id)}.json"
         updated = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.now()))
         document = {"user_id": user_id, "updated_at": updated,
                     "failures": [f.to_dict() for f in failures]}
-        self._write(path, document, pretty=True)
+        self.storage.write(key, _encode(key, document, pretty=True), private=True)
 
     def clean_temp_files(self) -> int:
-        """Delete temporary files a killed run left here; call it holding the lock."""
-        removed = 0
-        for directory in (self.dir, *(self.dir / d for d in ("state", "failures", "runs"))):
-            if directory.is_dir():
-                for path in directory.iterdir():
-                    if _TEMP.fullmatch(path.name) and path.is_file():
-                        path.unlink(missing_ok=True)
-                        removed += 1
-        return removed
+        """Delete temporary files a killed run left here (local only); call it holding the lock."""
+        return self.storage.sweep_temp(STATE_DIR)
 
-    def _state_path(self, user_id: str) -> Path:
-        return self.dir / "state" / f"{_check_user_id(user_id)}.json"
-
-    def _write(self, path: Path, document: Mapping[str, object], *, pretty: bool = False) -> None:
-        option = orjson.OPT_INDENT_2 if pretty else 0
+    def _read_json(self, key: str) -> object:
+        blob = self.storage.read(key)
         try:
-            data = orjson.dumps(document, option=option) + b"\n"
-        except (TypeError, orjson.JSONEncodeError) as exc:
-            raise StateError(f"cannot encode {path.name}: {exc}") from None
-        try:
-            _private_dirs(self.dir, path.parent)
-            _atomic_write(path, data)
-        except OSError as exc:
-            raise StateError(f"cannot write {path}: {exc.strerror or exc}") from None
+            return orjson.loads(blob.data) if blob is not None else None
+        except orjson.JSONDecodeError as exc:
+            raise StateError(f"cannot read {self.where(key)}: {_one_line(exc)}") from None
 
 
 # -- helpers -------------------------------------------------------------------
@@ -284,11 +309,16 @@ def _check_user_id(user_id: str) -> str:
     return user_id
 
 
-def _read_json(path: Path) -> object:
+def _state_key(user_id: str) -> str:
+    return f"{STATE_DIR}/state/{_check_user_id(user_id)}.json"
+
+
+def _encode(key: str, document: Mapping[str, object], *, pretty: bool = False) -> bytes:
+    option = orjson.OPT_INDENT_2 if pretty else 0
     try:
-        return orjson.loads(path.read_bytes())
-    except (OSError, orjson.JSONDecodeError) as exc:
-        raise StateError(f"cannot read {path}: {_one_line(exc)}") from None
+        return orjson.dumps(document, option=option) + b"\n"
+    except (TypeError, orjson.JSONEncodeError) as exc:
+        raise StateError(f"cannot encode {key.rpartition('/')[2]}: {exc}") from None
 
 
 def _get(data: dict[str, object], key: str, kind: type[T]) -> T:
@@ -316,13 +346,3 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
-def _private_dirs(top: Path, directory: Path) -> None:
-    """Create ``directory`` (inside ``top``) and ``top`` with mode 0700."""
-    for path in (top, directory):
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if path.stat().st_mode & 0o777 != 0o700:
-            path.chmod(0o700)
-
-
-def _atomic_write(target: Path, data: bytes) -> None:
-    atomic_write(target, data, 0o600)

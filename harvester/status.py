@@ -17,6 +17,7 @@ from harvester.config import Config
 from harvester.errors import LakeError
 from harvester.lake import Lake
 from harvester.state import StateStore
+from harvester.storage import LocalStorage, open_storage
 
 DEFAULT_LISTED = 5  # items of each kind named in the text form; --json lists them all
 LOCKS = "_harvester/locks"  # storage/lease.py's local run locks, one per account
@@ -27,17 +28,19 @@ Document = dict[str, object]
 
 def read_status(config: Config) -> Document:
     """The lake's status: the running harvest, the last attempt, and per account its state."""
-    root = config.output.root_path
-    if not root.is_dir():
-        raise LakeError(f"there is no lake at {root}: check --out / output.root "
+    storage = open_storage(config.output.root)
+    local = isinstance(storage, LocalStorage)
+    if local and not config.output.root_path.is_dir():
+        raise LakeError(f"there is no lake at {storage.url}: check --out / output.root "
                         "(relative paths in a config file start at the file's folder)")
-    store = StateStore(root)
-    lake = Lake(root, config.output.compression)
+    store = StateStore(storage)
+    lake = Lake(storage, config.output.compression)
     accounts = [_account(store, lake, user_id) for user_id in store.accounts()]
     latest = next(store.manifests(), None)
     return {
-        "root": str(root),
-        "running": running_holders(root),
+        "root": storage.url,
+        # Object stores: the leases under _harvester/locks/*.json are not read here yet.
+        "running": running_holders(config.output.root_path) if local else [],
         "last_attempt": _attempt(*latest) if latest else None,
         "accounts": accounts,
     }
@@ -94,9 +97,9 @@ def _account(store: StateStore, lake: Lake, user_id: str) -> Document:
     }
 
 
-def _attempt(path: Path, manifest: dict[str, object]) -> Document:
-    return {key: manifest.get(key) for key in _ATTEMPT_KEYS} | {
-        "user_id": manifest.get("user_id"), "manifest": str(path)}
+def _attempt(key: str, manifest: dict[str, object]) -> Document:
+    return {name: manifest.get(name) for name in _ATTEMPT_KEYS} | {
+        "user_id": manifest.get("user_id"), "manifest": key}
 
 
 def render(document: Document) -> list[str]:

@@ -21,6 +21,7 @@ from harvester.config import Config
 from harvester.heal import LakeScan, scan
 from harvester.lake import Lake
 from harvester.state import StateStore
+from harvester.storage import open_storage
 
 EXIT_CLEAN = 0
 EXIT_PROBLEMS = 3
@@ -46,15 +47,15 @@ class VerifyReport:
 
 def check_lake(config: Config) -> VerifyReport:
     """Every problem of every account's files; blocking, reads only."""
-    root = config.output.root_path
-    lake = Lake(root, config.output.compression)
-    store = StateStore(root)
+    storage = open_storage(config.output.root)
+    lake = Lake(storage, config.output.compression)
+    store = StateStore(storage)
     report = VerifyReport()
     temps: set[str] = set()
-    for user_id in store.accounts() if root.exists() else []:
+    for user_id in store.accounts():
         report.accounts += 1
         found = scan(lake, user_id, temp_files=True)
-        for problem in found.problems():
+        for problem in found.problems(lake.url):
             if "temporary file" in problem:
                 temps.add(problem)  # lake-wide: the same for every account
             else:

@@ -48,10 +48,11 @@ EMULATOR_CORES = {0}
 CLIENT_CORES = {1} if CORES > 1 else {0}
 
 FULL = {"inflight": 300, "peers": 1000, "rate": 2000, "latency": 1000, "versus": 300, "cpu": 2000,
-        "mem_small": 2000, "mem_large": 20000, "refresh": 500, "tables": 2000, "repeats": 3}
+        "mem_small": 2000, "mem_large": 20000, "refresh": 500, "tables": 2000, "s3": 500, "repeats": 3}
 QUICK = {"inflight": 30, "peers": 20, "rate": 30, "latency": 50, "versus": 20, "cpu": 50, "mem_small": 50,
-         "mem_large": 200, "refresh": 50, "tables": 50, "repeats": 1}
+         "mem_large": 200, "refresh": 50, "tables": 50, "s3": 30, "repeats": 1}
 INCREMENTAL_SHARE = 0.2  # target: a refresh's table update costs at most this share of a full build
+S3_RPS = 100.0
 
 
 def _pin(cores: set[int]) -> Any:
@@ -183,9 +184,11 @@ def measure(args: list[str], env: dict[str, str] | None = None) -> Child:
 class Harvester:
     """The harvester CLI against one emulator, with its own lake and token cache."""
 
-    def __init__(self, workdir: Path, url: str, *, concurrency: int, rps: float) -> None:
+    def __init__(self, workdir: Path, url: str, *, concurrency: int, rps: float,
+                 root: str | None = None, env: dict[str, str] | None = None) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
-        self.lake = workdir / "lake"
+        self.lake = root or workdir / "lake"
+        self.env = env or {}
         self.config = workdir / "config.toml"
         self.config.write_text(
             f'[api]\nbase_url = "{url}"\nauth_url = "{url}"\n'
@@ -197,7 +200,7 @@ class Harvester:
         )
 
     def run(self, command: str = "backfill") -> Child:
-        env = {**os.environ, "PELOTON_USERNAME": USERNAME, "PELOTON_PASSWORD": PASSWORD}
+        env = {**os.environ, **self.env, "PELOTON_USERNAME": USERNAME, "PELOTON_PASSWORD": PASSWORD}
         for name in ("PELOTON_ACCESS_TOKEN", "PELOTON_REFRESH_TOKEN"):
             env.pop(name, None)
         quiet = ["--no-progress"] if command in ("backfill", "refresh") else []  # tables has no bar
@@ -597,6 +600,73 @@ def scenario_tables(tmp: Path, n: int) -> dict[str, Any]:
     }
 
 
+@contextlib.contextmanager
+def moto_server() -> Iterator[str]:
+    """moto's S3 server (``python -m moto.server``) on a free loopback port; its endpoint."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([PYTHON, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=_pin(EMULATOR_CORES))
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("moto server did not start") from None
+                time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def scenario_s3(tmp: Path, n: int, repeats: int) -> dict[str, Any]:
+    """A backfill into moto's S3 server on loopback against one into a local folder, same rate."""
+    import boto3
+
+    env = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_REGION": "us-east-1"}
+    walls: dict[str, list[float]] = {"local": [], "s3": []}
+    with moto_server() as endpoint, emulator(n, rate_limit=S3_RPS) as emu:
+        env["AWS_ENDPOINT_URL"] = endpoint
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                          aws_access_key_id="bench", aws_secret_access_key="bench")
+        for attempt in range(repeats):  # alternated, so load drifts hit both alike
+            for kind in ("local", "s3"):
+                bucket = f"bench-{attempt}"
+                if kind == "s3":
+                    s3.create_bucket(Bucket=bucket)
+                root = f"s3://{bucket}/lake" if kind == "s3" else None
+                child = Harvester(tmp / f"{kind}{attempt}", emu.url, concurrency=16, rps=S3_RPS,
+                                  root=root, env=env).run()
+                walls[kind].append(child.wall_s)
+                emu.reset()
+        keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket="bench-0")
+                for o in page.get("Contents", [])]
+    workouts = [k for k in keys if k.startswith("lake/workouts/")]
+    days = {k.split("/")[2] for k in workouts}
+    lake_objects = [k for k in keys if not k.startswith("lake/_harvester/")]
+    ratio = _median(walls["s3"]) / _median(walls["local"])
+    return {
+        "setup": f"{n} workouts, emulator limit {S3_RPS:.0f} req/s, requests_per_second = "
+                 f"{S3_RPS:.0f}, local folder vs moto S3 on loopback, {repeats} each, alternated",
+        "figure": "median S3 wall / median local wall; objects written per account",
+        "value": round(ratio, 3), "target": "<= 1.1; workout objects = partitions",
+        "holds": ratio <= 1.1 and len(workouts) == len(days),
+        "shown": (f"{ratio:.3f} ({_median(walls['s3']):.2f} s vs {_median(walls['local']):.2f} s); "
+                  f"{len(lake_objects)} lake objects for {n} workouts, "
+                  f"{len(workouts)} workout objects in {len(days)} partitions"),
+        "walls_s": walls, "lake_objects": len(lake_objects), "workout_objects": len(workouts),
+        "workout_partitions": len(days),
+    }
+
+
 def scenario_inflight(tmp: Path, n: int) -> dict[str, Any]:
     """Peak requests in flight at the server (listing, daily datasets and workouts together)
     against the configured concurrency, with 20 ms latency so requests overlap."""
@@ -872,7 +942,7 @@ TITLES = {"rate": "rate-bound", "rate_2x": "rate-bound, 2 x the limit",
           "versus": "against pylotoncycle 0.9.5",
           "cpu": "CPU per record", "memory": "memory", "refresh": "refresh",
           "inflight": "peak in-flight requests", "peers": "against a dlt rest_api pipeline",
-          "tables": "typed tables"}
+          "tables": "typed tables", "s3": "S3 vs local disk"}
 
 
 def table(results: dict[str, dict[str, Any]]) -> str:
@@ -928,6 +998,7 @@ def main(argv: list[str]) -> int:
         "tables": lambda tmp: scenario_tables(tmp, sizes["tables"]),
         "inflight": lambda tmp: scenario_inflight(tmp, sizes["inflight"]),
         "peers": lambda tmp: scenario_peers(tmp, sizes["peers"], sizes["repeats"]),
+        "s3": lambda tmp: scenario_s3(tmp, sizes["s3"], max(2, sizes["repeats"])),
     }
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="harvester-bench-") as tmp:

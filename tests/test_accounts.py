@@ -147,13 +147,13 @@ async def test_account_option_runs_only_the_named_account(make_emulator: Any, tm
     assert unknown.returncode == 2 and "--account 'carol' is not in [[accounts]]" in unknown.stderr
 
 
-async def test_an_s3_root_is_refused_clearly_and_no_folder_named_s3_appears(
+async def test_an_s3_root_without_credentials_fails_clearly_and_no_folder_named_s3_appears(
     make_emulator: Any, tmp_path: Path
 ) -> None:
-    """output.root = s3://… exits 2 with one line until the lake runs on object storage; nothing local."""
+    """output.root = s3://… with no AWS credentials anywhere exits 2 with one line; nothing local."""
     emulator = await make_emulator(workouts=3)
     path = write_config(tmp_path, emulator.url, output={"root": "s3://bucket/lake"})
-    env = cli_env(tmp_path)
+    env = {k: v for k, v in cli_env(tmp_path).items() if not k.startswith("AWS_")}
     work = tmp_path / "cwd"
     work.mkdir()
     done = await anyio.run_process(
@@ -162,7 +162,8 @@ async def test_an_s3_root_is_refused_clearly_and_no_folder_named_s3_appears(
     )
     stderr = done.stderr.decode()
     assert done.returncode == 2, stderr
-    assert len(stderr.strip().splitlines()) == 1 and "output.root s3://bucket/lake" in stderr
+    assert len(stderr.strip().splitlines()) == 1 and "s3://bucket/lake" in stderr
+    assert "credentials" in stderr and "Traceback" not in stderr
     assert list(work.iterdir()) == [] and not (tmp_path / "s3:").exists()
     bad = await run_cli_async(["backfill", "--config", str(path), "--out", "s3://x/../y"], env)
     assert bad.returncode == 2 and "bucket" in bad.stderr

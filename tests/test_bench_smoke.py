@@ -20,6 +20,7 @@ SCENARIOS = {
     "memory": "memory",
     "refresh": "refresh",
     "tables": "typed tables",
+    "s3": "S3 vs local disk",
     "inflight": "peak in-flight requests",
 }
 

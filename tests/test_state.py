@@ -14,9 +14,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from harvester.errors import LockedError, StateError
+from harvester.errors import LeaseLostError, LockedError, StateError
 from harvester.state import AccountState, FailedItem, StateStore
-from harvester.storage import LocalStorage
+from harvester.storage import LocalStorage, Storage
 from harvester.storage.lease import run_lock
 
 USER = "ac6b497fc71d48fbb844366ccfa5921f"
@@ -82,7 +82,7 @@ async def test_state_files_are_0600_in_0700_dirs(tmp_path: Path) -> None:
     async with run_lock(LocalStorage(tmp_path), "default", "refresh"):
         pass
     base = tmp_path / "_harvester"
-    files = [base / "state" / f"{USER}.json", base / "failures" / f"{USER}.json", manifest,
+    files = [base / "state" / f"{USER}.json", base / "failures" / f"{USER}.json", tmp_path / manifest,
              base / "lock", base / "locks" / "default.lock"]
     assert [mode(p) for p in files] == [0o600] * 5
     dirs = (base, base / "state", base / "failures", base / "runs", base / "locks")
@@ -155,7 +155,7 @@ def test_manifest_name_and_latest_per_account(tmp_path: Path) -> None:
     first = store.write_manifest({"run_id": "r1", "user_id": USER, "n": 1})
     store.write_manifest({"run_id": "r2", "user_id": USER, "n": 2})
     store.write_manifest({"run_id": "r3", "user_id": OTHER, "n": 3})
-    assert first.name == "20240301T100000.000000Z-r1.json"
+    assert first == "_harvester/runs/20240301T100000.000000Z-r1.json"
     assert store.latest_manifest(USER) == {"run_id": "r2", "user_id": USER, "n": 2}
     assert store.latest_manifest("f" * 32) is None
     with pytest.raises(StateError, match="run_id"):
@@ -210,3 +210,37 @@ async def test_lock_is_released_on_exit_and_refused_while_held(tmp_path: Path) -
     async with run_lock(storage, "default", "refresh"):
         pass
     assert (tmp_path / "_harvester" / "locks" / "default.lock").read_bytes() == b""
+
+
+# -- the same state on both backends (a local folder, moto's S3 server) -----------------
+
+
+def test_state_manifests_and_failures_round_trip_on_both_backends(storage: Storage) -> None:
+    """State, manifests and failures live under _harvester/ on the lake's own storage."""
+    clock = iter([T0, T0 + 30, T0 + 60])  # failures, then two manifests
+    store = StateStore(storage, now=lambda: next(clock))
+    assert store.accounts() == [] and store.load(USER) == AccountState(user_id=USER)
+    store.save(full_state())
+    store.write_failures(USER, full_state().failures)
+    store.write_manifest({"run_id": "r1", "user_id": USER, "n": 1})
+    store.write_manifest({"run_id": "r2", "user_id": USER, "n": 2})
+    again = StateStore(storage)
+    assert again.load(USER) == full_state() and again.accounts() == [USER]
+    assert again.latest_manifest(USER) == {"run_id": "r2", "user_id": USER, "n": 2}
+    blob = storage.read(f"_harvester/failures/{USER}.json")
+    assert blob is not None and len(orjson.loads(blob.data)["failures"]) == len(full_state().failures)
+
+
+def test_a_run_that_lost_its_lease_cannot_overwrite_the_state(storage: Storage) -> None:
+    """Two runs load one state; the one that saves second (its lease was taken over) gets exit 75, state kept."""
+    StateStore(storage).save(AccountState(user_id=USER, watermark=1))
+    stalled, taker = StateStore(storage), StateStore(storage)
+    stalled.load(USER)
+    taker.load(USER)
+    taker.save(AccountState(user_id=USER, watermark=2))
+    with pytest.raises(LeaseLostError, match="another run") as info:
+        stalled.save(AccountState(user_id=USER, watermark=3))
+    assert info.value.exit_code == 75
+    assert StateStore(storage).load(USER).watermark == 2
+    taker.save(AccountState(user_id=USER, watermark=4))  # the holder's own saves go on
+    assert StateStore(storage).load(USER).watermark == 4

@@ -290,6 +290,7 @@ def test_server_gone_mid_batch_leaves_only_whole_objects(moto_s3: MotoS3, s3_roo
         with pytest.raises(StorageUnavailableError), storage.batch() as batch:
             for key, data in contents.items():
                 batch.put(key, data)
+                batch.barrier()  # one at a time: PUTs between barriers may run concurrently
             batch.commit()
     finally:
         moto_s3.start()  # same port; moto keeps its objects in this process

@@ -129,3 +129,11 @@ async def test_two_accounts_share_one_mappings_row_and_one_set_of_tables(
     assert {p["user"]["id"] for p in lake_rows(root, "profiles")} == users
     workouts = pd.read_parquet(root / "tables" / "workouts")
     assert workouts.groupby("user_id").size().to_dict() == {u: 12 for u in users}
+
+
+def test_tables_on_an_object_store_root_is_refused_in_one_line() -> None:
+    """`tables` on an s3:// lake exits 2 with one line saying tables need a local lake (not a traceback)."""
+    done = run_cli(["tables", "--out", "s3://bucket/lake"], {})
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "local lake only" in lines[0], done.stderr

@@ -73,11 +73,22 @@ class Batch(Protocol):
     Local: each ``put`` writes a temporary file; ``commit`` makes all of them
     durable with one barrier, renames each into place, removes the keys it
     ``replaces`` and makes that durable with a second barrier. Object store:
-    ``commit`` PUTs each whole object in order, then deletes. Leaving the
+    ``commit`` PUTs each whole object, the objects between two ``barrier``
+    calls concurrently, then deletes what they replace. Leaving the
     ``with`` block without ``commit`` discards what was staged.
     """
 
     def put(self, key: str, data: bytes, *, replaces: Sequence[str] = ()) -> None: ...
+
+    def remove(self, key: str) -> None:
+        """Delete ``key`` at its place in the order (absent is fine)."""
+
+    def barrier(self) -> None:
+        """What was staged before is published before anything staged after.
+
+        Between barriers an object store may PUT concurrently; locally every
+        rename is in order anyway.
+        """
 
     def commit(self) -> None: ...
 
@@ -119,7 +130,7 @@ class Storage(Protocol):
 
     def batch(self) -> Batch: ...
 
-    def sweep_temp(self, prefix: str) -> int: ...
+    def sweep_temp(self, prefix: str, *, recursive: bool = True) -> int: ...
 
 
 def check_key(key: str) -> str:

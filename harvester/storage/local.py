@@ -193,18 +193,22 @@ class LocalStorage:
         except (FileNotFoundError, NotADirectoryError):
             return [], []
         except OSError as exc:
-            raise _error("list", directory, exc) from None
+            raise StorageError(
+                f"cannot read lake directory {directory}: {exc.strerror or exc}; fix its permissions "
+                "(the harvester needs to read and write every folder of the lake)") from None
         return sorted(dirs), sorted(files, key=lambda e: e.key)
 
     def batch(self) -> LocalBatch:
         return LocalBatch(self)
 
-    def sweep_temp(self, prefix: str) -> int:
+    def sweep_temp(self, prefix: str, *, recursive: bool = True) -> int:
         """Delete temporary files under ``prefix`` that killed writers left; call holding the lock."""
         prefix = check_prefix(prefix)
         top = self.root / prefix if prefix else self.root
         removed = 0
         for directory, _, names in os.walk(top):
+            if not recursive and directory != str(top):
+                break
             for name in names:
                 if TEMP_NAME.fullmatch(name):
                     with contextlib.suppress(FileNotFoundError):
@@ -235,7 +239,8 @@ class LocalBatch:
 
     def __init__(self, storage: LocalStorage) -> None:
         self._storage = storage
-        self._staged: list[tuple[Path, Path, list[Path]]] = []  # temp, target, removed after
+        # (temp or None to remove target, target, removed after): in staging order
+        self._staged: list[tuple[Path | None, Path, list[Path]]] = []
 
     def put(self, key: str, data: bytes, *, replaces: Sequence[str] = ()) -> None:
         target = self._storage.path(key)
@@ -246,14 +251,26 @@ class LocalBatch:
         except OSError as exc:
             raise _error("write", target, exc) from None
 
+    def remove(self, key: str) -> None:
+        self._staged.append((None, self._storage.path(key), []))
+
+    def barrier(self) -> None:
+        """Renames happen in staging order: nothing to do."""
+
     def commit(self) -> None:
         """One barrier, the renames in staging order (and removals), a second barrier."""
+        if not self._staged:
+            return  # nothing staged: no barrier to pay for
         root = self._storage.root
         try:
             sync_filesystem(root)
             while self._staged:
                 temp, target, stale = self._staged[0]
-                os.replace(temp, target)
+                if temp is not None:
+                    os.replace(temp, target)
+                else:
+                    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                        target.unlink()
                 self._staged.pop(0)
                 for path in stale:
                     path.unlink(missing_ok=True)
@@ -267,7 +284,9 @@ class LocalBatch:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         while self._staged:
-            _unlink(self._staged.pop()[0])
+            temp = self._staged.pop()[0]
+            if temp is not None:
+                _unlink(temp)
 
 
 class RunFileLock:

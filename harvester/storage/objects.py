@@ -43,9 +43,13 @@ DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
 DEFAULT_MAX_RETRIES = 4
 DEFAULT_RETRY_TIMEOUT_S = 60.0
+DEFAULT_BATCH_WORKERS = 8  # concurrent PUTs of one batch level
 # Where each provider's standard environment names a custom endpoint.
 ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT", "AWS_ENDPOINT_URL_S3",
                       "GOOGLE_BASE_URL", "AZURE_STORAGE_ENDPOINT", "AZURE_ENDPOINT")
+# Where the SDKs look for a role's credentials when the environment has none: an
+# error from one of them means "no credentials", not "the store is down".
+CREDENTIAL_SOURCES = ("169.254.169.254", "169.254.170.2", "fd00:ec2::254", "metadata.google.internal")
 T = TypeVar("T")
 
 
@@ -180,7 +184,7 @@ class ObjectStorage:
     def batch(self) -> ObjectBatch:
         return ObjectBatch(self)
 
-    def sweep_temp(self, prefix: str) -> int:
+    def sweep_temp(self, prefix: str, *, recursive: bool = True) -> int:
         return 0  # nothing is ever written under a temporary name here
 
     def _put(self, key: str, data: bytes, mode: str) -> str:
@@ -223,29 +227,50 @@ class ObjectStorage:
 
 
 class ObjectBatch:
-    """Objects kept in memory until ``commit`` PUTs them, each whole, in staging order."""
+    """Objects kept in memory until ``commit`` PUTs them, each whole.
 
-    def __init__(self, storage: ObjectStorage) -> None:
+    The objects staged between two ``barrier`` calls are PUT concurrently (a
+    backfill stages hundreds of small objects per dataset: one after another,
+    each would wait a round trip); the groups go in staging order, so the
+    lake's "graphs before workouts" holds. A group's removals follow its PUTs.
+    """
+
+    def __init__(self, storage: ObjectStorage, workers: int = DEFAULT_BATCH_WORKERS) -> None:
         self._storage = storage
-        self._staged: list[tuple[str, bytes, Sequence[str]]] = []
+        self._workers = workers
+        self._groups: list[list[tuple[str, bytes | None, Sequence[str]]]] = [[]]
 
     def put(self, key: str, data: bytes, *, replaces: Sequence[str] = ()) -> None:
-        self._staged.append((check_key(key), data, [k for k in replaces if k != key]))
+        self._groups[-1].append((check_key(key), data, [k for k in replaces if k != key]))
+
+    def remove(self, key: str) -> None:
+        self._groups[-1].append((check_key(key), None, ()))
+
+    def barrier(self) -> None:
+        if self._groups[-1]:
+            self._groups.append([])
 
     def commit(self) -> None:
-        while self._staged:
-            key, data, stale = self._staged[0]
-            self._storage.write(key, data)
-            self._staged.pop(0)
-            for other in stale:
-                self._storage.delete(other)
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=self._workers) as pool:
+            while self._groups:
+                group = self._groups[0]
+                puts = [(key, data) for key, data, _ in group if data is not None]
+                # list(): wait for all, and raise the first error, before anything later
+                list(pool.map(lambda item: self._storage.write(*item), puts))
+                for key, data, stale in group:
+                    for other in stale if data is not None else (key,):
+                        self._storage.delete(other)
+                self._groups.pop(0)
+        self._groups = [[]]
 
     def __enter__(self) -> Batch:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self._staged.clear()
+        self._groups = [[]]
 
 
 def _entry(meta: Mapping[str, object]) -> Entry:
@@ -260,6 +285,12 @@ def _entry(meta: Mapping[str, object]) -> Entry:
 def _raise_generic(op: str, where: str, exc: Exception) -> NoReturn:
     """A generic obstore error: unreachable or failing server (75), else a refusal (2)."""
     text = str(exc)
+    if any(mark in text for mark in CREDENTIAL_SOURCES):
+        raise StorageError(
+            f"cannot {op} {where}: no storage credentials (none in the environment, and no "
+            "instance or container role answered); set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY (or GOOGLE_* / AZURE_*)"
+        ) from None
     transient = ("error sending request", "retries", "timed out", "timeout", "connection",
                  "Server returned non-2xx status code: 5", "dns error")
     if any(word.lower() in text.lower() for word in transient):

@@ -1,0 +1,138 @@
+"""One lake file: its bytes decoded into keyed lines, encoded back, and merged in place when shared.
+
+``lines`` is strict (a damaged file stops a commit with LakeError naming it);
+``tolerant_lines`` keeps every whole, keyed line (heal has quarantined the
+rest). ``merge_shared`` is the compare-and-swap loop for a file every account
+writes (instructors): read with its version, merge, ``replace`` on that
+version (``create`` if absent), and on a conflict read and merge again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import random
+import time
+import zlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+
+import orjson
+
+from harvester.errors import LakeError, StorageConflictError
+from harvester.keys import primary_key
+from harvester.storage import Storage
+
+Row = dict[str, object]
+SUFFIXES = {"none": ".jsonl", "gzip": ".jsonl.gz"}
+DEFAULT_GZIP_LEVEL = 6
+DEFAULT_CAS_ATTEMPTS = 20  # a shared file still changing under us after this many: exit 75
+DEFAULT_CAS_BACKOFF_S = 0.02
+
+
+def encode(lines: Mapping[str, bytes], compression: str) -> bytes:
+    """The file's bytes: lines sorted by key, gzipped (reproducibly, no timestamp) if asked."""
+    data = b"".join(lines[key] for key in sorted(lines))
+    if compression == "gzip":
+        data = gzip.compress(data, compresslevel=DEFAULT_GZIP_LEVEL, mtime=0)
+    return data
+
+
+def inflate(data: bytes, where: str) -> bytes:
+    """``data`` decompressed if ``where`` names a ``.gz`` file; LakeError naming it if damaged."""
+    if not where.endswith(".gz"):
+        return data
+    try:
+        return gzip.decompress(data)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise LakeError(f"cannot read lake file {where}: {exc}; move it aside and run backfill") from None
+
+
+def inflate_partial(data: bytes, where: str) -> tuple[bytes, str | None]:
+    """What a (possibly damaged) gzip stream holds, and why it stops short, or None."""
+    if not where.endswith(".gz"):
+        return data, None
+    stream = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = stream.decompress(data)
+    except zlib.error as exc:
+        return b"", f"not gzip: {exc}"
+    return out, None if stream.eof else "gzip stream cut short"
+
+
+def lines(data: bytes, where: str) -> Iterator[tuple[bytes, Row]]:
+    """Each line (with its newline) and its parsed row; LakeError at the first damage."""
+    if data and not data.endswith(b"\n"):
+        raise LakeError(f"lake file {where} ends in a partial line; move it aside and run backfill")
+    start = 0
+    number = 0
+    while start < len(data):
+        end = data.index(b"\n", start) + 1
+        number += 1
+        try:
+            row = orjson.loads(data[start:end])
+        except orjson.JSONDecodeError as exc:
+            raise LakeError(f"lake file {where} line {number} is not JSON: {exc}") from None
+        if not isinstance(row, dict):
+            raise LakeError(f"lake file {where} line {number} is not a JSON object")
+        yield data[start:end], row
+        start = end
+
+
+def keyed_lines(dataset: str, data: bytes, where: str, *, tolerant: bool = False) -> dict[str, bytes]:
+    """Key -> line; ``tolerant`` skips lines that are not whole keyed rows instead of failing."""
+    if not tolerant:
+        return {stored_key(dataset, row, where): line for line, row in lines(data, where)}
+    found: dict[str, bytes] = {}
+    for line in data.splitlines():
+        with contextlib.suppress(orjson.JSONDecodeError, LakeError):
+            row = orjson.loads(line)
+            if isinstance(row, dict):
+                found[primary_key(dataset, row)] = orjson.dumps(row) + b"\n"
+    return found
+
+
+def stored_key(dataset: str, row: Row, where: str) -> str:
+    try:
+        return primary_key(dataset, row)
+    except LakeError as exc:
+        raise LakeError(f"lake file {where}: {exc}") from None
+
+
+def merge_shared(
+    storage: Storage, dataset: str, target: str, variants: Sequence[str],
+    change: Callable[[dict[str, bytes]], dict[str, bytes]], compression: str,
+    *, tolerant: bool = False,
+) -> None:
+    """Merge ``target`` (and its other compression ``variants``) with compare-and-swap.
+
+    ``change`` turns the current key -> line map into the new one. A conflict
+    (another writer in between) reads and merges again, up to
+    DEFAULT_CAS_ATTEMPTS times, then StorageConflictError (exit 75).
+    """
+    keys = [target, *(v for v in variants if v != target)]
+    for attempt in range(DEFAULT_CAS_ATTEMPTS):
+        blobs = {key: storage.read(key) for key in keys}
+        merged: dict[str, bytes] = {}
+        for key in reversed(keys):  # the configured variant last: it wins
+            blob = blobs[key]
+            if blob is not None:
+                where = f"{storage.url}/{key}"
+                merged.update(keyed_lines(dataset, inflate(blob.data, where), where,
+                                          tolerant=tolerant))
+        data = encode(change(merged), compression)
+        current = blobs[target]
+        try:
+            if current is None:
+                storage.create(target, data)
+            else:
+                storage.replace(target, data, current.version)
+        except StorageConflictError:
+            time.sleep(random.uniform(0, DEFAULT_CAS_BACKOFF_S * (attempt + 1)))
+            continue
+        for key in keys[1:]:
+            if blobs[key] is not None:
+                storage.delete(key)  # merged into the configured variant
+        return
+    raise StorageConflictError(
+        f"{storage.url}/{target} kept changing under {DEFAULT_CAS_ATTEMPTS} attempts to merge "
+        "it (other runs writing it); try again later")
