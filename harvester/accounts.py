@@ -32,7 +32,7 @@ from harvester.run import (
     EXIT_PARTIAL,
     ProgressFactory,
     RunReport,
-    absorb_further_signals,
+    first_signal,
     run_harvest,
 )
 from harvester.storage import is_object_url, parse_object_url
@@ -133,12 +133,7 @@ async def _set_on_signal(
 
     Later signals are ignored, as a single account's run does (``absorb_further_signals``).
     """
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        task_status.started()
-        async for received in signals:
-            signum = received
-            break
-    absorb_further_signals()
+    signum = await first_signal(task_status)
     log.warning("received %s: every account commits what is complete, then stops",
                 signal.Signals(signum).name)
     event.set()

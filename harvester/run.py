@@ -313,15 +313,21 @@ async def _cancel_on_signal(
     scope: anyio.CancelScope, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
 ) -> None:
     """Cancel ``scope`` on the first SIGINT or SIGTERM; later ones are absorbed, not fatal."""
+    signum = await first_signal(task_status)
+    log.warning("received %s: committing what is complete, then stopping",
+                signal.Signals(signum).name)
+    scope.cancel()
+
+
+async def first_signal(task_status: TaskStatus[None]) -> int:
+    """Wait for the first SIGINT or SIGTERM (started once listening); absorb later ones."""
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         task_status.started()
         async for received in signals:
             signum = received
             break
     absorb_further_signals()
-    log.warning("received %s: committing what is complete, then stopping",
-                signal.Signals(signum).name)
-    scope.cancel()
+    return signum
 
 
 def absorb_further_signals() -> None:

@@ -96,13 +96,7 @@ class LocalStorage:
         path = self.path(key)
         try:
             self.ensure_parent(path, private)
-            temp = _durable_temp(path, data, private)
-            try:
-                os.replace(temp, path)
-            except BaseException:
-                _unlink(temp)
-                raise
-            fsync_dir(path.parent)
+            _put_durably(path, data, private)
         except OSError as exc:
             raise _error("write", path, exc) from None
 
@@ -133,13 +127,7 @@ class LocalStorage:
                     current = None
                 if current != version:
                     raise StorageConflictError(f"{path} changed since it was read")
-                temp = _durable_temp(path, data, private)
-                try:
-                    os.replace(temp, path)
-                except BaseException:
-                    _unlink(temp)
-                    raise
-                fsync_dir(path.parent)
+                _put_durably(path, data, private)
         except OSError as exc:
             raise _error("replace", path, exc) from None
         return content_version(data)
@@ -338,6 +326,17 @@ class RunFileLock:
             fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
+
+
+def _put_durably(path: Path, data: bytes, private: bool) -> None:
+    """``data`` at ``path``, whole and durable: a synced temporary renamed into place."""
+    temp = _durable_temp(path, data, private)
+    try:
+        os.replace(temp, path)
+    except BaseException:
+        _unlink(temp)
+        raise
+    fsync_dir(path.parent)
 
 
 def _durable_temp(target: Path, data: bytes, private: bool) -> Path:
