@@ -193,7 +193,15 @@ def build_parser() -> argparse.ArgumentParser:
     emulator = sub.add_parser(
         "emulator", help="run the bundled Peloton API emulator in the foreground",
         description="Serve the Peloton API emulator on loopback until interrupted. The first "
-        "line of stdout is its base URL; the next lines say how to point a config at it.")
+        "line of stdout is its base URL; the next lines say how to point a config at it.",
+        epilog="Changes at run time, by HTTP on the same base URL (curl -X POST URL/...): "
+        "/_emulator/delete?id=ID (repeatable) or ?oldest=N deletes workouts at the source; "
+        "/_emulator/move?id=ID&created_at=EPOCH (or &shift=SECONDS) changes a workout's "
+        "created_at; /_emulator/page_fault?kind=duplicate|damaged&page=P&times=N serves a "
+        "duplicate or damaged list page; /_emulator/workouts?count=N adds workouts; "
+        "/_emulator/complete finishes the one in progress; /_emulator/revoke ends every "
+        "sign-in. GET /_emulator/stats counts requests; GET /_emulator/truth lists what the "
+        "source holds.")
     add_arguments(emulator)
     return parser
 

@@ -149,3 +149,20 @@ async def test_emulator_first_lines_say_how_to_point_a_config_at_it(tmp_path: Pa
         with anyio.fail_after(30):
             await process.wait()
         await process.aclose()
+
+
+def test_emulator_help_names_every_source_side_route() -> None:
+    """`emulator --help` documents the runtime routes that change the source (deletes, date changes, pages)."""
+    from aiohttp import web
+
+    from harvester.emulator.admin import add_routes
+
+    app = web.Application()
+    add_routes(app)
+    routes = {r.resource.canonical for r in app.router.routes() if r.resource is not None}
+    done = run_cli(["emulator", "--help"], {})
+    text = "".join(done.stdout.split())  # argparse wraps lines
+    for route in routes - {"/_emulator/reset", "/_emulator/settings", "/_emulator/clock"}:
+        assert route in text, route
+    for knob in ("oldest=N", "created_at=EPOCH", "shift=SECONDS", "kind=duplicate|damaged"):
+        assert knob in text, knob
