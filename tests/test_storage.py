@@ -298,3 +298,22 @@ def test_server_gone_mid_batch_leaves_only_whole_objects(moto_s3: MotoS3, s3_roo
     assert list(survivors) == ["workouts/date=2024-01-01/u.jsonl"]
     for key, blob in survivors.items():
         assert blob is not None and blob.data == contents[key]
+
+
+def test_the_writability_probe_survives_another_runs_sweep(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """check_writable runs before the run lock, so a run alone on the lake may sweep its probe first:
+    that is no error (50 accounts in one process hit this as 'not writable: No such file')."""
+    import harvester.storage.local as local
+
+    storage = LocalStorage(tmp_path / "lake")
+    real_close = local.os.close
+
+    def close_then_swept(fd: int) -> None:
+        real_close(fd)
+        assert storage.sweep_temp("", recursive=False) == 1  # the probe, taken as a leftover
+
+    monkeypatch.setattr(local.os, "close", close_then_swept)
+    storage.check_writable()
+    monkeypatch.undo()
+    assert list((tmp_path / "lake").iterdir()) == []

@@ -62,7 +62,10 @@ class LocalStorage:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-            os.unlink(probe)
+            # The probe is written before the run takes its lock: another account's
+            # run, alone on the lake for a moment, may sweep it as a leftover first.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(probe)
         except OSError as exc:
             raise StorageError(
                 f"output root {self.root} is not writable: {exc.strerror or exc}; "
