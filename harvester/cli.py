@@ -359,8 +359,6 @@ async def _dispatch(args: argparse.Namespace, config: Config, console: Console) 
                        f"{config.auth.token_cache_path}")
         return 0
     if command in ("backfill", "refresh"):
-        if config.output.tables:
-            _check_tables_root(config)  # before harvesting, not after
         outcomes = await harvest_accounts(config, command, args.account,
                                           progress=_progress_factory(args),
                                           allow_mass_delete=args.allow_mass_delete)
@@ -414,24 +412,22 @@ async def _dispatch(args: argparse.Namespace, config: Config, console: Console) 
     raise ConfigError(f"unknown command {command!r}")
 
 
-def _check_tables_root(config: Config) -> None:
-    from harvester.storage import is_object_url
-
-    if is_object_url(config.output.root):
-        raise ConfigError(f"typed tables are built from a local lake only in this version, not "
-                          f"{config.output.root}: set output.tables = false, or run "
-                          "`tables --out DIR` on a local copy")
-
-
 async def build_tables(config: Config, console: Console) -> None:
     """Rebuild what changed of the typed tables; one summary line."""
+    from harvester.storage import is_object_url, open_storage
     from harvester.tables import build_tables as build  # pyarrow: only the commands that build pay
 
-    _check_tables_root(config)
-    root = config.output.root_path
-    if not await anyio.Path(root).is_dir():
-        raise ConfigError(f"no lake at {root}: run backfill first, or pass --out")
-    report = await anyio.to_thread.run_sync(build, root)
+    if is_object_url(config.output.root):
+        storage = open_storage(config.output.root)
+        dirs, files = await anyio.to_thread.run_sync(storage.list_dir, "")
+        if not dirs and not files:
+            raise ConfigError(f"no lake at {storage.url}: run backfill first, or pass --out")
+    else:
+        root = config.output.root_path
+        if not await anyio.Path(root).is_dir():
+            raise ConfigError(f"no lake at {root}: run backfill first, or pass --out")
+        storage = open_storage(str(root))
+    report = await anyio.to_thread.run_sync(build, storage)
     console.result(report.summary(), fields={"event": "tables"})
 
 

@@ -53,6 +53,7 @@ class Entry:
     key: str
     size: int
     modified_ns: int  # last modification, ns since the epoch (orders two variants of a file)
+    etag: str = ""  # the object store's ETag from the listing; "" on a local disk
 
 
 @dataclass(frozen=True, slots=True)

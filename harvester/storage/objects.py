@@ -279,7 +279,8 @@ def _entry(meta: Mapping[str, object]) -> Entry:
     modified = meta["last_modified"]
     stamp = int(modified.timestamp() * 1e9) if isinstance(modified, datetime) else 0
     size = meta["size"]
-    return Entry(str(meta["path"]), size if isinstance(size, int) else 0, stamp)
+    return Entry(str(meta["path"]), size if isinstance(size, int) else 0, stamp,
+                 str(meta.get("e_tag") or ""))
 
 
 def _raise_generic(op: str, where: str, exc: Exception) -> NoReturn:

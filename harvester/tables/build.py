@@ -6,10 +6,12 @@ One build, for each table of ``specs.TABLES``:
     units (a month, or the whole table), each with the fingerprints of its files;
  2. compare with ``tables/_manifest.json``: a unit whose fingerprints differ
     (or whose table's schema changed) is rebuilt from its raw files alone;
- 3. write each rebuilt unit to a dot-prefixed temporary name (no reader's glob,
-    nor pandas/pyarrow directory listings, see it), one ``syncfs`` barrier, then
-    rename into place; partitions whose raw files are gone are removed;
- 4. record the table's fingerprints in the manifest (atomically, last), so a
+ 3. write each rebuilt unit through a storage batch: on a local disk a
+    dot-prefixed temporary name (no reader's glob, nor pandas/pyarrow directory
+    listings, see it), one ``syncfs`` barrier, then rename into place; on an
+    object store one whole PUT per Parquet file (serialised in memory first).
+    Partitions whose raw files are gone are removed;
+ 4. record the table's fingerprints in the manifest (a whole write, last), so a
     killed build redoes only what it had not recorded.
 
 The manifest lives inside ``tables/``: deleting the folder deletes it too and
@@ -22,8 +24,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import io
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -35,12 +37,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from harvester.errors import LakeError, LockedError
-from harvester.files import TEMP_NAME, atomic_write, sync_filesystem, temp_name
+from harvester.storage import LocalStorage, Storage, open_storage
 from harvester.tables.raw import RawFile, ReadStats, list_files
 from harvester.tables.specs import TABLES, TableSpec
 
 TABLES_DIR = "tables"
 MANIFEST = "_manifest.json"
+MANIFEST_KEY = f"{TABLES_DIR}/{MANIFEST}"
 LOCK = ".lock"
 PART = "part-0.parquet"
 MONTH_PREFIX = "month="
@@ -76,27 +79,29 @@ class BuildReport:
         return line
 
 
-def build_tables(root: Path) -> BuildReport:
+def build_tables(root: Path | str | Storage) -> BuildReport:
     """(Re)build every table under ``root/tables``; see the module docstring."""
     started = time.monotonic()
-    out = Path(root) / TABLES_DIR
+    storage = root if not isinstance(root, str | Path) else open_storage(str(root))
     report = BuildReport()
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        with _locked(out):
-            _clean_temp_files(out)
-            manifest = _read_manifest(out / MANIFEST)
-            listings = _Listings(Path(root))
+        with _locked(storage):
+            storage.sweep_temp(TABLES_DIR)
+            existing = {entry.key for entry in storage.walk(TABLES_DIR)}
+            manifest = _read_manifest(storage)
+            listings = _Listings(storage)
             for spec in TABLES:
                 recorded = manifest.setdefault(spec.name, {})
                 before = dict(recorded)
-                report.tables[spec.name] = _build_table(listings, out, spec, recorded, report.stats)
-                if recorded != before or not (out / MANIFEST).exists():
-                    atomic_write(out / MANIFEST, orjson.dumps(
-                        {"version": BUILD_VERSION, "tables": manifest}, option=orjson.OPT_INDENT_2),
-                        0o644)
+                report.tables[spec.name] = _build_table(listings, spec, recorded, existing,
+                                                        report.stats)
+                if recorded != before or MANIFEST_KEY not in existing:
+                    storage.write(MANIFEST_KEY, orjson.dumps(
+                        {"version": BUILD_VERSION, "tables": manifest}, option=orjson.OPT_INDENT_2))
+                    existing.add(MANIFEST_KEY)
     except OSError as exc:
-        raise LakeError(f"cannot write the tables under {out}: {exc.strerror or exc}") from None
+        raise LakeError(f"cannot write the tables under {storage.url}/{TABLES_DIR}: "
+                        f"{exc.strerror or exc}") from None
     report.seconds = time.monotonic() - started
     return report
 
@@ -104,44 +109,38 @@ def build_tables(root: Path) -> BuildReport:
 class _Listings:
     """Each raw dataset listed once per build (two tables read performance_graphs)."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
         self._seen: dict[str, list[RawFile]] = {}
 
     def files(self, dataset: str) -> list[RawFile]:
         if dataset not in self._seen:
-            self._seen[dataset] = list_files(self.root, dataset)
+            self._seen[dataset] = list_files(self.storage, dataset)
         return self._seen[dataset]
 
 
-def _build_table(listings: _Listings, out: Path, spec: TableSpec, recorded: dict[str, str],
-                 stats: ReadStats) -> TableReport:
+def _build_table(listings: _Listings, spec: TableSpec, recorded: dict[str, str],
+                 existing: set[str], stats: ReadStats) -> TableReport:
     units = _units(listings, spec)
     schema_key = hashlib.sha256(spec.schema.to_string().encode()).hexdigest()[:16]
     report = TableReport(units=len(units))
-    staged: list[tuple[Path, Path]] = []
     fresh: dict[str, str] = {}
-    try:
+    # Local: each put is a temporary file; commit is one barrier, then the renames.
+    # Object store: commit PUTs each Parquet file whole.
+    with listings.storage.batch() as batch:
         for unit, files in sorted(units.items()):
             key = _fingerprint(schema_key, files)
-            target = _target(out, spec, unit)
+            target = _target(spec, unit)
             fresh[unit] = key
-            if recorded.get(unit) == key and target.exists():
+            if recorded.get(unit) == key and target in existing:
                 continue
             table = spec.build(_by_source(spec, files), stats)
-            staged.append((_write_temp(table, target), target))
+            batch.put(target, _parquet(table))
+            existing.add(target)
             report.rebuilt += 1
             report.rows += table.num_rows
-        if staged:
-            sync_filesystem(out)
-        for temp, target in staged:
-            os.replace(temp, target)
-        staged.clear()
-    finally:
-        for temp, _ in staged:
-            with contextlib.suppress(OSError):
-                temp.unlink()
-    report.removed = _remove_stale(out / spec.name, spec, fresh)
+        batch.commit()
+    report.removed = _remove_stale(listings.storage, spec, fresh, existing)
     recorded.clear()
     recorded.update(fresh)
     return report
@@ -176,55 +175,46 @@ def _by_source(spec: TableSpec, files: list[RawFile]) -> dict[str, list[RawFile]
     return grouped
 
 
-def _target(out: Path, spec: TableSpec, unit: str) -> Path:
-    base = out / spec.name
-    return base / PART if unit == WHOLE else base / f"{MONTH_PREFIX}{unit}" / PART
+def _target(spec: TableSpec, unit: str) -> str:
+    base = f"{TABLES_DIR}/{spec.name}"
+    return f"{base}/{PART}" if unit == WHOLE else f"{base}/{MONTH_PREFIX}{unit}/{PART}"
 
 
-def _write_temp(table: pa.Table, target: Path) -> Path:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temp = target.with_name(temp_name(target.name))
-    try:
-        pq.write_table(table, temp, compression=DEFAULT_COMPRESSION)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            temp.unlink()
-        raise
-    return temp
+def _parquet(table: pa.Table) -> bytes:
+    """The table as one whole Parquet file, in memory (an object store takes whole objects)."""
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression=DEFAULT_COMPRESSION)
+    return buffer.getvalue()
 
 
-def _remove_stale(base: Path, spec: TableSpec, fresh: dict[str, str]) -> int:
+def _remove_stale(storage: Storage, spec: TableSpec, fresh: dict[str, str],
+                  existing: set[str]) -> int:
     """Remove partitions (and stray files) that no current unit writes; how many."""
-    if not base.is_dir():
-        return 0
-    keep = {_target(base.parent, spec, unit) for unit in fresh}
-    removed = 0
-    for entry in os.scandir(base):
-        path = Path(entry.path)
-        if entry.is_dir(follow_symlinks=False):
-            if path / PART not in keep:
-                shutil.rmtree(path)
-                removed += 1
-        elif path not in keep and entry.name.endswith(".parquet"):
-            path.unlink()
-            removed += 1
-    return removed
+    keep = {_target(spec, unit) for unit in fresh}
+    base = f"{TABLES_DIR}/{spec.name}"
+    stale = sorted(key for key in existing
+                   if key.startswith(f"{base}/") and key.endswith(".parquet") and key not in keep)
+    for key in stale:
+        storage.delete(key)
+        existing.discard(key)
+        if storage.is_local and isinstance(storage, LocalStorage):
+            _remove_empty_folder(storage.path(key).parent, storage.path(base))
+    return len(stale)
 
 
-def _clean_temp_files(out: Path) -> None:
-    """Temporary files a killed build left behind."""
-    for directory, _, names in os.walk(out):
-        for name in names:
-            if TEMP_NAME.fullmatch(name):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(os.path.join(directory, name))
+def _remove_empty_folder(folder: Path, base: Path) -> None:
+    """A removed partition's folder, once empty, goes too (readers list folders)."""
+    if folder != base:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
-def _read_manifest(path: Path) -> dict[str, dict[str, str]]:
+def _read_manifest(storage: Storage) -> dict[str, dict[str, str]]:
     """The recorded fingerprints; an unreadable or older manifest means: rebuild all."""
+    blob = storage.read(MANIFEST_KEY)
     try:
-        data = orjson.loads(path.read_bytes())
-    except (FileNotFoundError, orjson.JSONDecodeError):
+        data = orjson.loads(blob.data) if blob is not None else None
+    except orjson.JSONDecodeError:
         return {}
     if not isinstance(data, dict) or data.get("version") != BUILD_VERSION:
         return {}
@@ -236,8 +226,17 @@ def _read_manifest(path: Path) -> dict[str, dict[str, str]]:
 
 
 @contextlib.contextmanager
-def _locked(out: Path) -> Iterator[None]:
-    """One build at a time per lake: a second one says so instead of racing the first."""
+def _locked(storage: Storage) -> Iterator[None]:
+    """One build at a time per local lake: a second one says so instead of racing the first.
+
+    On an object store there is no lock: two concurrent builds each write whole
+    objects from the same raw input, so the last one's files and manifest stand.
+    """
+    if not isinstance(storage, LocalStorage):
+        yield
+        return
+    out = storage.path(TABLES_DIR)
+    out.mkdir(parents=True, exist_ok=True)
     fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:

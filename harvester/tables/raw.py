@@ -1,24 +1,27 @@
-"""Reading the raw lake as any outside reader would: by glob, never through lake.py.
+"""Reading the raw lake as any outside reader would: by listing, never through lake.py.
 
 The tables are a reader of the lake like DuckDB or Spark: they see the files the
 ``<root>/<dataset>/**/*.jsonl[.gz]`` glob sees (never dot-prefixed temporary
-files), and a file's fingerprint (size, mtime in ns) says whether it changed
-since the last build. A damaged line (a kill of some other writer, a disk
-error) is skipped and counted, never fatal: ``verify --repair`` rewrites the
-file, its fingerprint changes, and the next build picks the repair up.
+files), listed and read through the lake's Storage (a local folder or an object
+store). A file's fingerprint says whether it changed since the last build: its
+size and mtime in ns on a local disk, its size and ETag on an object store. A
+damaged line (a kill of some other writer, a disk error) is skipped and
+counted, never fatal: ``verify --repair`` rewrites the file, its fingerprint
+changes, and the next build picks the repair up.
 """
 
 from __future__ import annotations
 
 import gzip
 import logging
-import os
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import orjson
+
+from harvester.errors import StorageError, StorageUnavailableError
+from harvester.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -31,15 +34,15 @@ PARTITION_PREFIX = "date="
 class RawFile:
     """One raw lake file as listed: where, which partition, its fingerprint."""
 
-    path: str  # a str, not a Path: a long history lists thousands of files per build
-    rel: str  # relative to the lake root, '/'-separated: the manifest's key
+    storage: Storage = field(compare=False, repr=False)
+    rel: str  # the storage key, '/'-separated, relative to the lake root: the manifest's key
     day: str | None  # the YYYY-MM-DD of its date= directory; None when unpartitioned
     size: int
-    mtime_ns: int
+    version: str | int  # the object's ETag, or (local disk) its mtime in ns
 
     @property
-    def fingerprint(self) -> tuple[str, int, int]:
-        return (self.rel, self.size, self.mtime_ns)
+    def fingerprint(self) -> tuple[str, int, str | int]:
+        return (self.rel, self.size, self.version)
 
 
 @dataclass(slots=True)
@@ -50,51 +53,41 @@ class ReadStats:
     bad_files: list[str] = field(default_factory=list)
 
 
-def list_files(root: Path, dataset: str) -> list[RawFile]:
-    """Every file of ``dataset`` a reader's glob sees, sorted by path."""
-    base = os.path.join(root, dataset)
+def list_files(storage: Storage, dataset: str) -> list[RawFile]:
+    """Every file of ``dataset`` a reader's glob sees, sorted by key.
+
+    That is ``<dataset>/<name>`` and ``<dataset>/date=YYYY-MM-DD/<name>``; no
+    deeper folder, no dot-prefixed name, only ``.jsonl`` and ``.jsonl.gz``.
+    """
     found: list[RawFile] = []
-    for directory, day in _directories(base):
-        try:
-            entries = list(os.scandir(directory))
-        except FileNotFoundError:
+    for entry in storage.walk(dataset):
+        parts = entry.key.split("/")[1:]
+        name = parts[-1]
+        if name.startswith(".") or not name.endswith(SUFFIXES):
             continue
-        for entry in entries:
-            if entry.name.startswith(".") or not entry.name.endswith(SUFFIXES):
-                continue
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue  # replaced or removed since the listing
-            if not entry.is_file(follow_symlinks=False):
-                continue
-            folder = dataset if day is None else f"{dataset}/{PARTITION_PREFIX}{day}"
-            rel = f"{folder}/{entry.name}"
-            found.append(RawFile(entry.path, rel, day, st.st_size, st.st_mtime_ns))
+        if len(parts) == 1:
+            day = None
+        elif len(parts) == 2 and parts[0].startswith(PARTITION_PREFIX):
+            day = parts[0][len(PARTITION_PREFIX):]
+        else:
+            continue
+        found.append(RawFile(storage, entry.key, day, entry.size, entry.etag or entry.modified_ns))
     found.sort(key=lambda f: f.rel)
     return found
-
-
-def _directories(base: str) -> Iterator[tuple[str, str | None]]:
-    """The dataset directory itself, then each ``date=YYYY-MM-DD`` partition under it."""
-    if not os.path.isdir(base):
-        return
-    yield base, None
-    for entry in sorted(os.scandir(base), key=lambda e: e.name):
-        if entry.name.startswith(PARTITION_PREFIX) and entry.is_dir(follow_symlinks=False):
-            yield entry.path, entry.name[len(PARTITION_PREFIX):]
 
 
 def read_rows(raw: RawFile, stats: ReadStats) -> Iterator[Row]:
     """The file's JSON objects; damaged lines and unreadable files are counted, skipped."""
     try:
-        with open(raw.path, "rb") as handle:
-            data = handle.read()
-        if raw.path.endswith(".gz"):
+        blob = raw.storage.read(raw.rel)
+        if blob is None:
+            return  # removed since listed: its fingerprint is gone too, the next build settles it
+        data = blob.data
+        if raw.rel.endswith(".gz"):
             data = gzip.decompress(data)
-    except FileNotFoundError:
-        return  # removed since listed: its fingerprint is gone too, the next build settles it
-    except (OSError, EOFError, zlib.error) as exc:
+    except StorageUnavailableError:
+        raise  # the store is down: the build fails (75), it does not skip the file
+    except (StorageError, OSError, EOFError, zlib.error) as exc:
         log.warning("tables: cannot read lake file %s (%s); skipped", raw.rel, exc)
         stats.bad_files.append(raw.rel)
         return
