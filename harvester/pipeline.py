@@ -13,9 +13,11 @@ Data flow of one run (``Harvest.run``):
  3. The producer sends ``WorkoutRef``s into a bounded stream (backpressure);
     ``concurrency`` workers fetch the detail, the performance graph and, once per
     run and only when the lake lacks it, the class ride's details.
- 4. One writer batches finished workouts and commits them to the lake off the
-    event loop (graphs and rides before workouts, so a committed workout implies
-    its graph). A cancelled run still commits what is complete (shielded).
+ 4. One writer commits finished workouts to the lake off the event loop, each
+    day once (frontier.py): a day's workouts and graphs together (a committed
+    workout implies its graph) once the listing has passed the day and its
+    workouts are back; a class once the listing has passed the day it aired.
+    A cancelled run still commits everything it holds (shielded).
  5. Beside them, one task fetches the daily datasets (profiles, instructors,
     metadata_mappings), at most once per UTC day per account. It and the producer's
     list pages take the workers' request slots: at most ``concurrency`` requests in flight.
