@@ -70,11 +70,17 @@ class Frontier:
 
 
 class HeldRides:
-    """Classes (as lake lines) waiting for their ``rides`` day to complete; newest day out first."""
+    """Classes (as lake lines) waiting for their ``rides`` day to complete.
+
+    ``release`` gives the newest days while they are complete; ``release_largest``
+    the days holding the most bytes, when too much is held: those are the nearest
+    to complete, so writing them early costs the fewest rewrites.
+    """
 
     def __init__(self) -> None:
         self._by_day: dict[str, list[Encoded]] = {}
-        self._days: list[tuple[int, str]] = []  # a heap: the newest day held on top
+        self._bytes: dict[str, int] = {}  # day -> bytes held
+        self._days: list[tuple[int, str]] = []  # a heap, newest day on top; released days skipped
         self.size = 0  # bytes of JSON held
 
     def add(self, ride: Encoded) -> None:
@@ -82,19 +88,34 @@ class HeldRides:
         held = self._by_day.get(day)
         if held is None:
             held = self._by_day[day] = []
+            self._bytes[day] = 0
             heapq.heappush(self._days, (-date.fromisoformat(day).toordinal(), day))
         held.append(ride)
+        self._bytes[day] += len(ride.line)
         self.size += len(ride.line)
 
     def newest_day(self) -> str | None:
+        while self._days and self._days[0][1] not in self._by_day:
+            heapq.heappop(self._days)  # released by release_largest
         return self._days[0][1] if self._days else None
 
     def release(self, passed: Callable[[str], bool]) -> list[Encoded]:
         """The held classes of the newest days, for as long as ``passed`` says yes of the next."""
         out: list[Encoded] = []
-        while self._days and passed(self._days[0][1]):
-            _, day = heapq.heappop(self._days)
-            rides = self._by_day.pop(day)
-            self.size -= sum(len(ride.line) for ride in rides)
-            out.extend(rides)
+        while (day := self.newest_day()) is not None and passed(day):
+            heapq.heappop(self._days)
+            out.extend(self._pop(day))
         return out
+
+    def release_largest(self, keep: int) -> list[Encoded]:
+        """The held classes of the days holding the most bytes, until at most ``keep`` are held."""
+        out: list[Encoded] = []
+        for day in sorted(self._bytes, key=self._bytes.__getitem__, reverse=True):
+            if self.size <= keep:
+                break
+            out.extend(self._pop(day))
+        return out
+
+    def _pop(self, day: str) -> list[Encoded]:
+        self.size -= self._bytes.pop(day)
+        return self._by_day.pop(day)

@@ -64,7 +64,7 @@ Row = dict[str, object]
 DEFAULT_BATCH_SIZE = 32  # results between two looks for complete days to commit
 DEFAULT_FLUSH_INTERVAL_S = 0.5  # look at least this often while results arrive
 # Classes held for their day to complete (frontier.py), as JSON lines, at most this many
-# bytes: past it the newest days (the nearest to complete) are written early.
+# bytes: past it the days holding most (the nearest to complete) are written early.
 DEFAULT_HELD_RIDE_BYTES = 32 * 2**20
 DAY_S = 86_400
 
@@ -127,6 +127,7 @@ class Harvest:
         batch_size: int = DEFAULT_BATCH_SIZE,
         flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S,
         allow_mass_delete: bool = False,
+        held_ride_bytes: int = DEFAULT_HELD_RIDE_BYTES,
     ) -> None:
         self.config = config
         self.api = api
@@ -138,6 +139,7 @@ class Harvest:
         self.on_progress = on_progress
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_s
+        self.held_ride_bytes = held_ride_bytes
         self.outcome = Outcome()
         # A refresh with no finished backfill behind it has no trustworthy
         # watermark, so it lists everything like a backfill (and resumes one).
@@ -619,13 +621,14 @@ class Harvest:
 
     def _release_rides(self, final: bool) -> list[Encoded]:
         """The held classes to commit now: all in the last commit; else those whose rides day
-        is complete, and the newest days beyond DEFAULT_HELD_RIDE_BYTES (a history that names
-        many classes aired long before: each such file may be written again later)."""
+        is complete, and when more than ``held_ride_bytes`` are held (a history naming many
+        classes aired long before) the fullest days down to 3/4 of it: each such file is
+        merged again when the rest of its day comes."""
         if final:
             return self._held.release(lambda _: True)
         released = self._held.release(self.frontier.passed)
-        if self._held.size > DEFAULT_HELD_RIDE_BYTES:
-            released += self._held.release(lambda _: self._held.size > DEFAULT_HELD_RIDE_BYTES)
+        if self._held.size > self.held_ride_bytes:
+            released += self._held.release_largest(self.held_ride_bytes * 3 // 4)
         return released
 
     async def _lake_commit(
