@@ -71,6 +71,21 @@ def test_held_rides_leave_newest_day_first_and_count_their_bytes() -> None:
     assert held.size == 0 and held.newest_day() is None
 
 
+def test_too_many_held_rides_leave_fullest_day_first() -> None:
+    """Past the cap the days holding most bytes go first, and a day released early can come back."""
+    held = HeldRides()
+    full = [_ride(f"{i:032x}", T0 - 5 * DAY) for i in range(3)]
+    for ride in [*full, _ride("a" * 32, T0), _ride("b" * 32, T0 - 9 * DAY)]:
+        held.add(ride)
+    one = len(full[0].line)
+    out = held.release_largest(keep=2 * one + 10)
+    assert sorted(r.key for r in out) == sorted(r.key for r in full)
+    assert held.size <= 2 * one + 10
+    held.add(_ride("c" * 32, T0 - 5 * DAY))  # the rest of that day arrives later
+    assert [r.key for r in held.release(lambda day: day >= "2023-11-09")] == ["a" * 32, "c" * 32]
+    assert held.newest_day() == "2023-11-05"
+
+
 @pytest.fixture
 def puts(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
     """Every key the local store's batches write, counted (the real store still writes it)."""
