@@ -19,9 +19,10 @@ WORKOUTS = 200
 CONCURRENCY = 4
 # What one SIGKILL can throw away, counted in workouts whose detail was already asked for:
 # each worker holds one (mid-fetch, or blocked handing it over), the results stream buffers
-# 2 x concurrency (pipeline.run), and the writer holds at most two batches it has not yet
-# committed: one committing in a thread while the next fills (it commits every
-# DEFAULT_BATCH_SIZE results or flush interval, whichever first).
+# 2 x concurrency (pipeline.run), and the writer holds what it has not yet committed: one
+# look's results committing in a thread (it looks every DEFAULT_BATCH_SIZE results or flush
+# interval), and the results of days not yet complete (frontier.py), which are the days of
+# workouts still in flight: with this account's one or two workouts a day, within the rest.
 IN_FLIGHT_BOUND = CONCURRENCY + 2 * CONCURRENCY + 2 * DEFAULT_BATCH_SIZE
 
 
