@@ -652,18 +652,36 @@ class Harvest:
 
     async def _retry_failed_rides(self) -> None:
         """Rides that failed last run, or that committed workouts name and the lake lacks,
-        and that no workout of this run fetched."""
+        and that no workout of this run fetched: ``concurrency`` at a time, committed together.
+
+        After a SIGKILL these are the classes the killed run held for their day (up to
+        DEFAULT_HELD_RIDE_BYTES of them), so they go side by side, like the workers' requests.
+        """
         if "rides" not in self.datasets:
             return
         holder = WorkoutResult(WorkoutRef("", None, None, None))
-        rows: list[Row] = []
         wanted = [item.id for item in self.state.failures if item.kind == "ride"]
-        for ride_id in [*wanted, *self._orphan_rides]:
-            if ride_id not in self.known_rides:
-                self.known_rides.add(ride_id)
+        todo = list(dict.fromkeys(r for r in [*wanted, *self._orphan_rides] if r not in self.known_rides))
+        self.known_rides.update(todo)
+        rows: list[Encoded] = []
+        refused: list[AuthError] = []
+
+        async def fetch(ride_id: str) -> None:
+            try:
                 ride = await self._fetch_ride(ride_id, holder)
-                if ride is not None:
-                    rows.append(ride)
+            except AuthError as exc:  # raised below, as itself: not in an exception group
+                refused.append(exc)
+                return
+            if ride is not None:
+                rows.append(encoded("rides", ride))
+
+        width = self.config.harvest.concurrency
+        for start in range(0, len(todo), width):
+            async with asyncio.TaskGroup() as tg:
+                for ride_id in todo[start:start + width]:
+                    tg.create_task(fetch(ride_id))
+            if refused:
+                raise refused[0]
         self.outcome.failures.extend(holder.failures)
         if rows:
             with anyio.CancelScope(shield=True):

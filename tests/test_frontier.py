@@ -13,7 +13,7 @@ from harvester.frontier import Frontier, HeldRides
 from harvester.lake import encoded
 from harvester.run import run_harvest
 from harvester.storage.local import LocalBatch
-from tests.harness import comparable, harvest_config, lake_files
+from tests.harness import comparable, harvest_config, lake_files, stats
 
 DAY = 86_400
 T0 = 1_700_000_000 - 1_700_000_000 % DAY + 3_600  # 01:00 UTC on 2023-11-14
@@ -118,3 +118,25 @@ async def test_a_dense_backfill_writes_each_workout_and_graph_file_once(
     assert rides and all(puts[key] >= 1 for key in rides)
     complete = {w["id"] for w in emulator.account.workouts if w["status"] == "COMPLETE"}
     assert {row for row in comparable(root)["workouts"]} == complete
+
+
+async def test_classes_a_killed_run_held_are_fetched_side_by_side_next_run(
+    make_emulator: Any, tmp_path: Path
+) -> None:
+    """Classes the lake's workouts name but it lacks come back next run, each once, several at a time."""
+    emulator = await make_emulator(workouts=120, latency_ms=5.0)
+    config = harvest_config(emulator.url, tmp_path, harvest__concurrency=8)
+    assert (await run_harvest(config, "backfill")).exit_code == 0
+    root = tmp_path / "lake"
+    whole = comparable(root)["rides"]
+    for path in lake_files(root, "rides"):  # what a SIGKILL takes from the classes held for their day
+        path.unlink()
+    emulator.reset_stats()
+    report = await run_harvest(config, "backfill")
+    assert report.exit_code == 0, report.manifest
+    assert comparable(root)["rides"] == whole
+    seen = await stats(emulator.url)
+    calls = seen["by_id"]["ride_details"]
+    assert set(calls) >= set(whole) and max(calls.values()) == 1
+    assert "workout" not in seen["by_id"], "the workouts were all in the lake"
+    assert seen["peak_concurrency"] > 1, seen["peak_concurrency"]
