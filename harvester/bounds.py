@@ -41,8 +41,10 @@ async def read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes | None:
     gzip bomb is ever inflated past the cap. The rest of the body is never read.
     """
     declared = resp.content_length
-    if declared is not None and declared > limit and "Content-Encoding" not in resp.headers:
-        return None
+    headers = resp.headers
+    if declared is not None and "Content-Encoding" not in headers and "Transfer-Encoding" not in headers:
+        # As sent, and aiohttp stops at the declared length: the usual answer is one read.
+        return None if declared > limit else await resp.read()
     chunks: list[bytes] = []
     size = 0
     async for chunk in resp.content.iter_chunked(_READ_CHUNK):

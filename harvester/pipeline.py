@@ -38,8 +38,8 @@ from functools import lru_cache, partial
 from typing import TypeVar
 
 import anyio
-from anyio.abc import ObjectReceiveStream, ObjectSendStream
-from anyio.streams.memory import MemoryObjectReceiveStream
+from anyio.abc import ObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from harvester.api import NULL_RIDE_ID, PelotonApi, WorkoutRef, is_ride_id, workout_ref
 from harvester.client import JsonObject
@@ -371,11 +371,28 @@ class Harvest:
     # -- workers --------------------------------------------------------------
 
     async def _work(
-        self, recv: ObjectReceiveStream[WorkoutRef], send: ObjectSendStream[WorkoutResult]
+        self, recv: MemoryObjectReceiveStream[WorkoutRef],
+        send: MemoryObjectSendStream[WorkoutResult],
     ) -> None:
+        # Take a waiting ref and hand over a result without anyio's checkpoint (a turn
+        # of the event loop each) when neither has to wait: the fetch in between
+        # awaits the network, where cancellation arrives.
         async with recv, send:
-            async for ref in recv:
-                await send.send(await self._fetch_workout(ref))
+            while True:
+                try:
+                    ref = recv.receive_nowait()
+                except anyio.WouldBlock:
+                    try:
+                        ref = await recv.receive()
+                    except anyio.EndOfStream:
+                        return
+                except anyio.EndOfStream:
+                    return
+                result = await self._fetch_workout(ref)
+                try:
+                    send.send_nowait(result)
+                except anyio.WouldBlock:
+                    await send.send(result)
 
     async def _fetch_workout(self, ref: WorkoutRef) -> WorkoutResult:
         """Detail, graph and (new) ride of one workout, as rows or recorded failures.
@@ -476,13 +493,14 @@ class Harvest:
             except ApiError as exc:
                 got[name] = exc
 
-        if len(calls) == 1:
-            [(name, call)] = calls.items()
-            await one(name, call)
+        [(first, call), *rest] = calls.items()
+        if not rest:
+            await one(first, call)
         else:
-            async with asyncio.TaskGroup() as tg:
-                for name, call in calls.items():
-                    tg.create_task(one(name, call))
+            async with asyncio.TaskGroup() as tg:  # the first call in this task: one task fewer
+                for name, other in rest:
+                    tg.create_task(one(name, other))
+                await one(first, call)
         for value in got.values():
             if isinstance(value, AuthError):
                 raise value  # the whole run stops: the credentials are gone

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+import pytest
+
+import harvester.__main__
+import harvester.cli
 from tests.harness import cli_env, run_cli, run_cli_async, write_config
 
 
@@ -117,3 +122,23 @@ def test_demo_backfills_a_small_account(tmp_path: Path) -> None:
     assert list((tmp_path / "demo" / "workouts").glob("date=*/*.jsonl"))
     assert "Workouts and output per month" in done.stdout and "month    workouts  output_kj" in done.stdout
     assert list((tmp_path / "demo" / "tables" / "workouts").glob("month=*/part-0.parquet"))
+
+
+
+def test_process_entry_raises_the_young_collection_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`python -m harvester` collects young objects every 10,000 allocations, not 700."""
+    seen: list[tuple[int, int, int]] = []
+
+    def fake_entry() -> NoReturn:
+        seen.append(gc.get_threshold())
+        raise SystemExit(0)
+
+    before = gc.get_threshold()
+    monkeypatch.setattr(harvester.cli, "entry", fake_entry)
+    try:
+        with pytest.raises(SystemExit):
+            harvester.__main__.run()
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()
+    assert seen == [(10_000, before[1], before[2])]

@@ -16,7 +16,7 @@ from harvester.errors import (
     StorageError,
     StorageUnavailableError,
 )
-from harvester.storage import LocalStorage, Storage, open_storage, parse_object_url
+from harvester.storage import LocalStorage, Storage, local, open_storage, parse_object_url
 from harvester.storage.objects import ObjectStorage, open_object_store
 from tests.s3 import CREDENTIALS, MotoS3, start_moto_process
 
@@ -140,6 +140,30 @@ def test_replace_if_unchanged_refuses_a_stale_version(storage: Storage) -> None:
     assert blob is not None and blob.data == b"v2\n" and blob.version == second_version
     with pytest.raises(StorageConflictError):
         storage.replace("absent.json", b"x", first.version)
+
+
+def test_a_local_read_hashes_the_content_only_when_its_version_is_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A local read costs no hash until compare-and-swap asks for the version; the
+    version then names the content read, even if the file changed meanwhile."""
+    hashed: list[bytes] = []
+    version_of = local.content_version
+
+    def counting(data: bytes) -> str:
+        hashed.append(data)
+        return version_of(data)
+
+    storage = LocalStorage(tmp_path)
+    storage.write("instructors/instructors.jsonl", b"v1\n")
+    monkeypatch.setattr("harvester.storage.local.content_version", counting)
+    blob = storage.read("instructors/instructors.jsonl")
+    assert blob is not None and blob.data == b"v1\n" and hashed == []
+    storage.write("instructors/instructors.jsonl", b"v2 from another writer\n")
+    assert blob.version == version_of(b"v1\n") and hashed == [b"v1\n"]
+    assert blob.version == version_of(b"v1\n") and len(hashed) == 1  # computed once
+    with pytest.raises(StorageConflictError):
+        storage.replace("instructors/instructors.jsonl", b"v3\n", blob.version)
 
 
 def _append_with_cas(storage: Storage, key: str, item: str, before_write: Callable[[], None]) -> int:

@@ -23,7 +23,7 @@ loser gets StorageConflictError, reads again, merges again.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol
@@ -38,12 +38,28 @@ _SEGMENT = re.compile(r"[^/\\\x00]+")
 _BUCKET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{2,254}")  # S3, GCS and Azure: 3 or more
 
 
-@dataclass(frozen=True, slots=True)
 class Blob:
-    """An object's whole content and the version to pass to ``replace``."""
+    """An object's whole content and the version to pass to ``replace``.
 
-    data: bytes
-    version: str
+    The version may be given as a function of the content, called on first use:
+    a local disk's version is a hash of the whole file, which only compare-and-swap
+    needs, and most reads (the lake merging a partition) never ask for it.
+    """
+
+    __slots__ = ("_version", "data")
+
+    def __init__(self, data: bytes, version: str | Callable[[bytes], str]) -> None:
+        self.data = data
+        self._version = version
+
+    @property
+    def version(self) -> str:
+        if not isinstance(self._version, str):
+            self._version = self._version(self.data)
+        return self._version
+
+    def __repr__(self) -> str:
+        return f"<Blob {len(self.data)} bytes>"
 
 
 @dataclass(frozen=True, slots=True)

@@ -80,7 +80,7 @@ class LocalStorage:
             return None
         except OSError as exc:
             raise _error("read", path, exc) from None
-        return Blob(data, content_version(data))
+        return Blob(data, content_version)  # hashed only if compare-and-swap asks
 
     def stat(self, key: str) -> Entry | None:
         path = self.path(key)
