@@ -47,13 +47,14 @@ from harvester.config import Config
 from harvester.errors import (
     ApiError,
     AuthError,
+    LakeError,
     ListingError,
     NotFoundError,
     UnexpectedResponseError,
 )
 from harvester.frontier import Frontier, HeldRides
 from harvester.heal import LakeScan, heal, scan
-from harvester.lake import Encoded, Lake, encoded, row_problem, workout_day
+from harvester.lake import Encoded, Lake, encoded, workout_day
 from harvester.listing import ListingGuard
 from harvester.reconcile import NEED_ALL, NEED_GRAPH, RECONCILE_PAGE_SIZE, MassDeleteError, Mirror
 from harvester.state import AccountState, FailedItem
@@ -598,24 +599,34 @@ class Harvest:
 
     async def _commit(self, results: list[WorkoutResult], *, final: bool = False) -> None:
         """Commit the results and the held classes whose day is complete (all when ``final``)."""
-        batch: dict[str, list[Row]] = {"performance_graphs": [], "workouts": []}
+        batch: dict[str, list[Row]] = {"performance_graphs": [], "workouts": []}  # for the mirror
+        lines: dict[str, list[Encoded]] = {"performance_graphs": [], "workouts": []}  # for the lake
         landed: list[tuple[str, int]] = []  # (id, created_at) of the workouts in the batch
         for result in results:
             self.outcome.failures.extend(result.failures)
             if result.in_progress:
                 self.outcome.in_progress.append(result.ref.id)
-            if result.ride is not None and self._holdable("rides", result.ride):
-                self._held.add(encoded("rides", result.ride))
+            if result.ride is not None:
+                ride = self._encoded("rides", result.ride)
+                if ride is not None:
+                    self._held.add(ride)
                 result.ride = None  # held once: a re-commit of the result does not add it again
-            if result.graph is not None and not self._holdable("performance_graphs", result.graph):
-                continue  # its workout waits with it: a workout in the lake implies its graph
-            if result.workout is not None and not self._holdable("workouts", result.workout):
-                continue
+            graph = workout = None
             if result.graph is not None:
+                graph = self._encoded("performance_graphs", result.graph)
+                if graph is None:
+                    continue  # its workout waits with it: a workout in the lake implies its graph
+            if result.workout is not None:
+                workout = self._encoded("workouts", result.workout)
+                if workout is None:
+                    continue
+            if graph is not None and result.graph is not None:
                 batch["performance_graphs"].append(result.graph)
-            if result.workout is None:
+                lines["performance_graphs"].append(graph)
+            if workout is None or result.workout is None:
                 continue
             batch["workouts"].append(result.workout)
+            lines["workouts"].append(workout)
             row_id, created = str(result.workout["id"]), result.workout.get("created_at")
             if isinstance(created, int):
                 # The listing's copy of the id when they agree (they do): one string
@@ -625,7 +636,7 @@ class Harvest:
         if rides or any(batch.values()):
             removals = self.mirror.removals(batch)
             try:
-                counts = await self._lake_commit({**batch, "rides": rides}, removals)
+                counts = await self._lake_commit({**lines, "rides": rides}, removals)
             except BaseException:
                 for ride in rides:  # the final commit takes them
                     self._held.add(ride)
@@ -657,12 +668,14 @@ class Harvest:
         async with self._lake_lock:
             return await anyio.to_thread.run_sync(self.lake.commit, self.user_id, batch, removals)
 
-    def _holdable(self, dataset: str, row: Row) -> bool:
-        """False (the row quarantined alone) when the lake cannot hold it; the batch goes on."""
-        problem = row_problem(dataset, row)
-        if problem is not None:
-            self._quarantine(row, problem)
-        return problem is None
+    def _encoded(self, dataset: str, row: Row) -> Encoded | None:
+        """The row as its lake line, serialised once; None (the row quarantined alone) when
+        the lake cannot hold it: no key, no partition, not JSON. The batch goes on."""
+        try:
+            return encoded(dataset, row)
+        except LakeError as exc:
+            self._quarantine(row, str(exc))
+            return None
 
     def _report(self) -> None:
         if self.on_progress is not None:
