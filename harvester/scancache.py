@@ -1,9 +1,10 @@
 """What heal.py's scan learnt from each lake file, kept between runs: a run re-reads only what changed.
 
-One object per account, ``_harvester/scan/<user_id>.json``: per lake file (its
-storage key), the file's version as the listing gave it and what the scan
-learnt from it (``heal.py`` encodes and decodes those facts; this module does
-not look inside them). A run's scan takes a file's facts from here only when
+One object per account, ``_harvester/scan/<user_id>.cache``: a header line
+(format, account, digest), then a line per lake file: its storage key, its
+version as the listing gave it, and what the scan learnt from it as JSON
+(``heal.py`` encodes and decodes those facts; this module does not look
+inside them). A run's scan takes a file's facts from here only when
 the listing shows the very version they were learnt from, reads every other
 file, and forgets files that are gone; everything derived across files (keys
 held twice, rows in the wrong partition) is derived afresh from the union.
@@ -53,10 +54,11 @@ CACHE_DIR = "_harvester/scan"
 CACHE_FORMAT = 1
 RACY_MARGIN_NS = 2 * 10**9  # coarser than any filesystem's or object store's time stamps
 Facts = list[object]  # what heal.py learnt from one file, JSON-ready
+Held = tuple[str, bytes]  # a file's version, and its facts as JSON
 
 
 def cache_key(user_id: str) -> str:
-    return f"{CACHE_DIR}/{user_id}.json"
+    return f"{CACHE_DIR}/{user_id}.cache"
 
 
 def file_version(entry: Entry) -> str:
@@ -65,14 +67,18 @@ def file_version(entry: Entry) -> str:
 
 
 class ScanCache:
-    """One account's cached facts, by file: ``get`` what is still valid, ``put`` what was read."""
+    """One account's cached facts, by file: ``get`` what is still valid, ``put`` what was read.
 
-    def __init__(self, storage: Storage, user_id: str, files: dict[str, list[object]] | None = None,
+    Each file's facts stay JSON bytes until a scan asks for them: a run holds the
+    cache at the size of its object, not as a tree of lists.
+    """
+
+    def __init__(self, storage: Storage, user_id: str, files: dict[str, Held] | None = None,
                  *, now: Callable[[], int] = time.time_ns) -> None:
         self.storage = storage
         self.user_id = user_id
-        self._old = files or {}  # key -> [version, facts], as loaded
-        self._new: dict[str, list[object]] = {}  # key -> [version, facts], this scan's
+        self._old = files or {}  # key -> (version, facts as JSON), as loaded
+        self._new: dict[str, Held] = {}  # key -> (version, facts as JSON), this scan's
         self._dirty = False
         self._racy_after = now() - RACY_MARGIN_NS
 
@@ -101,16 +107,21 @@ class ScanCache:
         held = self._old.get(entry.key)
         if held is None or held[0] != file_version(entry):
             return None
+        try:
+            facts = orjson.loads(held[1])
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(facts, list):
+            return None
         self._new[entry.key] = held
-        facts = held[1]
-        return facts if isinstance(facts, list) else None
+        return facts
 
     def put(self, entry: Entry, facts: Facts) -> None:
         """What was read from the file as ``entry`` listed it; not kept for a local file modified
         just now (its next write could get the same mtime)."""
         self._dirty = True
         if entry.etag or entry.modified_ns < self._racy_after:
-            self._new[entry.key] = [file_version(entry), facts]
+            self._new[entry.key] = (file_version(entry), orjson.dumps(facts))
 
     @property
     def files(self) -> int:
@@ -128,34 +139,43 @@ class ScanCache:
             log.warning("scan cache %s/%s not written (%s); the next run reads every file",
                         self.storage.url, key, exc)
             return
-        self._old, self._dirty = self._new, False
+        self._old, self._new, self._dirty = self._new, dict(self._new), False
 
 
-def _digest(payload: bytes) -> str:
-    return hashlib.blake2b(payload, digest_size=16).hexdigest()
+def _encode(user_id: str, files: dict[str, Held]) -> bytes:
+    """A header line (format, account, digest of the rest), then a line per file:
+    ``["key","version"]``, a tab, the facts' JSON (JSON text holds no raw tab or newline)."""
+    lines = [orjson.dumps([key, version]) + b"\t" + facts + b"\n"
+             for key, (version, facts) in files.items()]
+    digest = hashlib.blake2b(digest_size=16)
+    for line in lines:
+        digest.update(line)
+    header = orjson.dumps({"format": CACHE_FORMAT, "user_id": user_id, "blake2b": digest.hexdigest()})
+    return b"".join([header, b"\n", *lines])
 
 
-def _encode(user_id: str, files: dict[str, list[object]]) -> bytes:
-    """A header line (format, account, digest of the payload), then the payload line."""
-    payload = orjson.dumps(files)
-    header = orjson.dumps({"format": CACHE_FORMAT, "user_id": user_id, "blake2b": _digest(payload)})
-    return header + b"\n" + payload + b"\n"
-
-
-def _decode(data: bytes, user_id: str) -> dict[str, list[object]] | None:
+def _decode(data: bytes, user_id: str) -> dict[str, Held] | None:
     """The files of a cache object, or None if it is not a whole one of this account and format."""
-    header_line, _, payload = data.partition(b"\n")
-    payload = payload.removesuffix(b"\n")
+    header_line, *lines = data.split(b"\n")
     try:
         header = orjson.loads(header_line)
-        if not isinstance(header, dict) or header.get("format") != CACHE_FORMAT:
-            return None
-        if header.get("user_id") != user_id or header.get("blake2b") != _digest(payload):
-            return None
-        files = orjson.loads(payload)
     except orjson.JSONDecodeError:
         return None
-    if not isinstance(files, dict):
+    if not isinstance(header, dict) or header.get("format") != CACHE_FORMAT:
         return None
-    return {key: held for key, held in files.items()
-            if isinstance(held, list) and len(held) == 2 and isinstance(held[0], str)}
+    digest = hashlib.blake2b(memoryview(data)[len(header_line) + 1:], digest_size=16).hexdigest()
+    if header.get("user_id") != user_id or header.get("blake2b") != digest:
+        return None
+    files: dict[str, Held] = {}
+    for line in lines:
+        name, _, facts = line.partition(b"\t")
+        if not name:
+            continue  # the end of the last line
+        try:
+            key, version = orjson.loads(name)
+        except (orjson.JSONDecodeError, TypeError, ValueError):
+            return None
+        if not isinstance(key, str) or not isinstance(version, str):
+            return None
+        files[key] = (version, facts)
+    return files
