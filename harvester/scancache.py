@@ -15,8 +15,8 @@ if the file changes between the listing and the read, the facts are kept
 under the older version, which the next listing no longer shows. Any write
 changes the version:
 
-- object stores: every PUT gives a new ETag (S3 and GCS an MD5 or generation
-  of the content, Azure a new ETag per write) and a new ``last_modified``;
+- object stores: the ETag changes with the content (S3: its MD5; GCS and
+  Azure: a new one per write), and every PUT moves ``last_modified``;
 - local disk: our writers write a temporary file and rename it into place, so
   the file's mtime is the time of that write. The one change a version can
   miss is a rewrite of the same size within the same timestamp tick
