@@ -4,8 +4,15 @@
     line and never stops at damage: it notes partial and non-JSON lines, rows
     without a key or a partition, keys held twice, rows in the wrong partition.
     What survives is the account's key index (``LakeScan.index``): which keys each
-    dataset holds, and in which partition. Nothing is persisted: the files are
-    the only truth, so a crash can never leave the index and the lake apart.
+    dataset holds, and in which partition. A run's scan goes through the
+    account's scan cache (scancache.py): what it learnt from each file (faults,
+    and each row's key, line, partition, stamp; a workout's created_at and
+    class), kept under the version the listing showed. It reads only the files
+    whose version changed or that are new, and derives everything across files
+    (keys held twice, rows in the wrong partition) from the union, as from the
+    files; the files stay the only truth. ``verify`` reads every file.
+    ``ride_ids`` learns the lake's classes the same way: the account's from its
+    scan, other accounts' rides files through the cache.
  2. ``heal`` rewrites the files the scan found wanting: one copy of each key (the
     newest ``_harvested_at``; on a tie the one in its right partition), each in
     the partition its row names. A file that lost a line is first kept whole
@@ -24,11 +31,13 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import orjson
 
 from harvester.errors import LakeError
 from harvester.lake import DATASETS, Lake, partition_date, primary_key
+from harvester.scancache import Facts, ScanCache
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +86,13 @@ class LakeScan:
         default_factory=lambda: {d: {} for d in DATASETS})
     temp_files: list[str] = field(default_factory=list)
 
+    def add(self, found: FileScan, rows: list[tuple[str, Copy]]) -> None:
+        """One file's scan: its faults, and its copies after those of the files before it."""
+        self.files.append(found)
+        copies = self.copies[found.dataset]
+        for key, copy in rows:
+            copies.setdefault(key, []).append(copy)
+
     def winner(self, dataset: str, key: str) -> Copy:
         """The copy a healed lake keeps: newest, then in its right partition, then last."""
         copies = self.copies[dataset][key]
@@ -121,28 +137,52 @@ class LakeScan:
 # -- scan -----------------------------------------------------------------------
 
 
-def scan(lake: Lake, user_id: str, *, temp_files: bool = False) -> LakeScan:
+def scan(
+    lake: Lake, user_id: str, *, temp_files: bool = False, cache: ScanCache | None = None,
+) -> LakeScan:
     """Read every file of the account (and the shared ones); never stops at damage.
 
     ``temp_files``: also list stray temporary files (verify); a run has already
     removed them under its lock (``Lake.clean_temp_files``), and listing them
-    costs a pass over every partition directory.
+    costs a pass over every partition directory. ``cache``: take what a file
+    holds from there when the listing shows the version it was learnt from,
+    and put there what the files read tell (scancache.py).
     """
     result = LakeScan(temp_files=lake.temp_files() if temp_files else [])
     for dataset in DATASETS:
-        for part, path in lake.account_files(dataset, user_id):
-            data, cut = lake.read_file(path)
-            result.files.append(_scan_file(result, dataset, part, path, data, cut))
+        for part, entry in lake.account_files(dataset, user_id):
+            facts = cache.get(entry) if cache is not None else None
+            learnt = _from_facts(dataset, part, entry.key, facts) if facts is not None else None
+            if learnt is None:
+                data, cut = lake.read_file(entry.key)
+                learnt = _scan_file(dataset, part, entry.key, data, cut)
+                if cache is not None:
+                    cache.put(entry, _to_facts(*learnt))
+            result.add(*learnt)
     return result
 
 
+def ride_ids(lake: Lake, user_id: str, found: LakeScan, cache: ScanCache) -> set[str]:
+    """Every ride id in the lake: the account's from its scan, other accounts' files through ``cache``."""
+    ids = set(found.copies["rides"])
+    for entry in lake.other_accounts_files("rides", user_id):
+        held = cache.get(entry)
+        if held is None or not all(isinstance(ride, str) for ride in held):
+            held = [*lake.ride_ids_in(entry.key)]
+            cache.put(entry, held)
+        ids.update(str(ride) for ride in held)
+    return ids
+
+
 def _scan_file(
-    result: LakeScan, dataset: str, part: str | None, path: str, data: bytes, cut: str | None,
-) -> FileScan:
+    dataset: str, part: str | None, path: str, data: bytes, cut: str | None,
+) -> tuple[FileScan, list[tuple[str, Copy]]]:
+    """What one file holds: its faults, and a copy per row that can be kept, in line order."""
     found = FileScan(dataset, part, path)
     if cut is not None:
         found.faults.append(cut)
-    copies = result.copies[dataset]
+    rows: list[tuple[str, Copy]] = []
+    seen: set[str] = set()
     for number, row, problem, last_open in _parsed(dataset, data):
         if problem is not None:
             found.faults.append(f"line {number} {problem}")
@@ -153,11 +193,44 @@ def _scan_file(
         copy = Copy(path, number, part, partition_date(dataset, row), _stamp(row))
         if dataset == "workouts":
             copy.created_at, copy.ride_id = _workout_facts(row)
-        held = copies.setdefault(key, [])
-        if any(c.path == path for c in held):
+        if key in seen:
             found.faults.append(f"line {number} holds key {key} again")
-        held.append(copy)
-    return found
+        seen.add(key)
+        rows.append((key, copy))
+    return found, rows
+
+
+def _to_facts(found: FileScan, rows: list[tuple[str, Copy]]) -> Facts:
+    """``_scan_file``'s answer as the cache keeps it: [faults, no final newline, rows].
+
+    A row is [key, line, home, stamp], plus created_at and ride_id for workouts;
+    home is 0 when it is the file's own partition (nearly always).
+    """
+    workouts = found.dataset == "workouts"
+    encoded: list[object] = []
+    for key, c in rows:
+        home = 0 if c.home == c.part else c.home
+        encoded.append([key, c.line, home, c.stamp, c.created_at, c.ride_id] if workouts
+                       else [key, c.line, home, c.stamp])
+    return [found.faults, found.no_final_newline, encoded]
+
+
+def _from_facts(
+    dataset: str, part: str | None, path: str, facts: Facts,
+) -> tuple[FileScan, list[tuple[str, Copy]]] | None:
+    """``_to_facts`` undone; None if the facts do not have its shape (the file is read)."""
+    try:
+        faults, open_end, encoded = cast("tuple[list[str], bool, list[list[Any]]]", facts)
+        found = FileScan(dataset, part, path, [str(f) for f in faults], open_end is True)
+        if dataset == "workouts":
+            rows = [(key, Copy(path, line, part, part if home == 0 else home, stamp, created, ride))
+                    for key, line, home, stamp, created, ride in encoded]
+        else:
+            rows = [(key, Copy(path, line, part, part if home == 0 else home, stamp))
+                    for key, line, home, stamp in encoded]
+    except (TypeError, ValueError):
+        return None
+    return found, rows
 
 
 def _parsed(dataset: str, data: bytes) -> Iterator[tuple[int, Row | None, str | None, bool]]:

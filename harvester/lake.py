@@ -224,13 +224,21 @@ class Lake:
         """Every ``ride_id`` in the lake, whichever account wrote it."""
         found: set[str] = set()
         for key in self._files("rides", None):
-            # Tolerant: another account's damaged file costs at most a refetch of its rides.
-            for line in self.read_file(key)[0].splitlines():
-                with contextlib.suppress(orjson.JSONDecodeError):
-                    row = orjson.loads(line)
-                    ride_id = row.get("ride_id") if isinstance(row, dict) else None
-                    if isinstance(ride_id, str):
-                        found.add(ride_id)
+            found.update(self.ride_ids_in(key))
+        return found
+
+    def ride_ids_in(self, key: str) -> list[str]:
+        """The ``ride_id`` of each row of one rides file, in file order.
+
+        Tolerant: another account's damaged file costs at most a refetch of its rides.
+        """
+        found: list[str] = []
+        for line in self.read_file(key)[0].splitlines():
+            with contextlib.suppress(orjson.JSONDecodeError):
+                row = orjson.loads(line)
+                ride_id = row.get("ride_id") if isinstance(row, dict) else None
+                if isinstance(ride_id, str):
+                    found.append(ride_id)
         return found
 
     def row_counts(self, user_id: str | None = None) -> dict[str, int]:
@@ -271,12 +279,24 @@ class Lake:
 
     # -- whole files, for reconcile.py (healing and verify) ----------------------
 
-    def account_files(self, dataset: str, user_id: str) -> list[tuple[str | None, str]]:
-        """``(partition day, key)`` of the dataset's files this account writes (or shares)."""
-        found: list[tuple[str | None, str]] = []
-        for key in self._files(dataset, check_user_id(user_id)):
-            found.append((_part_of(dataset, key.rpartition("/")[0]), key))
-        return found
+    def account_files(self, dataset: str, user_id: str) -> list[tuple[str | None, Entry]]:
+        """``(partition day, listing entry)`` of the dataset's files this account writes (or shares).
+
+        The entry's size, time and ETag say which version of the file was listed (heal.py's
+        scan cache)."""
+        return [(_part_of(dataset, entry.key.rpartition("/")[0]), entry)
+                for entry in self._entries(dataset, check_user_id(user_id))]
+
+    def other_accounts_files(self, dataset: str, user_id: str) -> list[Entry]:
+        """The listing entries of the dataset's files other accounts write (a shared file: none).
+
+        From this lake's last listing of the dataset (``account_files`` made one a moment ago).
+        """
+        if dataset in SHARED_FILES:
+            return []
+        own = {f"{check_user_id(user_id)}{suffix}" for suffix in SUFFIXES.values()}
+        return [entry for entry in self._entries(dataset, None, fresh=False)
+                if entry.key.rpartition("/")[2] not in own]
 
     def read_file(self, key: str) -> tuple[bytes, str | None]:
         """The file's bytes (decompressed), and why they stop short (a damaged gzip), or None."""
@@ -447,9 +467,16 @@ class Lake:
 
     def _files(self, dataset: str, user_id: str | None) -> Iterator[str]:
         """The dataset's files, of one account or of all; listed afresh, never temporaries."""
-        entries = list(self.storage.walk(dataset))
-        with self._lock:
-            self._known[dataset] = {entry.key: entry for entry in entries}
+        return (entry.key for entry in self._entries(dataset, user_id))
+
+    def _entries(self, dataset: str, user_id: str | None, *, fresh: bool = True) -> Iterator[Entry]:
+        """``_files``, as the listing's entries; not ``fresh``: as this lake last listed them."""
+        if fresh:
+            entries = list(self.storage.walk(dataset))
+            with self._lock:
+                self._known[dataset] = {entry.key: entry for entry in entries}
+        else:
+            entries = list(self._known_files(dataset).values())
         stem = SHARED_FILES.get(dataset) or user_id
         names = {f"{stem}{suffix}" for suffix in SUFFIXES.values()} if stem else None
         for entry in entries:
@@ -461,7 +488,7 @@ class Lake:
             if name.startswith("."):
                 continue
             if name in names if names is not None else name.endswith(tuple(SUFFIXES.values())):
-                yield entry.key
+                yield entry
 
     def _read(self, key: str) -> bytes:
         """The file's decompressed bytes (empty if gone); LakeError naming it if damaged."""

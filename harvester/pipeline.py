@@ -3,7 +3,8 @@
 Data flow of one run (``Harvest.run``):
 
  1. The caller holds the lake's lock and has loaded the account's state; the
-    lake is scanned once for the workouts and rides it already holds.
+    lake is scanned once for the workouts and rides it already holds (reading
+    only the files that changed since the last run: heal.py, scancache.py).
  2. The producer pages ``/api/user/{id}/workouts`` newest first with a fixed
     ``limit``, de-duplicates by id, skips in-progress workouts, quarantines
     records without a valid id or ``created_at``, and decides per workout:
@@ -53,10 +54,11 @@ from harvester.errors import (
     UnexpectedResponseError,
 )
 from harvester.frontier import Frontier, HeldRides
-from harvester.heal import LakeScan, heal, scan
+from harvester.heal import LakeScan, heal, ride_ids, scan
 from harvester.lake import Encoded, Lake, encoded, workout_day
 from harvester.listing import ListingGuard
 from harvester.reconcile import NEED_ALL, NEED_GRAPH, RECONCILE_PAGE_SIZE, MassDeleteError, Mirror
+from harvester.scancache import ScanCache
 from harvester.state import AccountState, FailedItem
 
 log = logging.getLogger(__name__)
@@ -169,7 +171,6 @@ class Harvest:
     async def run(self) -> Outcome:
         """Harvest until done or cancelled; always commits what is complete."""
         referenced = await anyio.to_thread.run_sync(self._index_lake)
-        self.known_rides = await anyio.to_thread.run_sync(self.lake.ride_ids)
         self.known_rides.update(self.state.missing_rides)
         # Classes that workouts in the lake name but the lake lacks (a ride request
         # failed in a run that was then killed): fetched after the workouts.
@@ -200,8 +201,12 @@ class Harvest:
         return self.outcome
 
     def _index_lake(self) -> set[str]:
-        """Scan (and heal) the account's files; the ride ids its workouts name. Blocking."""
-        found = scan(self.lake, self.user_id)
+        """Scan (and heal) the account's files, and learn the lake's rides, reading only the files
+        that changed since the last run (scancache.py); the ride ids its workouts name. Blocking."""
+        cache = ScanCache.load(self.lake.storage, self.user_id)
+        found = scan(self.lake, self.user_id, cache=cache)
+        self.known_rides = ride_ids(self.lake, self.user_id, found, cache)
+        cache.save()
         self.outcome.healed = heal(self.lake, found)
         self.mirror = Mirror(found, self.datasets, healed=bool(self.outcome.healed))
         self.committed = self.mirror.committed()

@@ -5,8 +5,10 @@ partition it names, every file whole and parseable (heal.py's scan), a graph for
 every workout (when ``performance_graphs`` is enabled), the class of every class
 workout (when ``rides`` is), and no temporary file left by a killed run.
 
-``--repair`` runs a backfill: it heals the files it meets (quarantining damaged
-ones), fetches what they lost and whatever else is missing, then checks again.
+Every file is read, whatever the runs' scan caches (scancache.py) say.
+``--repair`` drops those caches and runs a backfill: it reads and heals every
+file (quarantining damaged ones), fetches what they lost and whatever else is
+missing, then checks again.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from harvester.api import NULL_RIDE_ID, is_ride_id
 from harvester.config import Config
 from harvester.heal import LakeScan, scan
 from harvester.lake import Lake
+from harvester.scancache import ScanCache
 from harvester.state import StateStore
 from harvester.storage import open_storage
 
@@ -87,6 +90,13 @@ def _missing(
     return problems
 
 
+def _forget_scans(config: Config) -> None:
+    """Drop every account's scan cache: the repairing run reads every file, as verify did."""
+    storage = open_storage(config.output.root)
+    for user_id in StateStore(storage).accounts():
+        ScanCache.discard(storage, user_id)
+
+
 async def verify(config: Config, *, repair: bool, print_line: Callable[[str], None]) -> int:
     """Check, and with ``repair`` backfill and check again; the exit code (0 clean, 3 not)."""
     report = await anyio.to_thread.run_sync(check_lake, config)
@@ -96,6 +106,7 @@ async def verify(config: Config, *, repair: bool, print_line: Callable[[str], No
         return report.exit_code
     from harvester.run import run_harvest  # run imports the pipeline; plain verify needs none of it
 
+    await anyio.to_thread.run_sync(_forget_scans, config)
     ran = await run_harvest(config, "backfill")
     print_line(f"repair: {ran.summary()}")
     after = await anyio.to_thread.run_sync(check_lake, config)

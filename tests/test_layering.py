@@ -22,11 +22,12 @@ ALLOWED: dict[str, set[str]] = {
     "lake": {"errors", "files", "keys", "lakefile", "storage"},
     "state": {"errors", "storage"},
     "listing": {"errors", "api"},
-    "heal": {"errors", "lake"},
+    "scancache": {"errors", "storage"},
+    "heal": {"errors", "lake", "scancache"},
     "reconcile": {"heal", "lake"},
     "frontier": {"keys", "lake"},
     "pipeline": {"errors", "config", "client", "api", "lake", "state", "heal", "reconcile",
-                 "listing", "frontier"},
+                 "listing", "frontier", "scancache"},
     "run": {"errors", "config", "client", "api", "auth", "lake", "state", "pipeline", "storage",
             "listing",
             "__init__"},
@@ -34,7 +35,7 @@ ALLOWED: dict[str, set[str]] = {
     "status": {"errors", "config", "lake", "state", "storage"},
     "console": set(),
     "demo": {"errors", "config", "console", "run", "emulator"},
-    "verify": {"api", "config", "heal", "lake", "state", "run", "storage"},
+    "verify": {"api", "config", "heal", "lake", "state", "run", "storage", "scancache"},
     "accounts": {"errors", "config", "client", "api", "run", "storage"},
 }
 
