@@ -22,6 +22,9 @@ SCENARIOS = {
     "tables": "typed tables",
     "s3": "S3 vs local disk",
     "inflight": "peak in-flight requests",
+    "lake_bytes": "bytes written / lake size",
+    "cpu_scale": "CPU per record, large vs small",
+    "accounts_zero": "many accounts, zero latency",
 }
 
 
@@ -48,3 +51,8 @@ def test_quick_bench_prints_a_table_and_writes_every_figure(tmp_path: Path) -> N
     assert report["scenarios"]["cpu"]["bare_loop"]["requests"] == (
         report["scenarios"]["cpu"]["harvester"]["requests"]
     )
+    lake = report["scenarios"]["lake_bytes"]["io"]
+    assert lake["written_bytes"] >= lake["lake_bytes"] > 0  # every byte of the lake was written once
+    accounts = report["scenarios"]["accounts_zero"]
+    assert accounts["bare_loop"]["by_endpoint"] == accounts["harvester"]["by_endpoint"]
+    assert accounts["harvester"]["by_endpoint"]["token"] == report["sizes"]["accounts"]  # one grant each
