@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from itertools import zip_longest
 from pathlib import Path
@@ -44,6 +45,30 @@ HISTORY_DAYS = 5 * 365  # the emulator spreads a history over at most this many 
 def load() -> float:
     """The 1-minute load average: the machine is shared, so every figure carries it."""
     return round(os.getloadavg()[0], 1) if hasattr(os, "getloadavg") else float("nan")
+
+
+@contextlib.contextmanager
+def load_during(every_s: float = 5.0) -> Iterator[list[float]]:
+    """The 1-minute load average at the start, every ``every_s`` and at the end of the block."""
+    samples = [load()]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(every_s):
+            samples.append(load())
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield samples
+    finally:
+        done.set()
+        thread.join()
+        samples.append(load())
+
+
+def _span(samples: list[float]) -> str:
+    return f"{min(samples)}-{max(samples)}"
 
 
 def process_info(pid: int) -> dict[str, Any]:
@@ -115,11 +140,9 @@ def scenario_lake_bytes(tmp: Path, n: int, *, fixed_run: bool = True) -> dict[st
     if fixed_run:
         with emulator(1) as (emu, _):
             fixed = _backfill(tmp, emu, "fixed")
-    before = load()
-    with emulator(n) as (emu, emu_info):
+    with emulator(n) as (emu, emu_info), load_during() as loads:
         child = _backfill(tmp, emu, "dense")
         requests = emu.stats()["requests"]
-    after = load()
     lake = tmp / "dense" / "lake"
     io = io_figures(child, lake, fixed.io.get("rchar", 0) if fixed else 0)
     days = sum(1 for _ in (lake / "workouts").iterdir())
@@ -128,7 +151,7 @@ def scenario_lake_bytes(tmp: Path, n: int, *, fixed_run: bool = True) -> dict[st
     fixed_text = (f"the fixed {io['fixed_read_bytes'] / MB:.0f} MB left out" if fixed
                   else "imports and config included")
     return {
-        "setup": f"backfill of a {n:,}-workout account ({n / days:.1f} workouts per day with one, on "
+        "setup": f"backfill of a {n:,}-workout account ({n / days:.1f} workouts a day over "
                  f"{days:,} days), zero latency, no limit, concurrency {CONCURRENCY}. Bytes from the "
                  "harvester process's /proc/<pid>/io, read after it exits and before it is reaped "
                  "(every thread counted); lake size: the sizes of all files under the root",
@@ -139,8 +162,8 @@ def scenario_lake_bytes(tmp: Path, n: int, *, fixed_run: bool = True) -> dict[st
         "shown": (f"{ratio:.2f} ({io['written_bytes'] / MB:,.0f} MB written in {io['write_calls']:,} "
                   f"calls for a {io['lake_bytes'] / MB:,.0f} MB lake of {io['lake_files']:,} files); "
                   f"read {io['read_ratio']:.2f} x the lake ({read_mb:,.0f} MB; {fixed_text}); "
-                  f"{child.wall_s:.0f} s wall, {child.cpu_s:.0f} s CPU; load {before}-{after}"),
-        "io": io, "requests": requests, "workout_days": days, "load_average": [before, after],
+                  f"{child.wall_s:.0f} s wall, {child.cpu_s:.0f} s CPU; load {_span(loads)})"),
+        "io": io, "requests": requests, "workout_days": days, "load_average": loads,
         "process": child.figures(),
         "fixed_run": {"io": fixed.io, "process": fixed.figures()} if fixed else None,
         "emulator": emu_info,
@@ -159,17 +182,15 @@ def scenario_cpu_scale(tmp: Path, small: int, large: int, repeats: int) -> dict[
     smalls: list[dict[str, Any]] = []
     with emulator(small) as (small_emu, small_info):
         def run_small(i: int) -> None:
-            before = load()
-            child = _backfill(tmp, small_emu, f"small-{i}")
+            with load_during() as loads:
+                child = _backfill(tmp, small_emu, f"small-{i}")
             smalls.append({"cpu_s_per_1000": round(_per_k(child, small), 3),
-                           "load_average": [before, load()], "process": child.figures()})
+                           "load_average": loads, "process": child.figures()})
 
         run_small(0)
-        before = load()
-        with emulator(large) as (emu, large_info):
+        with emulator(large) as (emu, large_info), load_during() as big_loads:
             big = _backfill(tmp, emu, "large")
             requests = emu.stats()["requests"]
-        after = load()
         for i in range(1, repeats):
             run_small(i)
     big_io = io_figures(big, tmp / "large" / "lake")
@@ -184,13 +205,13 @@ def scenario_cpu_scale(tmp: Path, small: int, large: int, repeats: int) -> dict[
         "figure": f"CPU s per 1,000 workouts at {large:,} / at {small:,}",
         "value": round(ratio, 3), "target": "<= 1.1 (linear)", "holds": ratio <= 1.1,
         "shown": (f"{ratio:.2f} ({_per_k(big, large):.2f} s vs {base:.2f} s per 1,000; small runs "
-                  f"{min(per_small):.2f}-{max(per_small):.2f}, load {min(small_loads)}-{max(small_loads)}; "
+                  f"{min(per_small):.2f}-{max(per_small):.2f}, load {_span(small_loads)}; "
                   f"large run {big.cpu_s:.0f} s CPU, {big.wall_s:.0f} s wall, {big.maxrss_mb:.0f} MB, "
-                  f"load {before}-{after}; it wrote {big_io['write_ratio']:.2f} x and read "
+                  f"load {_span(big_loads)}; it wrote {big_io['write_ratio']:.2f} x and read "
                   f"{big_io['read_ratio']:.2f} x its {big_io['lake_bytes'] / MB:,.0f} MB lake; emulator "
                   f"{large_info.get('peak_rss_mb', 0):.0f} MB peak on core {large_info.get('cores')})"),
         "large": {"workouts": large, "requests": requests, "cpu_s_per_1000": round(_per_k(big, large), 3),
-                  "load_average": [before, after], "process": big.figures(), "io": big_io,
+                  "load_average": big_loads, "process": big.figures(), "io": big_io,
                   "emulator": large_info},
         "small": {"workouts": small, "cpu_s_per_1000_median": base, "runs": smalls,
                   "emulator": small_info},
@@ -233,7 +254,7 @@ def _rates(child: Child, stats: dict[str, Any]) -> dict[str, Any]:
     window = arrivals[-1] - arrivals[0] if len(arrivals) > 1 else float("nan")
     return {"requests": stats["requests"], "requests_per_s": round(stats["requests"] / child.wall_s, 1),
             "requests_per_s_over_window": round(stats["requests"] / window, 1),
-            "peak_in_flight": stats["peak_concurrency"], "status": stats["status"],
+            "status": stats["status"],
             "by_endpoint": stats["by_endpoint"],
             "process": child.figures()}
 
@@ -253,17 +274,17 @@ def scenario_accounts_zero(tmp: Path, accounts: int, workouts: int, *, extras: b
         emu.reset()
         config, env = write_config(tmp, emu.url, accounts, NO_LIMIT_RPS, ACCOUNT_CONCURRENCY,
                                    method="password")  # the grant the bare loop uses: same requests
-        before = load()
-        ours = measure([PYTHON, "-m", "harvester", "backfill", "--config", str(config), "--no-progress"],
-                       env)
+        with load_during() as our_loads:
+            ours = measure([PYTHON, "-m", "harvester", "backfill", "--config", str(config),
+                            "--no-progress"], env)
         if ours.returncode != 0:
             raise RuntimeError(f"harvester exited {ours.returncode}: {ours.stderr[-2000:]}")
         harvester = _rates(ours, emu.stats(arrivals=True))
-        middle = load()
-        bare = _rates(*_bare(emu, spec, in_flight))
+        with load_during() as bare_loads:
+            bare = _rates(*_bare(emu, spec, in_flight))
         reference = _rates(*_bare(emu, spec, BARE_REFERENCE_IN_FLIGHT)) if extras else None
-        after = load()
     ratio = harvester["requests_per_s"] / bare["requests_per_s"]
+    bare_cpu, bare_wall = bare["process"]["cpu_s"], bare["process"]["wall_s"]
     also = (f"the bare loop at {BARE_REFERENCE_IN_FLIGHT} in flight: {reference['requests_per_s']:,.0f} "
             "req/s; " if reference else "")
     return {
@@ -276,12 +297,13 @@ def scenario_accounts_zero(tmp: Path, accounts: int, workouts: int, *, extras: b
         "figure": "requests/s (emulator's count / process wall, start included): harvester / bare loop",
         "value": round(ratio, 3), "target": ">= 0.6", "holds": ratio >= 0.6,
         "shown": (f"{ratio:.2f} ({harvester['requests_per_s']:,.0f} vs {bare['requests_per_s']:,.0f} "
-                  f"req/s, {harvester['requests']:,} requests each; peak in flight "
-                  f"{harvester['peak_in_flight']} vs {bare['peak_in_flight']}; harvester "
-                  f"{ours.cpu_s:.0f} s CPU, {ours.wall_s:.0f} s wall, {ours.maxrss_mb:.0f} MB; {also}"
-                  f"load {before}-{middle}-{after})"),
+                  f"req/s, {harvester['requests']:,} requests each; CPU {ours.cpu_s:.1f} s vs "
+                  f"{bare_cpu:.1f} s, wall {ours.wall_s:.1f} s vs {bare_wall:.1f} s; harvester peak "
+                  f"RSS {ours.maxrss_mb:.0f} MB; {also}load {_span(our_loads)} during ours, "
+                  f"{_span(bare_loads)} during the bare loop)"),
         "harvester": harvester, "bare_loop": bare, f"bare_loop_{BARE_REFERENCE_IN_FLIGHT}": reference,
-        "in_flight": in_flight, "load_average": [before, middle, after], "emulator": emu_info,
+        "in_flight": in_flight, "load_average": {"harvester": our_loads, "bare_loop": bare_loads},
+        "emulator": emu_info,
     }
 
 
