@@ -66,8 +66,8 @@ from harvester.lakefile import (
 )
 from harvester.storage import Batch, Entry, LocalStorage, Storage, open_storage
 
-__all__ = ["DATASETS", "Lake", "Row", "check_user_id", "partition_date", "primary_key",
-           "row_problem", "utc_day", "workout_day"]
+__all__ = ["DATASETS", "Encoded", "Lake", "Row", "check_user_id", "encoded", "partition_date",
+           "primary_key", "row_problem", "utc_day", "workout_day"]
 
 # Workouts last: a workout row in the lake implies its graph and ride were committed before it.
 # Deletions first: a workout removed from the lake is recorded as deleted before it goes.
@@ -80,6 +80,32 @@ _UNPARTITIONED = frozenset({"instructors"})
 # in a lake that several accounts share, merged with compare-and-swap; so is the
 # daily metadata_mappings row (one file per day, shared by every account).
 SHARED_FILES = {"instructors": "instructors", "metadata_mappings": "metadata_mappings"}
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """A row serialised before its commit (one JSON line), with its key and partition.
+
+    What a run holds in memory for a while (classes waiting for their day to
+    complete) costs the size of its JSON this way, not that of a dict of dicts.
+    """
+
+    key: str
+    part: str | None
+    line: bytes
+
+
+def encoded(dataset: str, row: Row) -> Encoded:
+    """``row`` as the line ``Lake.commit`` would write; LakeError if it cannot be."""
+    key = primary_key(dataset, row)
+    return Encoded(key, partition_date(dataset, row), _line(dataset, key, row))
+
+
+def _line(dataset: str, key: str, row: Row) -> bytes:
+    try:
+        return orjson.dumps(row) + b"\n"
+    except (TypeError, orjson.JSONEncodeError) as exc:
+        raise LakeError(f"{dataset} row {key} cannot be written as JSON: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +154,7 @@ class Lake:
             raise LakeError(str(exc)) from None
 
     def commit(
-        self, user_id: str, batch: Mapping[str, Sequence[Row]],
+        self, user_id: str, batch: Mapping[str, Sequence[Row | Encoded]],
         removals: Mapping[str, Mapping[str, Collection[str]]] | None = None,
     ) -> dict[str, int]:
         """Merge ``batch`` into the account's partition files; rows written per dataset.
@@ -137,7 +163,8 @@ class Lake:
         same commit, after the rows that replace them landed: a moved row is
         never lost to a kill, at worst briefly in two partitions (healed next run).
         Every row is validated and serialised before the first write, so a bad
-        row fails the commit without touching the lake.
+        row fails the commit without touching the lake; an ``Encoded`` row was
+        serialised (and validated) when it was made.
         """
         check_user_id(user_id)
         unknown = sorted(set(batch) - set(DATASETS))
@@ -305,17 +332,19 @@ class Lake:
 
     # -- internals -------------------------------------------------------------
 
-    def _group(self, dataset: str, rows: Sequence[Row]) -> dict[str | None, dict[str, bytes]]:
+    def _group(
+        self, dataset: str, rows: Sequence[Row | Encoded],
+    ) -> dict[str | None, dict[str, bytes]]:
         """Serialised rows by partition then key; a later row of the same key wins."""
-        latest: dict[str, tuple[str | None, Row]] = {}
+        latest: dict[str, tuple[str | None, Row | Encoded]] = {}
         for row in rows:
-            latest[primary_key(dataset, row)] = (partition_date(dataset, row), row)
+            if isinstance(row, Encoded):
+                latest[row.key] = (row.part, row)
+            else:
+                latest[primary_key(dataset, row)] = (partition_date(dataset, row), row)
         groups: dict[str | None, dict[str, bytes]] = {}
         for key, (part, row) in latest.items():
-            try:
-                line = orjson.dumps(row) + b"\n"
-            except (TypeError, orjson.JSONEncodeError) as exc:
-                raise LakeError(f"{dataset} row {key} cannot be written as JSON: {exc}") from None
+            line = row.line if isinstance(row, Encoded) else _line(dataset, key, row)
             groups.setdefault(part, {})[key] = line
         return groups
 

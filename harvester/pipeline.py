@@ -13,9 +13,11 @@ Data flow of one run (``Harvest.run``):
  3. The producer sends ``WorkoutRef``s into a bounded stream (backpressure);
     ``concurrency`` workers fetch the detail, the performance graph and, once per
     run and only when the lake lacks it, the class ride's details.
- 4. One writer batches finished workouts and commits them to the lake off the
-    event loop (graphs and rides before workouts, so a committed workout implies
-    its graph). A cancelled run still commits what is complete (shielded).
+ 4. One writer commits finished workouts to the lake off the event loop, each
+    day once (frontier.py): a day's workouts and graphs together (a committed
+    workout implies its graph) once the listing has passed the day and its
+    workouts are back; a class once the listing has passed the day it aired.
+    A cancelled run still commits everything it holds (shielded).
  5. Beside them, one task fetches the daily datasets (profiles, instructors,
     metadata_mappings), at most once per UTC day per account. It and the producer's
     list pages take the workers' request slots: at most ``concurrency`` requests in flight.
@@ -29,7 +31,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache, partial
@@ -49,8 +51,9 @@ from harvester.errors import (
     NotFoundError,
     UnexpectedResponseError,
 )
+from harvester.frontier import Frontier, HeldRides
 from harvester.heal import LakeScan, heal, scan
-from harvester.lake import Lake, row_problem, workout_day
+from harvester.lake import Encoded, Lake, encoded, row_problem, workout_day
 from harvester.listing import ListingGuard
 from harvester.reconcile import NEED_ALL, NEED_GRAPH, RECONCILE_PAGE_SIZE, MassDeleteError, Mirror
 from harvester.state import AccountState, FailedItem
@@ -58,8 +61,11 @@ from harvester.state import AccountState, FailedItem
 log = logging.getLogger(__name__)
 
 Row = dict[str, object]
-DEFAULT_BATCH_SIZE = 32  # workouts per lake commit at most: what a SIGKILL can lose
-DEFAULT_FLUSH_INTERVAL_S = 0.5  # commit at least this often while results arrive
+DEFAULT_BATCH_SIZE = 32  # results between two looks for complete days to commit
+DEFAULT_FLUSH_INTERVAL_S = 0.5  # look at least this often while results arrive
+# Classes held for their day to complete (frontier.py), as JSON lines, at most this many
+# bytes: past it the newest days (the nearest to complete) are written early.
+DEFAULT_HELD_RIDE_BYTES = 32 * 2**20
 DAY_S = 86_400
 
 
@@ -145,7 +151,10 @@ class Harvest:
         self.known_rides: set[str] = set()  # in the lake, fetched this run, or known 404
         self._orphan_rides: list[str] = []  # named by committed workouts, absent from the lake
         self.done = 0
+        self.frontier = Frontier()  # which partitions are complete (written once)
         self._inflight: list[WorkoutResult] = []  # the batch a background commit holds
+        self._held = HeldRides()  # classes whose rides day is not yet complete
+        self._lake_lock = anyio.Lock()  # one lake commit at a time: merges of one file never race
         self.total = 0
         # Requests in flight: at most `concurrency`, whichever task asks (see _in_slot).
         # asyncio's semaphore, not anyio's CapacityLimiter: that one yields to the
@@ -210,7 +219,7 @@ class Harvest:
             return
         if removals:
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self.lake.commit, self.user_id, batch, removals)
+                await self._lake_commit(batch, removals)
             self.outcome.deleted = self.mirror.deleted(removals)
             for key in self.outcome.deleted:
                 self.committed.pop(key, None)
@@ -234,6 +243,7 @@ class Harvest:
                 if workout_id not in seen:
                     seen.add(workout_id)
                     await self._enqueue(send, WorkoutRef(workout_id, None, None, None))
+            self.frontier.finish()
 
     async def _maybe_reconcile(self, send: ObjectSendStream[WorkoutRef], seen: set[str]) -> None:
         """A refresh lists everything again when reconcile.py says it is due."""
@@ -273,6 +283,7 @@ class Harvest:
                 if ref is None or ref.id in seen:
                     continue
                 assert ref.created_at is not None  # _checked_ref guarantees it
+                self.frontier.listed(ref.created_at)
                 if horizon is not None and ref.created_at <= horizon:
                     self.outcome.listing_complete = True
                     return
@@ -351,6 +362,7 @@ class Harvest:
 
     async def _enqueue(self, send: ObjectSendStream[WorkoutRef], ref: WorkoutRef) -> None:
         self.outcome.queued += 1
+        self.frontier.queued(ref.created_at)
         self.total = max(self.total, self.outcome.skipped_committed + self.outcome.queued)
         await send.send(ref)
 
@@ -503,9 +515,14 @@ class Harvest:
     # -- writer ---------------------------------------------------------------
 
     async def _write(self, recv: MemoryObjectReceiveStream[WorkoutResult]) -> None:
-        # One batch commits in a thread while the next one fills, so the workers
-        # wait for the disk only when two batches are ready at once.
-        buffer: list[WorkoutResult] = []
+        """Commit results as their partitions complete (frontier.py): each file once.
+
+        Every ``batch_size`` results, or ``flush_interval_s``, the results whose days
+        have closed commit together in a thread while more arrive; the rest wait for
+        their day. So the workers wait for the disk only when two commits are due at once.
+        """
+        pending: list[WorkoutResult] = []  # received, their day not yet complete
+        fresh = 0  # results received since the last look
         idle = anyio.Event()
         idle.set()
         deadline = anyio.current_time() + self.flush_interval_s
@@ -515,37 +532,61 @@ class Harvest:
                     while True:
                         with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
                             try:
-                                buffer.append(await recv.receive())
+                                result = await recv.receive()
                             except anyio.EndOfStream:
                                 break
-                        if len(buffer) >= self.batch_size or anyio.current_time() >= deadline:
-                            await idle.wait()  # commits stay in order, one at a time
-                            idle = anyio.Event()
-                            self._inflight, buffer = buffer, []
-                            tg.start_soon(self._commit_inflight, idle)
+                            self.frontier.returned(result.ref.created_at)
+                            pending.append(result)
+                            fresh += 1
+                        if fresh >= self.batch_size or anyio.current_time() >= deadline:
+                            ready, pending = self._complete(pending)
+                            fresh = 0
                             deadline = anyio.current_time() + self.flush_interval_s
+                            if ready or self._rides_due():
+                                await idle.wait()  # commits stay in order, one at a time
+                                idle = anyio.Event()
+                                self._inflight = ready
+                                tg.start_soon(self._commit_inflight, idle)
             finally:
-                # A stopped run still commits every result already handed over,
-                # including a batch whose commit was interrupted (merging is idempotent).
-                buffer = [*self._inflight, *buffer, *_ready(recv)]
+                # A stopped run still commits every result already handed over, complete
+                # days or not, including a batch whose commit was interrupted (merging is
+                # idempotent).
+                pending = [*self._inflight, *pending, *_ready(recv)]
                 self._inflight = []
                 with anyio.CancelScope(shield=True):
-                    await self._commit(buffer)
+                    await self._commit(pending, final=True)
+
+    def _complete(self, results: list[WorkoutResult]) -> tuple[list[WorkoutResult], list[WorkoutResult]]:
+        """The results whose workout days have closed (or that write no row), and the rest."""
+        ready: list[WorkoutResult] = []
+        waiting: list[WorkoutResult] = []
+        for result in results:
+            rows = (result.workout, result.graph)
+            days = {workout_day(row.get("created_at")) for row in rows if row is not None}
+            done = all(day is None or self.frontier.closed(day) for day in days)
+            (ready if done else waiting).append(result)
+        return ready, waiting
+
+    def _rides_due(self) -> bool:
+        newest = self._held.newest_day()
+        return newest is not None and self.frontier.passed(newest)
 
     async def _commit_inflight(self, idle: anyio.Event) -> None:
         await self._commit(self._inflight)
         self._inflight = []
         idle.set()
 
-    async def _commit(self, results: list[WorkoutResult]) -> None:
-        batch: dict[str, list[Row]] = {"performance_graphs": [], "rides": [], "workouts": []}
+    async def _commit(self, results: list[WorkoutResult], *, final: bool = False) -> None:
+        """Commit the results and the held classes whose day is complete (all when ``final``)."""
+        batch: dict[str, list[Row]] = {"performance_graphs": [], "workouts": []}
         landed: list[tuple[str, int]] = []  # (id, created_at) of the workouts in the batch
         for result in results:
             self.outcome.failures.extend(result.failures)
             if result.in_progress:
                 self.outcome.in_progress.append(result.ref.id)
             if result.ride is not None and self._holdable("rides", result.ride):
-                batch["rides"].append(result.ride)
+                self._held.add(encoded("rides", result.ride))
+                result.ride = None  # held once: a re-commit of the result does not add it again
             if result.graph is not None and not self._holdable("performance_graphs", result.graph):
                 continue  # its workout waits with it: a workout in the lake implies its graph
             if result.workout is not None and not self._holdable("workouts", result.workout):
@@ -560,15 +601,40 @@ class Harvest:
                 # The listing's copy of the id when they agree (they do): one string
                 # per workout for the whole run, not two.
                 landed.append((result.ref.id if row_id == result.ref.id else row_id, created))
-        if any(batch.values()):
+        rides = self._release_rides(final)
+        if rides or any(batch.values()):
             removals = self.mirror.removals(batch)
-            counts = await anyio.to_thread.run_sync(self.lake.commit, self.user_id, batch, removals)
+            try:
+                counts = await self._lake_commit({**batch, "rides": rides}, removals)
+            except BaseException:
+                for ride in rides:  # the final commit takes them
+                    self._held.add(ride)
+                raise
             self.mirror.landed(batch)
             self.outcome.moved = self.mirror.moved
             self.outcome.add_rows(counts)
             self.committed.update(landed)
         self.done += len(results)
         self._report()
+
+    def _release_rides(self, final: bool) -> list[Encoded]:
+        """The held classes to commit now: all in the last commit; else those whose rides day
+        is complete, and the newest days beyond DEFAULT_HELD_RIDE_BYTES (a history that names
+        many classes aired long before: each such file may be written again later)."""
+        if final:
+            return self._held.release(lambda _: True)
+        released = self._held.release(self.frontier.passed)
+        if self._held.size > DEFAULT_HELD_RIDE_BYTES:
+            released += self._held.release(lambda _: self._held.size > DEFAULT_HELD_RIDE_BYTES)
+        return released
+
+    async def _lake_commit(
+        self, batch: Mapping[str, Sequence[Row | Encoded]],
+        removals: Mapping[str, Mapping[str, Collection[str]]] | None = None,
+    ) -> dict[str, int]:
+        """One lake commit at a time (a thread each): two merges of one file never overlap."""
+        async with self._lake_lock:
+            return await anyio.to_thread.run_sync(self.lake.commit, self.user_id, batch, removals)
 
     def _holdable(self, dataset: str, row: Row) -> bool:
         """False (the row quarantined alone) when the lake cannot hold it; the batch goes on."""
@@ -598,7 +664,7 @@ class Harvest:
         self.outcome.failures.extend(holder.failures)
         if rows:
             with anyio.CancelScope(shield=True):
-                counts = await anyio.to_thread.run_sync(self.lake.commit, self.user_id, {"rides": rows})
+                counts = await self._lake_commit({"rides": rows})
             self.outcome.add_rows(counts)
 
     # -- daily datasets -------------------------------------------------------
@@ -621,7 +687,7 @@ class Harvest:
                 batch["metadata_mappings"] = mappings
         if batch:
             with anyio.CancelScope(shield=True):
-                counts = await anyio.to_thread.run_sync(self.lake.commit, self.user_id, batch)
+                counts = await self._lake_commit(batch)
             self.outcome.add_rows(counts)
             for name in batch:
                 self.outcome.daily_done[name] = today

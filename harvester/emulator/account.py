@@ -96,6 +96,7 @@ class Account:
         in_progress: bool = False,
         anchor: int = DEFAULT_ANCHOR,
         shared: Account | None = None,
+        history_days: int | None = None,
     ) -> None:
         self._rng = random.Random(seed)
         rng = self._rng
@@ -111,7 +112,7 @@ class Account:
         self.instructors_by_id = {i.id: i for i in self.instructors}
         self.gym_rides: dict[str, Ride] = {}
         self._home = ZONES[seed % len(ZONES)]
-        self.workouts: list[Workout] = self._history(workouts, anchor)
+        self.workouts: list[Workout] = self._history(workouts, anchor, history_days)
         self._ensure_variety()
         self.by_id = {w.id: w for w in self.workouts}
         self._apply_quirks(quirks)
@@ -122,9 +123,9 @@ class Account:
 
     # -- generation -------------------------------------------------------
 
-    def _history(self, count: int, anchor: int) -> list[Workout]:
+    def _history(self, count: int, anchor: int, days: int | None) -> list[Workout]:
         rng = self._rng
-        span = int(min(5 * 365, max(60, count * 1.2)) * DAY)
+        span = int((days or min(5 * 365, max(60, count * 1.2))) * DAY)
         times = [anchor - rng.randrange(span) for _ in range(count)]
         for i in range(0, count, 17):
             # Just either side of a UTC midnight: the date partition must follow UTC.

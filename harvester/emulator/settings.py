@@ -75,6 +75,7 @@ class EmulatorSettings:
     """Everything that decides what the emulator serves and how."""
 
     workouts: int = 500
+    history_days: int | None = None  # days the history spans; None: 1.2 a workout, 60 to 1,825
     seed: int = 1
     username: str = DEFAULT_USERNAME
     password: str = DEFAULT_PASSWORD
@@ -107,6 +108,8 @@ class EmulatorSettings:
 
     def __post_init__(self) -> None:
         _check(self.workouts >= 0, "workouts", "must be 0 or more")
+        _check(self.history_days is None or self.history_days >= 1, "history_days",
+               "must be 1 or more")
         _check(1 <= self.accounts <= MAX_ACCOUNTS, "accounts", f"must be between 1 and {MAX_ACCOUNTS}")
         _check(self.faults in FAULT_PROFILES, "faults", f"must be one of {FAULT_PROFILES}")
         _check(self.rate_limit_style in RATE_LIMIT_STYLES, "rate_limit_style",
@@ -194,6 +197,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=d.workouts,
         help=f"workouts in the synthetic account (default {d.workouts})",
     )
+    add("--history-days", type=int, default=None,
+        help="days the history spans; more workouts a day make a "
+        "denser account (default: 1.2 days a workout, at least 60, at most 1,825)")
     add("--seed", type=int, default=d.seed, help=f"seed; same seed, same data (default {d.seed})")
     add(
         "--username",
@@ -318,6 +324,7 @@ def settings_from_args(ns: argparse.Namespace) -> tuple[EmulatorSettings, str, i
 def _settings(ns: argparse.Namespace) -> EmulatorSettings:
     return EmulatorSettings(
         workouts=ns.workouts,
+        history_days=ns.history_days,
         seed=ns.seed,
         username=ns.username,
         password=ns.password,

@@ -60,10 +60,12 @@ class EmulatorState:
             settings.username,
             settings.quirks,
             settings.in_progress,
+            history_days=settings.history_days,
         )
         # The other members (--accounts): own histories, the first one's instructors and classes.
         self.accounts = [self.account] + [
-            Account(settings.workouts, settings.seed ^ (k * 0x9E3779B1), username, shared=self.account)
+            Account(settings.workouts, settings.seed ^ (k * 0x9E3779B1), username, shared=self.account,
+                    history_days=settings.history_days)
             for k, (username, _) in enumerate(settings.logins()[1:], start=1)
         ]
         self.tokens = TokenIssuer(self.account.user_id)
