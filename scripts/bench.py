@@ -12,7 +12,9 @@ like on a noisy machine. Prints a markdown table; writes the raw figures as JSON
 (default ``bench-results/bench-<time>.json``).
 
 The hidden modes ``_bare``, ``_pyloton``, ``_files``, ``_dlt``, ``_tables`` and ``_pandas``
-are the measured processes other than the harvester CLI.
+are the measured processes other than the harvester CLI. The scale rows (bytes
+written per byte of lake, CPU per record at 100k vs 2k, many accounts at zero
+latency) live in scripts/bench_scale.py.
 """
 
 from __future__ import annotations
@@ -48,9 +50,12 @@ EMULATOR_CORES = {0}
 CLIENT_CORES = {1} if CORES > 1 else {0}
 
 FULL = {"inflight": 300, "peers": 1000, "rate": 2000, "latency": 1000, "versus": 300, "cpu": 2000,
-        "mem_small": 2000, "mem_large": 20000, "refresh": 500, "tables": 2000, "s3": 500, "repeats": 3}
+        "mem_small": 2000, "mem_large": 20000, "refresh": 500, "tables": 2000, "s3": 500, "repeats": 3,
+        "lake_bytes": 20000, "scale_small": 2000, "scale_large": 100000, "accounts": 50,
+        "account_workouts": 200}
 QUICK = {"inflight": 30, "peers": 20, "rate": 30, "latency": 50, "versus": 20, "cpu": 50, "mem_small": 50,
-         "mem_large": 200, "refresh": 50, "tables": 50, "s3": 30, "repeats": 1}
+         "mem_large": 200, "refresh": 50, "tables": 50, "s3": 30, "repeats": 1,
+         "lake_bytes": 200, "scale_small": 50, "scale_large": 200, "accounts": 3, "account_workouts": 20}
 INCREMENTAL_SHARE = 0.2  # target: a refresh's table update costs at most this share of a full build
 S3_RPS = 100.0
 
@@ -69,9 +74,10 @@ def _pin(cores: set[int]) -> Any:
 class Emulator:
     """``python -m harvester emulator`` on port 0, pinned to its own core."""
 
-    def __init__(self, workouts: int, *, latency_ms: float = 0.0, rate_limit: float | None = None):
+    def __init__(self, workouts: int, *, latency_ms: float = 0.0, rate_limit: float | None = None,
+                 accounts: int = 1):
         args = [PYTHON, "-m", "harvester", "emulator", "--port", "0", "--workouts", str(workouts),
-                "--latency-ms", str(latency_ms)]
+                "--latency-ms", str(latency_ms), "--accounts", str(accounts)]
         if rate_limit is not None:
             args += ["--rate-limit", str(rate_limit)]
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
@@ -108,9 +114,9 @@ class Emulator:
     def add_workouts(self, count: int) -> list[str]:
         return self.call("POST", f"/_emulator/workouts?count={count}")["ids"]  # type: ignore[no-any-return]
 
-    def token(self) -> str:
+    def token(self, username: str = USERNAME, password: str = PASSWORD) -> str:
         body = json.dumps({"grant_type": "password", "client_id": CLIENT_ID,
-                           "username": USERNAME, "password": PASSWORD}).encode()
+                           "username": username, "password": password}).encode()
         reply = self.call("POST", "/oauth/token", body, {"Content-Type": "application/json"})
         return str(reply["access_token"])
 
@@ -153,6 +159,7 @@ class Child:
     maxrss_mb: float
     stdout: str
     stderr: str
+    io: dict[str, int]  # its /proc/<pid>/io counters at exit (Linux; empty elsewhere)
 
     @property
     def cpu_s(self) -> float:
@@ -170,6 +177,7 @@ def measure(args: list[str], env: dict[str, str] | None = None) -> Child:
         spawned = time.monotonic()
         proc = subprocess.Popen(args, stdout=out, stderr=err, cwd=ROOT, env=env,
                                 preexec_fn=_pin(CLIENT_CORES))
+        io = exit_io(proc.pid)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.monotonic() - spawned
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -178,7 +186,25 @@ def measure(args: list[str], env: dict[str, str] | None = None) -> Child:
         # Linux reports ru_maxrss in KiB, macOS in bytes.
         rss_mb = usage.ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
         return Child(proc.returncode, spawned, wall, usage.ru_utime, usage.ru_stime, rss_mb,
-                     out.read(), err.read())
+                     out.read(), err.read(), io)
+
+
+def exit_io(pid: int) -> dict[str, int]:
+    """Wait for ``pid`` to exit without reaping it, then read its ``/proc/<pid>/io``.
+
+    A zombie keeps its whole thread group's counters until it is reaped, so this
+    sees every thread's I/O up to the last byte, with no hook in the process (the
+    CLI leaves by ``os._exit``, so an atexit hook would never run). ``rchar`` and
+    ``wchar`` count read(2)/write(2)-family bytes: files, pipes, the terminal, but
+    not sockets used through send(2)/recv(2) (as asyncio's transports do).
+    """
+    if not sys.platform.startswith("linux"):
+        return {}
+    os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+    with contextlib.suppress(OSError, ValueError):
+        text = Path(f"/proc/{pid}/io").read_text()
+        return {name: int(value) for name, value in (line.split(":") for line in text.splitlines())}
+    return {}
 
 
 class Harvester:
@@ -942,7 +968,9 @@ TITLES = {"rate": "rate-bound", "rate_2x": "rate-bound, 2 x the limit",
           "versus": "against pylotoncycle 0.9.5",
           "cpu": "CPU per record", "memory": "memory", "refresh": "refresh",
           "inflight": "peak in-flight requests", "peers": "against a dlt rest_api pipeline",
-          "tables": "typed tables", "s3": "S3 vs local disk"}
+          "tables": "typed tables", "s3": "S3 vs local disk",
+          "lake_bytes": "bytes written / lake size", "cpu_scale": "CPU per record, large vs small",
+          "accounts_zero": "many accounts, zero latency"}
 
 
 def table(results: dict[str, dict[str, Any]]) -> str:
@@ -991,6 +1019,9 @@ def main(argv: list[str]) -> int:
     subprocess.run([PYTHON, "-m", "compileall", "-q", str(ROOT / "harvester")], check=True,
                    stdout=subprocess.DEVNULL)
     started = time.time()
+    sys.modules.setdefault("bench", sys.modules[__name__])  # bench_scale imports this module as `bench`
+    import bench_scale
+
     plan = {
         "rate": lambda tmp: scenario_rate(tmp, sizes["rate"], sizes["repeats"], 1),
         "rate_2x": lambda tmp: scenario_rate(tmp, sizes["rate"], sizes["repeats"], 2),
@@ -1004,6 +1035,12 @@ def main(argv: list[str]) -> int:
         "inflight": lambda tmp: scenario_inflight(tmp, sizes["inflight"]),
         "peers": lambda tmp: scenario_peers(tmp, sizes["peers"], sizes["repeats"]),
         "s3": lambda tmp: scenario_s3(tmp, sizes["s3"], max(2, sizes["repeats"])),
+        "lake_bytes": lambda tmp: bench_scale.scenario_lake_bytes(tmp, sizes["lake_bytes"],
+                                                                  fixed_run=not args.quick),
+        "cpu_scale": lambda tmp: bench_scale.scenario_cpu_scale(tmp, sizes["scale_small"],
+                                                                sizes["scale_large"], sizes["repeats"]),
+        "accounts_zero": lambda tmp: bench_scale.scenario_accounts_zero(
+            tmp, sizes["accounts"], sizes["account_workouts"], extras=not args.quick),
     }
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="harvester-bench-") as tmp:

@@ -47,9 +47,9 @@ def start_emulator(accounts: int, workouts: int, latency_ms: float) -> tuple[sub
 
 
 def write_config(
-    tmp: Path, url: str, accounts: int, rps: float, concurrency: int,
+    tmp: Path, url: str, accounts: int, rps: float, concurrency: int, method: str = "login",
 ) -> tuple[Path, dict[str, str]]:
-    lines = [f'[api]\nbase_url = "{url}"\nauth_url = "{url}"\n',
+    lines = [f'[api]\nbase_url = "{url}"\nauth_url = "{url}"\n', f'[auth]\nmethod = "{method}"\n',
              f"[harvest]\nconcurrency = {concurrency}\nrequests_per_second = {rps}\n",
              f'[output]\nroot = "{tmp / "lake"}"\n']
     env = {k: v for k, v in os.environ.items() if not k.startswith("PELOTON_")}
