@@ -1005,11 +1005,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--only", action="append", choices=sorted(TITLES),
                         help="run only this scenario (repeatable)")
     parser.add_argument("--peers", action="store_true",
-                        help="run only the comparison with a dlt rest_api pipeline (installs dlt "
-                             "into .bench-venv-dlt/ on first use)")
+                        help="also run the comparison with a dlt rest_api pipeline (installs dlt "
+                             "into .bench-venv-dlt/ on first use); alone: `--only peers`")
     args = parser.parse_args(argv)
-    if args.peers:
-        args.only = [*(args.only or []), "peers"]
+    if args.peers and args.only:
+        args.only = [*args.only, "peers"]
     sizes = QUICK if args.quick else FULL
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, EMULATOR_CORES)  # this process mostly waits: keep it off the client's core
@@ -1045,7 +1045,7 @@ def main(argv: list[str]) -> int:
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="harvester-bench-") as tmp:
         for key, run in plan.items():
-            if (args.only and key not in args.only) or (key == "peers" and not args.only):
+            if (args.only and key not in args.only) or (key == "peers" and not (args.only or args.peers)):
                 continue  # the dlt peer needs its own venv: only on request
             t0 = time.perf_counter()
             print(f"-- {TITLES[key]} ...", file=sys.stderr, flush=True)
