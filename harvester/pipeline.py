@@ -14,11 +14,12 @@ Data flow of one run (``Harvest.run``):
  3. The producer sends ``WorkoutRef``s into a bounded stream (backpressure);
     ``concurrency`` workers fetch the detail, the performance graph and, once per
     run and only when the lake lacks it, the class ride's details.
- 4. One writer commits finished workouts to the lake off the event loop, each
-    day once (frontier.py): a day's workouts and graphs together (a committed
-    workout implies its graph) once the listing has passed the day and its
-    workouts are back; a class once the listing has passed the day it aired.
-    A cancelled run still commits everything it holds (shielded).
+ 4. The writer (writer.py) commits finished workouts to the lake off the event
+    loop, each day once (frontier.py): a day's workouts and graphs together (a
+    committed workout implies its graph) once the listing has passed the day and
+    its workouts are back; a class once the listing has passed the day it aired.
+    ``Harvest._commit`` turns results into rows and outcome. A cancelled run
+    still commits everything it holds (shielded).
  5. Beside them, one task fetches the daily datasets (profiles, instructors,
     metadata_mappings), at most once per UTC day per account. It and the producer's
     list pages take the workers' request slots: at most ``concurrency`` requests in flight.
@@ -32,7 +33,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache, partial
@@ -53,35 +54,24 @@ from harvester.errors import (
     NotFoundError,
     UnexpectedResponseError,
 )
-from harvester.frontier import Frontier, HeldRides
 from harvester.heal import LakeScan, heal, ride_ids, scan
 from harvester.lake import Encoded, Lake, encoded, workout_day
 from harvester.listing import ListingGuard
 from harvester.reconcile import NEED_ALL, NEED_GRAPH, RECONCILE_PAGE_SIZE, MassDeleteError, Mirror
 from harvester.scancache import ScanCache
 from harvester.state import AccountState, FailedItem
+from harvester.writer import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_FLUSH_INTERVAL_S,
+    DEFAULT_HELD_RIDE_BYTES,
+    Row,
+    WorkoutResult,
+    Writer,
+)
 
 log = logging.getLogger(__name__)
 
-Row = dict[str, object]
-DEFAULT_BATCH_SIZE = 32  # results between two looks for complete days to commit
-DEFAULT_FLUSH_INTERVAL_S = 0.5  # look at least this often while results arrive
-# Classes held for their day to complete (frontier.py), as JSON lines, at most this many
-# bytes: past it the days holding most (the nearest to complete) are written early.
-DEFAULT_HELD_RIDE_BYTES = 32 * 2**20
 DAY_S = 86_400
-
-
-@dataclass(slots=True)
-class WorkoutResult:
-    """What the workers learnt about one workout."""
-
-    ref: WorkoutRef
-    workout: Row | None = None
-    graph: Row | None = None
-    ride: Row | None = None
-    failures: list[FailedItem] = field(default_factory=list)
-    in_progress: bool = False
 
 
 @dataclass(slots=True)
@@ -140,9 +130,6 @@ class Harvest:
         self.datasets = frozenset(config.harvest.datasets)
         self.now = now
         self.on_progress = on_progress
-        self.batch_size = batch_size
-        self.flush_interval_s = flush_interval_s
-        self.held_ride_bytes = held_ride_bytes
         self.outcome = Outcome()
         # A refresh with no finished backfill behind it has no trustworthy
         # watermark, so it lists everything like a backfill (and resumes one).
@@ -156,10 +143,8 @@ class Harvest:
         self.known_rides: set[str] = set()  # in the lake, fetched this run, or known 404
         self._orphan_rides: list[str] = []  # named by committed workouts, absent from the lake
         self.done = 0
-        self.frontier = Frontier()  # which partitions are complete (written once)
-        self._inflight: list[WorkoutResult] = []  # the batch a background commit holds
-        self._held = HeldRides()  # classes whose rides day is not yet complete
-        self._lake_lock = anyio.Lock()  # one lake commit at a time: merges of one file never race
+        self.writer = Writer(lake, self.user_id, batch_size=batch_size,
+                             flush_interval_s=flush_interval_s, held_ride_bytes=held_ride_bytes)
         self.total = 0
         # Requests in flight: at most `concurrency`, whichever task asks (see _in_slot).
         # asyncio's semaphore, not anyio's CapacityLimiter: that one yields to the
@@ -181,7 +166,7 @@ class Harvest:
         send_results, recv_results = anyio.create_memory_object_stream[WorkoutResult](size)
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._write, recv_results)
+                tg.start_soon(self.writer.run, recv_results, self._commit)
                 # One request at a time, in one of the same slots as the workers.
                 tg.start_soon(self._fetch_daily)
                 async with anyio.create_task_group() as fetchers:
@@ -227,7 +212,7 @@ class Harvest:
             return
         if removals:
             with anyio.CancelScope(shield=True):
-                await self._lake_commit(batch, removals)
+                await self.writer.commit(batch, removals)
             self.outcome.deleted = self.mirror.deleted(removals)
             for key in self.outcome.deleted:
                 self.committed.pop(key, None)
@@ -251,7 +236,7 @@ class Harvest:
                 if workout_id not in seen:
                     seen.add(workout_id)
                     await self._enqueue(send, WorkoutRef(workout_id, None, None, None))
-            self.frontier.finish()
+            self.writer.frontier.finish()
 
     async def _maybe_reconcile(self, send: ObjectSendStream[WorkoutRef], seen: set[str]) -> None:
         """A refresh lists everything again when reconcile.py says it is due."""
@@ -291,7 +276,7 @@ class Harvest:
                 if ref is None or ref.id in seen:
                     continue
                 assert ref.created_at is not None  # _checked_ref guarantees it
-                self.frontier.listed(ref.created_at)
+                self.writer.frontier.listed(ref.created_at)
                 if horizon is not None and ref.created_at <= horizon:
                     self.outcome.listing_complete = True
                     return
@@ -370,7 +355,7 @@ class Harvest:
 
     async def _enqueue(self, send: ObjectSendStream[WorkoutRef], ref: WorkoutRef) -> None:
         self.outcome.queued += 1
-        self.frontier.queued(ref.created_at)
+        self.writer.frontier.queued(ref.created_at)
         self.total = max(self.total, self.outcome.skipped_committed + self.outcome.queued)
         await send.send(ref)
 
@@ -538,71 +523,9 @@ class Harvest:
             return None
         return {**got, "ride_id": ride_id, "_harvested_at": _utc_now_iso(self.now())}
 
-    # -- writer ---------------------------------------------------------------
+    # -- committing (writer.py runs the loop) ---------------------------------
 
-    async def _write(self, recv: MemoryObjectReceiveStream[WorkoutResult]) -> None:
-        """Commit results as their partitions complete (frontier.py): each file once.
-
-        Every ``batch_size`` results, or ``flush_interval_s``, the results whose days
-        have closed commit together in a thread while more arrive; the rest wait for
-        their day. So the workers wait for the disk only when two commits are due at once.
-        """
-        pending: list[WorkoutResult] = []  # received, their day not yet complete
-        fresh = 0  # results received since the last look
-        idle = anyio.Event()
-        idle.set()
-        deadline = anyio.current_time() + self.flush_interval_s
-        async with recv:
-            try:
-                async with anyio.create_task_group() as tg:
-                    while True:
-                        with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
-                            try:
-                                result = await recv.receive()
-                            except anyio.EndOfStream:
-                                break
-                            self.frontier.returned(result.ref.created_at)
-                            pending.append(result)
-                            fresh += 1
-                        if fresh >= self.batch_size or anyio.current_time() >= deadline:
-                            ready, pending = self._complete(pending)
-                            fresh = 0
-                            deadline = anyio.current_time() + self.flush_interval_s
-                            if ready or self._rides_due():
-                                await idle.wait()  # commits stay in order, one at a time
-                                idle = anyio.Event()
-                                self._inflight = ready
-                                tg.start_soon(self._commit_inflight, idle)
-            finally:
-                # A stopped run still commits every result already handed over, complete
-                # days or not, including a batch whose commit was interrupted (merging is
-                # idempotent).
-                pending = [*self._inflight, *pending, *_ready(recv)]
-                self._inflight = []
-                with anyio.CancelScope(shield=True):
-                    await self._commit(pending, final=True)
-
-    def _complete(self, results: list[WorkoutResult]) -> tuple[list[WorkoutResult], list[WorkoutResult]]:
-        """The results whose workout days have closed (or that write no row), and the rest."""
-        ready: list[WorkoutResult] = []
-        waiting: list[WorkoutResult] = []
-        for result in results:
-            rows = (result.workout, result.graph)
-            days = {workout_day(row.get("created_at")) for row in rows if row is not None}
-            done = all(day is None or self.frontier.closed(day) for day in days)
-            (ready if done else waiting).append(result)
-        return ready, waiting
-
-    def _rides_due(self) -> bool:
-        newest = self._held.newest_day()
-        return newest is not None and self.frontier.passed(newest)
-
-    async def _commit_inflight(self, idle: anyio.Event) -> None:
-        await self._commit(self._inflight)
-        self._inflight = []
-        idle.set()
-
-    async def _commit(self, results: list[WorkoutResult], *, final: bool = False) -> None:
+    async def _commit(self, results: list[WorkoutResult], final: bool = False) -> None:
         """Commit the results and the held classes whose day is complete (all when ``final``)."""
         batch: dict[str, list[Row]] = {"performance_graphs": [], "workouts": []}  # for the mirror
         lines: dict[str, list[Encoded]] = {"performance_graphs": [], "workouts": []}  # for the lake
@@ -614,7 +537,7 @@ class Harvest:
             if result.ride is not None:
                 ride = self._encoded("rides", result.ride)
                 if ride is not None:
-                    self._held.add(ride)
+                    self.writer.hold(ride)
                 result.ride = None  # held once: a re-commit of the result does not add it again
             graph = workout = None
             if result.graph is not None:
@@ -637,14 +560,14 @@ class Harvest:
                 # The listing's copy of the id when they agree (they do): one string
                 # per workout for the whole run, not two.
                 landed.append((result.ref.id if row_id == result.ref.id else row_id, created))
-        rides = self._release_rides(final)
+        rides = self.writer.release_rides(final)
         if rides or any(batch.values()):
             removals = self.mirror.removals(batch)
             try:
-                counts = await self._lake_commit({**lines, "rides": rides}, removals)
+                counts = await self.writer.commit({**lines, "rides": rides}, removals)
             except BaseException:
                 for ride in rides:  # the final commit takes them
-                    self._held.add(ride)
+                    self.writer.hold(ride)
                 raise
             self.mirror.landed(batch)
             self.outcome.moved = self.mirror.moved
@@ -652,26 +575,6 @@ class Harvest:
             self.committed.update(landed)
         self.done += len(results)
         self._report()
-
-    def _release_rides(self, final: bool) -> list[Encoded]:
-        """The held classes to commit now: all in the last commit; else those whose rides day
-        is complete, and when more than ``held_ride_bytes`` are held (a history naming many
-        classes aired long before) the fullest days down to 3/4 of it: each such file is
-        merged again when the rest of its day comes."""
-        if final:
-            return self._held.release(lambda _: True)
-        released = self._held.release(self.frontier.passed)
-        if self._held.size > self.held_ride_bytes:
-            released += self._held.release_largest(self.held_ride_bytes * 3 // 4)
-        return released
-
-    async def _lake_commit(
-        self, batch: Mapping[str, Sequence[Row | Encoded]],
-        removals: Mapping[str, Mapping[str, Collection[str]]] | None = None,
-    ) -> dict[str, int]:
-        """One lake commit at a time (a thread each): two merges of one file never overlap."""
-        async with self._lake_lock:
-            return await anyio.to_thread.run_sync(self.lake.commit, self.user_id, batch, removals)
 
     def _encoded(self, dataset: str, row: Row) -> Encoded | None:
         """The row as its lake line, serialised once; None (the row quarantined alone) when
@@ -721,7 +624,7 @@ class Harvest:
         self.outcome.failures.extend(holder.failures)
         if rows:
             with anyio.CancelScope(shield=True):
-                counts = await self._lake_commit({"rides": rows})
+                counts = await self.writer.commit({"rides": rows})
             self.outcome.add_rows(counts)
 
     # -- daily datasets -------------------------------------------------------
@@ -744,7 +647,7 @@ class Harvest:
                 batch["metadata_mappings"] = mappings
         if batch:
             with anyio.CancelScope(shield=True):
-                counts = await self._lake_commit(batch)
+                counts = await self.writer.commit(batch)
             self.outcome.add_rows(counts)
             for name in batch:
                 self.outcome.daily_done[name] = today
@@ -784,16 +687,6 @@ class Harvest:
                 listing.page_count is not None and page >= listing.page_count
             ):
                 return rows
-
-
-def _ready(recv: MemoryObjectReceiveStream[WorkoutResult]) -> list[WorkoutResult]:
-    """The results waiting in the stream, without waiting for more."""
-    ready: list[WorkoutResult] = []
-    while True:
-        try:
-            ready.append(recv.receive_nowait())
-        except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
-            return ready
 
 
 def _ride_id(detail: JsonObject) -> str | None:

@@ -1,0 +1,166 @@
+"""The writer: one account's finished workouts into the lake, each day's files once.
+
+The workers hand every ``WorkoutResult`` to ``Writer.run``. Every ``batch_size``
+results, or ``flush_interval_s``, it looks for the results whose days are complete
+(frontier.py: the newest-first listing has passed the day and all its listed
+workouts are back) and hands them to the pipeline's commit, which runs in a
+thread while more results arrive; the others wait for their day. So a backfill
+writes each day's ``workouts`` and ``performance_graphs`` files once, together (a
+committed workout implies its graph), instead of rewriting them per batch.
+
+Classes (``rides``, partitioned by the day they aired) wait here as JSON lines
+until the listing passes that day (``hold``/``release_rides``), at most
+``held_ride_bytes`` of them; past that the fullest days go first.
+
+``commit`` is the run's only way into the lake: one commit at a time (a lock),
+each in a worker thread, so two merges of one file never overlap. A stopped
+run still commits everything the writer holds (shielded).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from harvester.api import WorkoutRef
+from harvester.frontier import Frontier, HeldRides
+from harvester.lake import Encoded, Lake, workout_day
+from harvester.state import FailedItem
+
+Row = dict[str, object]
+DEFAULT_BATCH_SIZE = 32  # results between two looks for complete days to commit
+DEFAULT_FLUSH_INTERVAL_S = 0.5  # look at least this often while results arrive
+# Classes held for their day to complete (frontier.py), as JSON lines, at most this many
+# bytes: past it the days holding most (the nearest to complete) are written early.
+DEFAULT_HELD_RIDE_BYTES = 32 * 2**20
+
+
+@dataclass(slots=True)
+class WorkoutResult:
+    """What the workers learnt about one workout."""
+
+    ref: WorkoutRef
+    workout: Row | None = None
+    graph: Row | None = None
+    ride: Row | None = None
+    failures: list[FailedItem] = field(default_factory=list)
+    in_progress: bool = False
+
+
+Commit = Callable[[list[WorkoutResult], bool], Awaitable[None]]  # (results, final)
+
+
+class Writer:
+    """When to commit which results, and the run's one way into the lake."""
+
+    def __init__(
+        self, lake: Lake, user_id: str, *, batch_size: int = DEFAULT_BATCH_SIZE,
+        flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S,
+        held_ride_bytes: int = DEFAULT_HELD_RIDE_BYTES,
+    ) -> None:
+        self.lake = lake
+        self.user_id = user_id
+        self.batch_size = batch_size
+        self.flush_interval_s = flush_interval_s
+        self.held_ride_bytes = held_ride_bytes
+        self.frontier = Frontier()  # which partitions are complete (written once)
+        self._inflight: list[WorkoutResult] = []  # the results a background commit holds
+        self._held = HeldRides()  # classes whose rides day is not yet complete
+        self._lock = anyio.Lock()  # one lake commit at a time: merges of one file never race
+
+    async def run(self, recv: MemoryObjectReceiveStream[WorkoutResult], commit: Commit) -> None:
+        """Hand ``commit`` the results as their days complete, one commit at a time, in order."""
+        pending: list[WorkoutResult] = []  # received, their day not yet complete
+        fresh = 0  # results received since the last look
+        idle = anyio.Event()
+        idle.set()
+        deadline = anyio.current_time() + self.flush_interval_s
+        async with recv:
+            try:
+                async with anyio.create_task_group() as tg:
+                    while True:
+                        with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
+                            try:
+                                result = await recv.receive()
+                            except anyio.EndOfStream:
+                                break
+                            self.frontier.returned(result.ref.created_at)
+                            pending.append(result)
+                            fresh += 1
+                        if fresh >= self.batch_size or anyio.current_time() >= deadline:
+                            ready, pending = self._complete(pending)
+                            fresh = 0
+                            deadline = anyio.current_time() + self.flush_interval_s
+                            if ready or self._rides_due():
+                                await idle.wait()  # commits stay in order, one at a time
+                                idle = anyio.Event()
+                                self._inflight = ready
+                                tg.start_soon(self._commit_inflight, commit, idle)
+            finally:
+                # A stopped run still commits every result already handed over, complete
+                # days or not, including a batch whose commit was interrupted (merging is
+                # idempotent).
+                pending = [*self._inflight, *pending, *_ready(recv)]
+                self._inflight = []
+                with anyio.CancelScope(shield=True):
+                    await commit(pending, True)
+
+    async def _commit_inflight(self, commit: Commit, idle: anyio.Event) -> None:
+        await commit(self._inflight, False)
+        self._inflight = []
+        idle.set()
+
+    def _complete(self, results: list[WorkoutResult]) -> tuple[list[WorkoutResult], list[WorkoutResult]]:
+        """The results whose workout days have closed (or that write no row), and the rest."""
+        ready: list[WorkoutResult] = []
+        waiting: list[WorkoutResult] = []
+        for result in results:
+            rows = (result.workout, result.graph)
+            days = {workout_day(row.get("created_at")) for row in rows if row is not None}
+            done = all(day is None or self.frontier.closed(day) for day in days)
+            (ready if done else waiting).append(result)
+        return ready, waiting
+
+    def _rides_due(self) -> bool:
+        newest = self._held.newest_day()
+        return newest is not None and self.frontier.passed(newest)
+
+    # -- classes waiting for their day ---------------------------------------------
+
+    def hold(self, ride: Encoded) -> None:
+        self._held.add(ride)
+
+    def release_rides(self, final: bool) -> list[Encoded]:
+        """The held classes to commit now: all in the last commit; else those whose rides day
+        is complete, and when more than ``held_ride_bytes`` are held (a history naming many
+        classes aired long before) the fullest days down to 3/4 of it: each such file is
+        merged again when the rest of its day comes."""
+        if final:
+            return self._held.release(lambda _: True)
+        released = self._held.release(self.frontier.passed)
+        if self._held.size > self.held_ride_bytes:
+            released += self._held.release_largest(self.held_ride_bytes * 3 // 4)
+        return released
+
+    # -- the way into the lake -----------------------------------------------------
+
+    async def commit(
+        self, batch: Mapping[str, Sequence[Row | Encoded]],
+        removals: Mapping[str, Mapping[str, Collection[str]]] | None = None,
+    ) -> dict[str, int]:
+        """One lake commit at a time (a thread each): two merges of one file never overlap."""
+        async with self._lock:
+            return await anyio.to_thread.run_sync(self.lake.commit, self.user_id, batch, removals)
+
+
+def _ready(recv: MemoryObjectReceiveStream[WorkoutResult]) -> list[WorkoutResult]:
+    """The results waiting in the stream, without waiting for more."""
+    ready: list[WorkoutResult] = []
+    while True:
+        try:
+            ready.append(recv.receive_nowait())
+        except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+            return ready
