@@ -527,8 +527,8 @@ class Harvest:
 
     async def _commit(self, results: list[WorkoutResult], final: bool = False) -> None:
         """Commit the results and the held classes whose day is complete (all when ``final``)."""
-        batch: dict[str, list[Row]] = {"performance_graphs": [], "workouts": []}  # for the mirror
         lines: dict[str, list[Encoded]] = {"performance_graphs": [], "workouts": []}  # for the lake
+        workouts: list[Row] = []  # the rows of lines["workouts"]: the mirror reads what they name
         landed: list[tuple[str, int]] = []  # (id, created_at) of the workouts in the batch
         for result in results:
             self.outcome.failures.extend(result.failures)
@@ -548,12 +548,11 @@ class Harvest:
                 workout = self._encoded("workouts", result.workout)
                 if workout is None:
                     continue
-            if graph is not None and result.graph is not None:
-                batch["performance_graphs"].append(result.graph)
+            if graph is not None:
                 lines["performance_graphs"].append(graph)
             if workout is None or result.workout is None:
                 continue
-            batch["workouts"].append(result.workout)
+            workouts.append(result.workout)
             lines["workouts"].append(workout)
             row_id, created = str(result.workout["id"]), result.workout.get("created_at")
             if isinstance(created, int):
@@ -561,15 +560,15 @@ class Harvest:
                 # per workout for the whole run, not two.
                 landed.append((result.ref.id if row_id == result.ref.id else row_id, created))
         rides = self.writer.release_rides(final)
-        if rides or any(batch.values()):
-            removals = self.mirror.removals(batch)
+        if rides or any(lines.values()):
+            removals = self.mirror.removals(lines)
             try:
                 counts = await self.writer.commit({**lines, "rides": rides}, removals)
             except BaseException:
                 for ride in rides:  # the final commit takes them
                     self.writer.hold(ride)
                 raise
-            self.mirror.landed(batch)
+            self.mirror.landed(lines, workouts)
             self.outcome.moved = self.mirror.moved
             self.outcome.add_rows(counts)
             self.committed.update(landed)

@@ -26,7 +26,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from harvester.heal import Copy, LakeScan
-from harvester.lake import partition_date, primary_key
+from harvester.lake import Encoded
 
 log = logging.getLogger(__name__)
 
@@ -91,31 +91,30 @@ class Mirror:
 
     # -- commits ----------------------------------------------------------------
 
-    def removals(self, batch: Mapping[str, Sequence[Row]]) -> Removals:
-        """The old partitions of the batch's rows whose partition changed."""
+    def removals(self, lines: Mapping[str, Sequence[Encoded]]) -> Removals:
+        """The old partitions of the batch's rows (as lake lines) whose partition changed."""
         gone: Removals = {}
-        for row in batch.get("workouts", ()):
-            key, home = primary_key("workouts", row), partition_date("workouts", row)
-            held = self.workouts.get(key)
-            if held is not None and held.home is not None and held.home != home:
-                gone.setdefault("workouts", {}).setdefault(held.home, set()).add(key)
+        for line in lines.get("workouts", ()):
+            held = self.workouts.get(line.key)
+            if held is not None and held.home is not None and held.home != line.part:
+                gone.setdefault("workouts", {}).setdefault(held.home, set()).add(line.key)
                 self.moved += 1
-        for row in batch.get("performance_graphs", ()):
-            key, home = primary_key("performance_graphs", row), partition_date("performance_graphs", row)
-            old = self.graphs.get(key)
-            if old is not None and old != home:
-                gone.setdefault("performance_graphs", {}).setdefault(old, set()).add(key)
+        for line in lines.get("performance_graphs", ()):
+            old = self.graphs.get(line.key)
+            if old is not None and old != line.part:
+                gone.setdefault("performance_graphs", {}).setdefault(old, set()).add(line.key)
         return gone
 
-    def landed(self, batch: Mapping[str, Sequence[Row]]) -> None:
-        """Record a committed batch in the index."""
-        for row in batch.get("performance_graphs", ()):
-            self.graphs[primary_key("performance_graphs", row)] = partition_date("performance_graphs", row)
-        for row in batch.get("workouts", ()):
+    def landed(self, lines: Mapping[str, Sequence[Encoded]], workouts: Sequence[Row]) -> None:
+        """Record a committed batch in the index: its lines, and its workout rows (in the
+        order of ``lines["workouts"]``) for what they name."""
+        for line in lines.get("performance_graphs", ()):
+            self.graphs[line.key] = line.part
+        for line, row in zip(lines.get("workouts", ()), workouts, strict=True):
             created, ride = row.get("created_at"), row.get("ride")
             ride_id = ride.get("id") if isinstance(ride, dict) else None
-            self.workouts[primary_key("workouts", row)] = Copy(
-                path=_NO_PATH, line=0, part=None, home=partition_date("workouts", row), stamp="",
+            self.workouts[line.key] = Copy(
+                path=_NO_PATH, line=0, part=None, home=line.part, stamp="",
                 created_at=created if isinstance(created, int) else None,
                 ride_id=ride_id if isinstance(ride_id, str) else None)
 
