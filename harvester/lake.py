@@ -103,7 +103,7 @@ def encoded(dataset: str, row: Row) -> Encoded:
 
 def _line(dataset: str, key: str, row: Row) -> bytes:
     try:
-        return orjson.dumps(row) + b"\n"
+        return orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE)  # no copy to add the newline
     except (TypeError, orjson.JSONEncodeError) as exc:
         raise LakeError(f"{dataset} row {key} cannot be written as JSON: {exc}") from None
 

@@ -436,13 +436,14 @@ class Harvest:
             if isinstance(alone, ApiError):
                 self._workout_failed(result, alone)
             elif ref.created_at is not None:
-                result.graph = self._graph_row(ref.id, alone, ref.created_at, _utc_now_iso(self.now()))
+                result.graph = self._encoded("performance_graphs", self._graph_row(
+                    ref.id, alone, ref.created_at, _utc_now_iso(self.now())))
             return []
         if "ride" in got:
             assert workout.ride_id is not None
-            result.ride = self._ride_row(workout.ride_id, got.pop("ride"), result)
+            self._hold_ride(self._ride_row(workout.ride_id, got.pop("ride"), result))
         if workout.late_ride is not None:  # the last request: the class the detail names
-            result.ride = self._ride_row(workout.late_ride, got["late_ride"], result)
+            self._hold_ride(self._ride_row(workout.late_ride, got["late_ride"], result))
             return []
         detail = got["detail"]
         if isinstance(detail, ApiError):
@@ -465,14 +466,36 @@ class Harvest:
         if isinstance(graph, ApiError):
             self._workout_failed(result, graph)
             return []
-        stamp = _utc_now_iso(self.now())
-        result.workout = {**detail, "_harvested_at": stamp}
-        if graph is not None:
-            result.graph = self._graph_row(ref.id, graph, created_at, stamp)
+        self._settle_rows(result, detail, graph, created_at)
         workout.late_ride = self._claim_ride(_ride_id(detail))
         if workout.late_ride is not None:  # retried by id, or the class changed since the listing
             return [("late_ride", partial(self.api.ride_details, workout.late_ride))]
         return []
+
+    def _settle_rows(self, result: WorkoutResult, detail: JsonObject, graph: JsonObject | None,
+                     created_at: int) -> None:
+        """The workout's lake lines (and its graph's), both or neither: a workout in the lake
+        implies its graph. A row the lake cannot hold is quarantined (``_encoded``)."""
+        stamp = _utc_now_iso(self.now())
+        graph_line = None
+        if graph is not None:
+            graph_line = self._encoded("performance_graphs",
+                                       self._graph_row(result.ref.id, graph, created_at, stamp))
+            if graph_line is None:
+                return
+        workout_line = self._encoded("workouts", {**detail, "_harvested_at": stamp})
+        if workout_line is None:
+            return
+        ride = detail.get("ride")
+        ride_id = ride.get("id") if isinstance(ride, dict) else None
+        result.workout, result.graph = workout_line, graph_line
+        result.created_at, result.ride_id = created_at, ride_id if isinstance(ride_id, str) else None
+
+    def _hold_ride(self, row: Row | None) -> None:
+        """A class's line waits in the writer for the day it aired (writer.py)."""
+        line = None if row is None else self._encoded("rides", row)
+        if line is not None:
+            self.writer.hold(line)
 
     def _graph_row(self, workout_id: str, graph: JsonObject, created_at: int, stamp: str) -> Row:
         return {**graph, "workout_id": workout_id, "user_id": self.user_id,
@@ -523,37 +546,20 @@ class Harvest:
     async def _commit(self, results: list[WorkoutResult], final: bool = False) -> None:
         """Commit the results and the held classes whose day is complete (all when ``final``)."""
         lines: dict[str, list[Encoded]] = {"performance_graphs": [], "workouts": []}  # for the lake
-        workouts: list[Row] = []  # the rows of lines["workouts"]: the mirror reads what they name
+        named: list[tuple[int | None, str | None]] = []  # what lines["workouts"] name: for the mirror
         landed: list[tuple[str, int]] = []  # (id, created_at) of the workouts in the batch
         for result in results:
             self.outcome.failures.extend(result.failures)
             if result.in_progress:
                 self.outcome.in_progress.append(result.ref.id)
-            if result.ride is not None:
-                ride = self._encoded("rides", result.ride)
-                if ride is not None:
-                    self.writer.hold(ride)
-                result.ride = None  # held once: a re-commit of the result does not add it again
-            graph = workout = None
             if result.graph is not None:
-                graph = self._encoded("performance_graphs", result.graph)
-                if graph is None:
-                    continue  # its workout waits with it: a workout in the lake implies its graph
-            if result.workout is not None:
-                workout = self._encoded("workouts", result.workout)
-                if workout is None:
-                    continue
-            if graph is not None:
-                lines["performance_graphs"].append(graph)
-            if workout is None or result.workout is None:
-                continue
-            workouts.append(result.workout)
-            lines["workouts"].append(workout)
-            row_id, created = str(result.workout["id"]), result.workout.get("created_at")
-            if isinstance(created, int):
-                # The listing's copy of the id when they agree (they do): one string
+                lines["performance_graphs"].append(result.graph)
+            if result.workout is not None and result.created_at is not None:
+                lines["workouts"].append(result.workout)
+                named.append((result.created_at, result.ride_id))
+                # The listing's copy of the id (the detail's was checked equal): one string
                 # per workout for the whole run, not two.
-                landed.append((result.ref.id if row_id == result.ref.id else row_id, created))
+                landed.append((result.ref.id, result.created_at))
         rides = self.writer.release_rides(final)
         if rides or any(lines.values()):
             removals = self.mirror.removals(lines)
@@ -563,7 +569,7 @@ class Harvest:
                 for ride in rides:  # the final commit takes them
                     self.writer.hold(ride)
                 raise
-            self.mirror.landed(lines, workouts)
+            self.mirror.landed(lines, named)
             self.outcome.moved = self.mirror.moved
             self.outcome.add_rows(counts)
             self.committed.update(landed)

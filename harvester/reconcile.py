@@ -105,18 +105,16 @@ class Mirror:
                 gone.setdefault("performance_graphs", {}).setdefault(old, set()).add(line.key)
         return gone
 
-    def landed(self, lines: Mapping[str, Sequence[Encoded]], workouts: Sequence[Row]) -> None:
-        """Record a committed batch in the index: its lines, and its workout rows (in the
-        order of ``lines["workouts"]``) for what they name."""
+    def landed(self, lines: Mapping[str, Sequence[Encoded]],
+               named: Sequence[tuple[int | None, str | None]]) -> None:
+        """Record a committed batch in the index: its lines, and what its workout rows name
+        (``created_at`` and the class id, in the order of ``lines["workouts"]``)."""
         for line in lines.get("performance_graphs", ()):
             self.graphs[line.key] = line.part
-        for line, row in zip(lines.get("workouts", ()), workouts, strict=True):
-            created, ride = row.get("created_at"), row.get("ride")
-            ride_id = ride.get("id") if isinstance(ride, dict) else None
+        for line, (created_at, ride_id) in zip(lines.get("workouts", ()), named, strict=True):
             self.workouts[line.key] = Copy(
                 path=_NO_PATH, line=0, part=None, home=line.part, stamp="",
-                created_at=created if isinstance(created, int) else None,
-                ride_id=ride_id if isinstance(ride_id, str) else None)
+                created_at=created_at, ride_id=ride_id)
 
     # -- deletions --------------------------------------------------------------
 

@@ -27,7 +27,7 @@ import anyio
 
 from harvester.api import WorkoutRef
 from harvester.frontier import Frontier, HeldRides
-from harvester.lake import Encoded, Lake, workout_day
+from harvester.lake import Encoded, Lake
 from harvester.state import FailedItem
 
 Row = dict[str, object]
@@ -40,12 +40,17 @@ DEFAULT_HELD_RIDE_BYTES = 32 * 2**20
 
 @dataclass(slots=True)
 class WorkoutResult:
-    """What the workers learnt about one workout."""
+    """What the workers learnt about one workout: its lake lines, made when it settled.
+
+    Lines, not rows: a result may wait for its day for a while, and bytes cost
+    neither the memory of a dict of dicts nor the cyclic collector's time.
+    """
 
     ref: WorkoutRef
-    workout: Row | None = None
-    graph: Row | None = None
-    ride: Row | None = None
+    workout: Encoded | None = None  # with its graph's line, or neither is written
+    graph: Encoded | None = None
+    created_at: int | None = None  # what the workout's row names, for the mirror's index
+    ride_id: str | None = None
     failures: list[FailedItem] = field(default_factory=list)
     in_progress: bool = False
 
@@ -126,10 +131,10 @@ class Writer:
         """The results whose workout days have closed (or that write no row), and the rest."""
         ready: list[WorkoutResult] = []
         waiting: list[WorkoutResult] = []
+        closed = self.frontier.closed
         for result in results:
-            rows = (result.workout, result.graph)
-            days = {workout_day(row.get("created_at")) for row in rows if row is not None}
-            done = all(day is None or self.frontier.closed(day) for day in days)
+            done = all(line is None or line.part is None or closed(line.part)
+                       for line in (result.workout, result.graph))
             (ready if done else waiting).append(result)
         return ready, waiting
 
