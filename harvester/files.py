@@ -18,6 +18,7 @@ import os
 import re
 import secrets
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import cast
@@ -122,8 +123,59 @@ def _syncfs() -> Callable[[int], int] | None:
     return cast(Callable[[int], int], syncfs)
 
 
+class _SyncGroup:
+    """Group commit for one path's filesystem: a ``syncfs`` that starts after a caller's
+    writes covers them, so callers arriving while one runs share the next one.
+
+    Threads of one process (several accounts' commits at once) each ask for a barrier;
+    one of them syncs for everyone who asked before its sync began. A failed sync
+    covers no one: each waiting caller then syncs (and fails) for itself.
+    """
+
+    def __init__(self) -> None:
+        self._count = threading.Lock()
+        self._turn = threading.Lock()
+        self._asked = 0  # barriers asked for, numbered
+        self._covered = 0  # every barrier up to this number is done
+
+    def sync(self, path: Path) -> None:
+        with self._count:
+            self._asked += 1
+            ticket = self._asked
+        with self._turn:
+            if self._covered >= ticket:
+                return  # a sync that began after this caller's writes has finished
+            with self._count:
+                covers = self._asked  # all asked so far wrote before the sync below began
+            _sync_now(path)
+            self._covered = covers
+
+
+_GROUPS: dict[str, _SyncGroup] = {}
+_GROUPS_LOCK = threading.Lock()
+
+
+def _forget_groups() -> None:  # a forked child has one thread: no lock another thread holds
+    global _GROUPS_LOCK
+    _GROUPS.clear()
+    _GROUPS_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_groups)
+
+
 def sync_filesystem(path: Path) -> None:
-    """Make everything written to ``path``'s filesystem durable (``syncfs``; ``sync`` elsewhere)."""
+    """Make everything written to ``path``'s filesystem durable (``syncfs``; ``sync`` elsewhere).
+
+    Concurrent callers for one path share barriers (``_SyncGroup``)."""
+    with _GROUPS_LOCK:
+        group = _GROUPS.get(str(path))
+        if group is None:
+            group = _GROUPS[str(path)] = _SyncGroup()
+    group.sync(path)
+
+
+def _sync_now(path: Path) -> None:
     syncfs = _syncfs()
     if syncfs is None:
         os.sync()
