@@ -2,7 +2,8 @@
 """CPU our HTTP stack adds per request over a bare aiohttp loop: no lake, no pipeline.
 
     .venv/bin/python scripts/bench_client.py [--workouts 2000] [--concurrency 32] [--repeats 3]
-    .venv/bin/python scripts/bench_client.py _child {bare,decode,api} URL TASKS CONCURRENCY
+        [--modes bare decode api] [--before DIR]
+    .venv/bin/python scripts/bench_client.py _child {bare,decode,api,before} URL TASKS CONCURRENCY
 
 The emulator (zero latency, its own process pinned to core 0) serves an account;
 the parent lists it and writes the harvest's item requests (each workout's detail
@@ -14,12 +15,16 @@ one iterator of those requests:
   scripts/bench.py's ``bare_main`` does (the floor);
 - ``decode``: the same plus ``orjson.loads`` of each body (what any client must add);
 - ``api``: ``PelotonApi.workout / performance_graph / ride_details`` from ``open_api``
-  (limiter at the config maximum, retries, auth headers, body cap, decoding).
+  (limiter at the config maximum, retries, auth headers, body cap, decoding);
+- ``before`` (with ``--before DIR``): ``api`` with the ``harvester`` package from DIR,
+  e.g. an older commit's (``git archive COMMIT harvester | tar -x -C DIR``), so
+  both versions run in turn against the same emulator.
 
 A child reports the CPU (``resource.getrusage``: user + sys, all threads) of the
 fetch phase only: imports, sign-in and the session's first connection are outside
-it. The modes run in turn, ``--repeats`` times; the median per mode is printed, with
-api / bare and api / decode, and the microseconds per request.
+it. The modes run in turn, ``--repeats`` times; the median (and the minimum, the
+figure least disturbed by other load on a shared machine) per mode is printed, with
+the ratios of the medians and the microseconds per request.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -43,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench import CLIENT_CORES, CLIENT_ID, NULL_RIDE, PASSWORD, PYTHON, USERNAME, Emulator, _pin  # noqa: E402
 
-MODES = ("bare", "decode", "api")
+MODES = ("bare", "decode", "api", "before")
 Task = tuple[str, str]  # (kind, id): kind is "workout", "graph" or "ride"
 
 
@@ -138,7 +144,9 @@ async def run_api(base: str, tasks: list[Task], concurrency: int, tmp: Path) -> 
 
 def child_main(mode: str, base: str, task_file: str, concurrency: int) -> int:
     tasks = [tuple(t) for t in json.loads(Path(task_file).read_text(encoding="utf-8"))]
-    if mode == "api":
+    if mode == "before":
+        sys.path.insert(0, os.environ["BENCH_BEFORE_TREE"])  # its harvester package, not ours
+    if mode in ("api", "before"):
         with tempfile.TemporaryDirectory() as tmp:
             figures = asyncio.run(run_api(base, tasks, concurrency, Path(tmp)))  # type: ignore[arg-type]
     else:
@@ -152,8 +160,14 @@ def main() -> int:
     parser.add_argument("--workouts", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=["bare", "decode", "api"])
+    parser.add_argument("--before", type=Path, help="a tree whose harvester package mode "
+                        "'before' runs (added to the modes)")
     args = parser.parse_args()
+    env = dict(os.environ)
+    if args.before is not None:
+        env["BENCH_BEFORE_TREE"] = str(args.before.resolve())
+        args.modes = [*dict.fromkeys([*args.modes, "before"])]
     emu = Emulator(args.workouts)
     try:
         _, items = emu.listing(emu.token())
@@ -167,7 +181,7 @@ def main() -> int:
                     out = subprocess.run(
                         [PYTHON, __file__, "_child", mode, emu.url, str(task_file),
                          str(args.concurrency)], stdout=subprocess.PIPE, text=True, check=True,
-                        cwd=ROOT, preexec_fn=_pin(CLIENT_CORES)).stdout
+                        cwd=ROOT, env=env, preexec_fn=_pin(CLIENT_CORES)).stdout
                     runs[mode].append(json.loads(out.splitlines()[-1]))
     finally:
         emu.stop()
@@ -177,11 +191,13 @@ def main() -> int:
         cpus = sorted(r["cpu_s"] for r in rs)
         walls = statistics.median(r["wall_s"] for r in rs)
         print(f"  {mode:7} CPU {median[mode]:.3f} s (range {cpus[0]:.3f}-{cpus[-1]:.3f}), "
-              f"{median[mode] / len(tasks) * 1e6:.0f} us/request, wall {walls:.3f} s")
-    for base in ("bare", "decode"):
-        if "api" in median and base in median:
-            print(f"  api / {base}: {median['api'] / median[base]:.2f}  "
-                  f"(+{(median['api'] - median[base]) / len(tasks) * 1e6:.0f} us/request)")
+              f"{median[mode] / len(tasks) * 1e6:.0f} us/request (min {cpus[0] / len(tasks) * 1e6:.0f}), "
+              f"wall {walls:.3f} s")
+    for ours in ("api", "before"):
+        for base in ("bare", "decode"):
+            if ours in median and base in median:
+                print(f"  {ours} / {base}: {median[ours] / median[base]:.2f}  "
+                      f"(+{(median[ours] - median[base]) / len(tasks) * 1e6:.0f} us/request)")
     return 0
 
 
