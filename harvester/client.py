@@ -236,10 +236,10 @@ class HttpClient:
 
     async def _attempt(self, request: _Request) -> JsonObject:
         method, url, endpoint = request.method, request.url, request.endpoint
-        async with self._limiter as sent_at:
-            self.stats.requests += 1
-            self.stats.by_endpoint[endpoint] = self.stats.by_endpoint.get(endpoint, 0) + 1
-            reply = await self._send(request)
+        sent_at = await self._limiter.acquire()  # what `async with` does, two coroutines fewer
+        self.stats.requests += 1
+        self.stats.by_endpoint[endpoint] = self.stats.by_endpoint.get(endpoint, 0) + 1
+        reply = await self._send(request)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s %s -> HTTP %d, %d bytes", method, _path(url), reply.status, len(reply.body))
         if reply.status == 429:
