@@ -193,6 +193,11 @@ def main() -> int:
         print(f"  {mode:7} CPU {median[mode]:.3f} s (range {cpus[0]:.3f}-{cpus[-1]:.3f}), "
               f"{median[mode] / len(tasks) * 1e6:.0f} us/request (min {cpus[0] / len(tasks) * 1e6:.0f}), "
               f"wall {walls:.3f} s")
+    if "before" in runs and "api" in runs:  # paired: the two ran back to back each round
+        diffs = sorted((b["cpu_s"] - a["cpu_s"]) / len(tasks) * 1e6
+                       for a, b in zip(runs["api"], runs["before"], strict=True))
+        print(f"  before - api, paired per round: median {statistics.median(diffs):.1f} us/request "
+              f"(range {diffs[0]:.1f} to {diffs[-1]:.1f})")
     for ours in ("api", "before"):
         for base in ("bare", "decode"):
             if ours in median and base in median:
