@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from datetime import UTC, date, datetime
@@ -21,6 +22,8 @@ _KEY_FIELDS = {"workouts": "id", "performance_graphs": "workout_id", "rides": "r
 # stamp or a float is a bad record (quarantined), never a partition in year 58000.
 MIN_EPOCH_S = 946_684_800  # 2000-01-01
 MAX_EPOCH_S = 4_102_444_800  # 2100-01-01
+DAY_S = 86_400  # UTC has no leap seconds in epoch time: a day is always this long
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 
@@ -64,11 +67,16 @@ def partition_date(dataset: str, row: Row) -> str | None:
 
 def workout_day(created_at: object) -> str | None:
     """The UTC day of a workout's ``created_at``: whole seconds in range, or None."""
-    if isinstance(created_at, bool) or not isinstance(created_at, int):
+    if type(created_at) is not int:  # a bool is an int but never a time
         return None
     if not MIN_EPOCH_S <= created_at < MAX_EPOCH_S:
         return None
-    return utc_day(created_at)
+    return _day_name(created_at // DAY_S)
+
+
+@functools.lru_cache(maxsize=4096)  # a run asks for each day many times (keys, frontier, writer)
+def _day_name(day: int) -> str:
+    return date.fromordinal(_EPOCH_ORDINAL + day).isoformat()
 
 
 def row_problem(dataset: str, row: Row) -> str | None:

@@ -11,9 +11,12 @@ Data flow of one run (``Harvest.run``):
     backfill skips what the lake holds; refresh stops at the first workout at or
     before ``watermark - lookback``. Items that failed last run go first;
     workouts in progress last run that the listing did not reach go last.
- 3. The producer sends ``WorkoutRef``s into a bounded stream (backpressure);
-    ``concurrency`` workers fetch the detail, the performance graph and, once per
-    run and only when the lake lacks it, the class ride's details.
+ 3. The producer puts each workout's requests into the workers' queue (jobs.py)
+    and waits while ``3 x concurrency`` workouts are open (backpressure):
+    the detail, the performance graph and, once per run and only when the lake
+    lacks it, the class ride's details. ``concurrency`` workers send them one at
+    a time; the answer that completes a workout turns it into rows, or queues
+    what it still needs (a retried workout's graph, a class the detail names).
  4. The writer (writer.py) commits finished workouts to the lake off the event
     loop, each day once (frontier.py): a day's workouts and graphs together (a
     committed workout implies its graph) once the listing has passed the day and
@@ -40,8 +43,6 @@ from functools import lru_cache, partial
 from typing import TypeVar
 
 import anyio
-from anyio.abc import ObjectSendStream
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from harvester.api import NULL_RIDE_ID, PelotonApi, WorkoutRef, is_ride_id, workout_ref
 from harvester.client import JsonObject
@@ -55,6 +56,7 @@ from harvester.errors import (
     UnexpectedResponseError,
 )
 from harvester.heal import LakeScan, heal, ride_ids, scan
+from harvester.jobs import Jobs
 from harvester.lake import Encoded, Lake, encoded, workout_day
 from harvester.listing import ListingGuard
 from harvester.reconcile import NEED_ALL, NEED_GRAPH, RECONCILE_PAGE_SIZE, MassDeleteError, Mirror
@@ -101,6 +103,26 @@ class Outcome:
 
 
 T = TypeVar("T")
+Call = Callable[[], Awaitable[JsonObject]]
+# Workouts open (requests queued or out) per request slot: enough that the listing's
+# next page arrives before the queue runs dry, few enough to bound memory.
+DEFAULT_OPEN_PER_SLOT = 3
+
+
+@dataclass(slots=True)
+class _Open:
+    """A workout whose requests are queued or out: their answers by name, and how many are due."""
+
+    ref: WorkoutRef
+    result: WorkoutResult
+    graph_only: bool = False  # in the lake without its graph: only that is fetched
+    got: dict[str, JsonObject | ApiError] = field(default_factory=dict)
+    due: int = 0
+    ride_id: str | None = None  # the class the listing names, claimed for this workout
+    late_ride: str | None = None  # the class the detail names, when another and new
+
+
+_Job = tuple[_Open, str, Call]  # (workout, answer's name, the request)
 ProgressHook = Callable[[int, int], None]  # (workouts done, workouts known) -> None
 
 
@@ -150,6 +172,8 @@ class Harvest:
         # asyncio's semaphore, not anyio's CapacityLimiter: that one yields to the
         # event loop on every acquire, a cost paid per request (see _request_all).
         self._slots = asyncio.Semaphore(config.harvest.concurrency)
+        # The workers' requests; the listing waits while this many workouts are open.
+        self._jobs = Jobs[_Job](limit=DEFAULT_OPEN_PER_SLOT * config.harvest.concurrency)
 
     # -- the run --------------------------------------------------------------
 
@@ -161,20 +185,16 @@ class Harvest:
         # failed in a run that was then killed): fetched after the workouts.
         self._orphan_rides = sorted(
             r for r in referenced - self.known_rides if r != NULL_RIDE_ID and is_ride_id(r))
-        size = self.config.harvest.concurrency * 2
-        send_refs, recv_refs = anyio.create_memory_object_stream[WorkoutRef](size)
-        send_results, recv_results = anyio.create_memory_object_stream[WorkoutResult](size)
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self.writer.run, recv_results, self._commit)
+                tg.start_soon(self.writer.run, self._commit)
                 # One request at a time, in one of the same slots as the workers.
                 tg.start_soon(self._fetch_daily)
                 async with anyio.create_task_group() as fetchers:
-                    fetchers.start_soon(self._produce, send_refs)
-                    async with send_results:
-                        for _ in range(self.config.harvest.concurrency):
-                            fetchers.start_soon(self._work, recv_refs.clone(), send_results.clone())
-                    recv_refs.close()
+                    fetchers.start_soon(self._produce)
+                    for _ in range(self.config.harvest.concurrency):
+                        fetchers.start_soon(self._work)
+                self.writer.close()
                 await self._retry_failed_rides()
             await self._delete_gone()
             if self._full_pass and self.mirror.listing.totals:
@@ -220,25 +240,27 @@ class Harvest:
 
     # -- producer -------------------------------------------------------------
 
-    async def _produce(self, send: ObjectSendStream[WorkoutRef]) -> None:
-        async with send:
+    async def _produce(self) -> None:
+        try:
             seen: set[str] = set()
             for item in self.state.failures:
                 if item.kind == "workout" and item.id not in seen:
                     seen.add(item.id)
-                    await self._enqueue(send, WorkoutRef(item.id, None, None, None))
-            await self._list_workouts(send, seen, full=self.full_listing)
+                    await self._enqueue(WorkoutRef(item.id, None, None, None))
+            await self._list_workouts(seen, full=self.full_listing)
             if not self.full_listing and self.outcome.listing_complete:
-                await self._maybe_reconcile(send, seen)
+                await self._maybe_reconcile(seen)
             # In progress last run and not listed this time (the listing stopped above
             # them): ask for each directly, so the watermark need not wait for them.
             for workout_id in self.state.in_progress:
                 if workout_id not in seen:
                     seen.add(workout_id)
-                    await self._enqueue(send, WorkoutRef(workout_id, None, None, None))
+                    await self._enqueue(WorkoutRef(workout_id, None, None, None))
             self.writer.frontier.finish()
+        finally:
+            self._jobs.close()  # the workers finish the open workouts, then stop
 
-    async def _maybe_reconcile(self, send: ObjectSendStream[WorkoutRef], seen: set[str]) -> None:
+    async def _maybe_reconcile(self, seen: set[str]) -> None:
         """A refresh lists everything again when reconcile.py says it is due."""
         if self._listed_total is None:
             return
@@ -252,11 +274,9 @@ class Harvest:
         log.info("reconciling the lake with the whole listing: %s", why)
         self.outcome.reconciled = why
         self.outcome.listing_complete = False
-        await self._list_workouts(send, seen, full=True)
+        await self._list_workouts(seen, full=True)
 
-    async def _list_workouts(
-        self, send: ObjectSendStream[WorkoutRef], seen: set[str], *, full: bool,
-    ) -> None:
+    async def _list_workouts(self, seen: set[str], *, full: bool) -> None:
         reconciling = full and not self.full_listing  # a refresh's id listing: large pages
         limit = RECONCILE_PAGE_SIZE if reconciling else self.config.harvest.page_size
         horizon = None if full else self._horizon()
@@ -288,7 +308,7 @@ class Harvest:
                     continue
                 if full and not self._needed(ref):
                     continue
-                await self._enqueue(send, ref)
+                await self._enqueue(ref)
             try:
                 last = guard.finished(page, listing)
             except ListingError as exc:  # the server's paging cannot be trusted: exit 3
@@ -353,103 +373,106 @@ class Harvest:
             FailedItem(kind="quarantine", id=shown, endpoint="workouts", error=reason, attempts=1)
         )
 
-    async def _enqueue(self, send: ObjectSendStream[WorkoutRef], ref: WorkoutRef) -> None:
+    async def _enqueue(self, ref: WorkoutRef) -> None:
+        """Put the workout's requests in the workers' queue; wait while the queue is full."""
         self.outcome.queued += 1
         self.writer.frontier.queued(ref.created_at)
         self.total = max(self.total, self.outcome.skipped_committed + self.outcome.queued)
-        await send.send(ref)
+        workout = _Open(ref, WorkoutResult(ref), graph_only=ref.id in self._graph_only)
+        self._jobs.open()
+        self._request(workout, self._first_requests(workout))
+        await self._jobs.room()
 
     # -- workers --------------------------------------------------------------
 
-    async def _work(
-        self, recv: MemoryObjectReceiveStream[WorkoutRef],
-        send: MemoryObjectSendStream[WorkoutResult],
-    ) -> None:
-        # Take a waiting ref and hand over a result without anyio's checkpoint (a turn
-        # of the event loop each) when neither has to wait: the fetch in between
-        # awaits the network, where cancellation arrives.
-        async with recv, send:
-            while True:
-                try:
-                    ref = recv.receive_nowait()
-                except anyio.WouldBlock:
-                    try:
-                        ref = await recv.receive()
-                    except anyio.EndOfStream:
-                        return
-                except anyio.EndOfStream:
-                    return
-                result = await self._fetch_workout(ref)
-                try:
-                    send.send_nowait(result)
-                except anyio.WouldBlock:
-                    await send.send(result)
+    async def _work(self) -> None:
+        """Send the queue's requests one at a time, in a request slot; settle a workout when
+        its last answer is in (jobs.py: one request per job, the plainest loop's shape)."""
+        jobs, slots = self._jobs, self._slots
+        while (job := await jobs.get()) is not None:
+            workout, name, call = job
+            try:
+                async with slots:
+                    workout.got[name] = await call()
+            except ApiError as exc:
+                workout.got[name] = exc
+            workout.due -= 1
+            if workout.due == 0:
+                self._request(workout, self._next_requests(workout))
 
-    async def _fetch_workout(self, ref: WorkoutRef) -> WorkoutResult:
-        """Detail, graph and (new) ride of one workout, as rows or recorded failures.
+    def _request(self, workout: _Open, calls: list[tuple[str, Call]]) -> None:
+        """Queue the workout's next requests; with none left, hand its result to the writer."""
+        if not calls:
+            self.writer.add(workout.result)
+            self._jobs.settle()
+            return
+        workout.due = len(calls)
+        started = bool(workout.got)  # a workout under way goes before the ones waiting
+        for name, call in calls:
+            self._jobs.put((workout, name, call), urgent=started)
 
-        A listed workout's requests go out together, each holding one of the run's
-        ``concurrency`` slots: no slot idles while a worker waits on a chain, which
-        matters at the start and the tail of a run. A workout retried by id (its
-        status unknown) asks for the detail first, so a still-running one costs one.
-        """
-        if ref.id in self._graph_only:
-            return await self._fetch_graph(ref)
-        result = WorkoutResult(ref)
+    def _first_requests(self, workout: _Open) -> list[tuple[str, Call]]:
+        """A listed workout's detail, graph and (new) class go out together, each its own job:
+        no slot idles while a workout waits on a chain. A workout retried by id (its status
+        unknown) asks for the detail first, so a still-running one costs one request."""
+        ref = workout.ref
+        if workout.graph_only:  # in the lake without its graph: fetch just that
+            return [("graph", partial(self.api.performance_graph, ref.id, self.config.harvest.every_n))]
+        calls: list[tuple[str, Call]] = [("detail", partial(self.api.workout, ref.id))]
         listed = ref.created_at is not None
-        calls: dict[str, Callable[[], Awaitable[JsonObject]]] = {
-            "detail": partial(self.api.workout, ref.id)}
         if listed and self._wants_graph:
-            calls["graph"] = partial(self.api.performance_graph, ref.id, self.config.harvest.every_n)
-        ride_id = self._claim_ride(ref.ride_id) if listed else None
-        if ride_id is not None:
-            calls["ride"] = partial(self.api.ride_details, ride_id)
-        got = await self._request_all(calls)
-        if ride_id is not None:
-            result.ride = self._ride_row(ride_id, got["ride"], result)
+            calls.append(("graph", partial(self.api.performance_graph, ref.id,
+                                           self.config.harvest.every_n)))
+        workout.ride_id = self._claim_ride(ref.ride_id) if listed else None
+        if workout.ride_id is not None:
+            calls.append(("ride", partial(self.api.ride_details, workout.ride_id)))
+        return calls
+
+    def _next_requests(self, workout: _Open) -> list[tuple[str, Call]]:
+        """Turn the answers in into rows or recorded failures; the requests still needed."""
+        got, result, ref = workout.got, workout.result, workout.ref
+        if workout.graph_only:
+            alone = got["graph"]
+            if isinstance(alone, ApiError):
+                self._workout_failed(result, alone)
+            elif ref.created_at is not None:
+                result.graph = self._graph_row(ref.id, alone, ref.created_at, _utc_now_iso(self.now()))
+            return []
+        if "ride" in got:
+            assert workout.ride_id is not None
+            result.ride = self._ride_row(workout.ride_id, got.pop("ride"), result)
+        if workout.late_ride is not None:  # the last request: the class the detail names
+            result.ride = self._ride_row(workout.late_ride, got["late_ride"], result)
+            return []
         detail = got["detail"]
         if isinstance(detail, ApiError):
             self._workout_failed(result, detail)
-            return result
+            return []
         if detail.get("status") == "IN_PROGRESS":
             result.in_progress = True
-            return result
+            return []
         created_at = detail.get("created_at")
         if workout_day(created_at) is None or not isinstance(created_at, int):
             self._quarantine(detail, f"workout detail's created_at {created_at!r:.40} is not whole "
                              "epoch seconds between 2000 and 2100")
-            return result
+            return []
         if detail.get("id") != ref.id:
             self._quarantine(detail, f"workout detail for {ref.id} names another id")
-            return result
-        graph: JsonObject | ApiError | None = got.get("graph")
-        if graph is None and self._wants_graph:
-            graph = (await self._request_all(
-                {"graph": partial(self.api.performance_graph, ref.id, self.config.harvest.every_n)}
-            ))["graph"]
+            return []
+        graph = got.get("graph")
+        if graph is None and self._wants_graph:  # retried by id: the detail came alone
+            return [("graph", partial(self.api.performance_graph, ref.id, self.config.harvest.every_n))]
         if isinstance(graph, ApiError):
             self._workout_failed(result, graph)
-            return result
+            return []
         stamp = _utc_now_iso(self.now())
         result.workout = {**detail, "_harvested_at": stamp}
         if graph is not None:
             result.graph = self._graph_row(ref.id, graph, created_at, stamp)
-        late_ride = self._claim_ride(_ride_id(detail))
-        if late_ride is not None:  # retried by id, or the class changed since the listing
-            result.ride = await self._fetch_ride(late_ride, result)
-        return result
-
-    async def _fetch_graph(self, ref: WorkoutRef) -> WorkoutResult:
-        """The graph alone, for a workout the lake holds without one."""
-        result = WorkoutResult(ref)
-        got = (await self._request_all(
-            {"graph": partial(self.api.performance_graph, ref.id, self.config.harvest.every_n)}
-        ))["graph"]
-        if isinstance(got, ApiError):
-            self._workout_failed(result, got)
-        elif ref.created_at is not None:
-            result.graph = self._graph_row(ref.id, got, ref.created_at, _utc_now_iso(self.now()))
-        return result
+        workout.late_ride = self._claim_ride(_ride_id(detail))
+        if workout.late_ride is not None:  # retried by id, or the class changed since the listing
+            return [("late_ride", partial(self.api.ride_details, workout.late_ride))]
+        return []
 
     def _graph_row(self, workout_id: str, graph: JsonObject, created_at: int, stamp: str) -> Row:
         return {**graph, "workout_id": workout_id, "user_id": self.user_id,
@@ -466,37 +489,6 @@ class Harvest:
         self.known_rides.add(ride_id)
         return ride_id
 
-    async def _request_all(
-        self, calls: dict[str, Callable[[], Awaitable[JsonObject]]]
-    ) -> dict[str, JsonObject | ApiError]:
-        """Run the calls side by side, each in a slot; ApiErrors are returned, not raised.
-
-        This runs once or twice per workout, so it uses asyncio's own task group and
-        semaphore: anyio's equivalents (a cancel scope per task, a checkpoint per
-        acquire) cost more CPU than the HTTP request they wrap. Cancellation still
-        comes from the enclosing anyio scope, through the calling task.
-        """
-        got: dict[str, JsonObject | ApiError] = {}
-
-        async def one(name: str, call: Callable[[], Awaitable[JsonObject]]) -> None:
-            try:
-                got[name] = await self._in_slot(call)
-            except ApiError as exc:
-                got[name] = exc
-
-        [(first, call), *rest] = calls.items()
-        if not rest:
-            await one(first, call)
-        else:
-            async with asyncio.TaskGroup() as tg:  # the first call in this task: one task fewer
-                for name, other in rest:
-                    tg.create_task(one(name, other))
-                await one(first, call)
-        for value in got.values():
-            if isinstance(value, AuthError):
-                raise value  # the whole run stops: the credentials are gone
-        return got
-
     async def _in_slot(self, call: Callable[[], Awaitable[T]]) -> T:
         """``call`` holding one of the run's ``concurrency`` request slots: every request
         of the harvest (workouts, listing, daily datasets) goes through here."""
@@ -510,8 +502,11 @@ class Harvest:
             result.failures.append(_failure("workout", result.ref.id, exc))
 
     async def _fetch_ride(self, ride_id: str, result: WorkoutResult) -> Row | None:
-        got = await self._request_all({"ride": partial(self.api.ride_details, ride_id)})
-        return self._ride_row(ride_id, got["ride"], result)
+        try:
+            got: JsonObject | ApiError = await self._in_slot(partial(self.api.ride_details, ride_id))
+        except ApiError as exc:
+            got = exc
+        return self._ride_row(ride_id, got, result)
 
     def _ride_row(self, ride_id: str, got: JsonObject | ApiError, result: WorkoutResult) -> Row | None:
         if isinstance(got, NotFoundError):

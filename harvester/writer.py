@@ -1,12 +1,13 @@
 """The writer: one account's finished workouts into the lake, each day's files once.
 
-The workers hand every ``WorkoutResult`` to ``Writer.run``. Every ``batch_size``
-results, or ``flush_interval_s``, it looks for the results whose days are complete
-(frontier.py: the newest-first listing has passed the day and all its listed
-workouts are back) and hands them to the pipeline's commit, which runs in a
-thread while more results arrive; the others wait for their day. So a backfill
-writes each day's ``workouts`` and ``performance_graphs`` files once, together (a
-committed workout implies its graph), instead of rewriting them per batch.
+The workers hand every ``WorkoutResult`` to ``Writer.add`` (a call: no await, no
+stream). Every ``batch_size`` results, or ``flush_interval_s``, ``Writer.run``
+looks for the results whose days are complete (frontier.py: the newest-first
+listing has passed the day and all its listed workouts are back) and hands them
+to the pipeline's commit, which runs in a thread while more results arrive;
+the others wait for their day. So a backfill writes each day's ``workouts`` and
+``performance_graphs`` files once, together (a committed workout implies its
+graph), instead of rewriting them per batch.
 
 Classes (``rides``, partitioned by the day they aired) wait here as JSON lines
 until the listing passes that day (``hold``/``release_rides``), at most
@@ -23,7 +24,6 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream
 
 from harvester.api import WorkoutRef
 from harvester.frontier import Frontier, HeldRides
@@ -70,43 +70,52 @@ class Writer:
         self._inflight: list[WorkoutResult] = []  # the results a background commit holds
         self._held = HeldRides()  # classes whose rides day is not yet complete
         self._lock = anyio.Lock()  # one lake commit at a time: merges of one file never race
+        self._arrived: list[WorkoutResult] = []  # handed over since the last round
+        self._wake = anyio.Event()  # a batch's worth arrived, or closed
+        self._closed = False
 
-    async def run(self, recv: MemoryObjectReceiveStream[WorkoutResult], commit: Commit) -> None:
+    def add(self, result: WorkoutResult) -> None:
+        """A worker's finished workout (no await: the writer looks at it on its next round)."""
+        self.frontier.returned(result.ref.created_at)
+        self._arrived.append(result)
+        if len(self._arrived) >= self.batch_size:
+            self._wake.set()
+
+    def close(self) -> None:
+        """No more results: the writer commits what it holds and returns."""
+        self._closed = True
+        self._wake.set()
+
+    async def run(self, commit: Commit) -> None:
         """Hand ``commit`` the results as their days complete, one commit at a time, in order."""
         pending: list[WorkoutResult] = []  # received, their day not yet complete
-        fresh = 0  # results received since the last look
         idle = anyio.Event()
         idle.set()
-        deadline = anyio.current_time() + self.flush_interval_s
-        async with recv:
-            try:
-                async with anyio.create_task_group() as tg:
-                    while True:
-                        with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
-                            try:
-                                result = await recv.receive()
-                            except anyio.EndOfStream:
-                                break
-                            self.frontier.returned(result.ref.created_at)
-                            pending.append(result)
-                            fresh += 1
-                        if fresh >= self.batch_size or anyio.current_time() >= deadline:
-                            ready, pending = self._complete(pending)
-                            fresh = 0
-                            deadline = anyio.current_time() + self.flush_interval_s
-                            if ready or self._rides_due():
-                                await idle.wait()  # commits stay in order, one at a time
-                                idle = anyio.Event()
-                                self._inflight = ready
-                                tg.start_soon(self._commit_inflight, commit, idle)
-            finally:
-                # A stopped run still commits every result already handed over, complete
-                # days or not, including a batch whose commit was interrupted (merging is
-                # idempotent).
-                pending = [*self._inflight, *pending, *_ready(recv)]
-                self._inflight = []
-                with anyio.CancelScope(shield=True):
-                    await commit(pending, True)
+        try:
+            async with anyio.create_task_group() as tg:
+                while not self._closed:
+                    with anyio.move_on_after(self.flush_interval_s):
+                        await self._wake.wait()
+                    self._wake = anyio.Event()
+                    pending += self._arrived
+                    self._arrived = []
+                    ready, pending = self._complete(pending)
+                    if not self._closed and (ready or self._rides_due()):
+                        await idle.wait()  # commits stay in order, one at a time
+                        idle = anyio.Event()
+                        self._inflight = ready
+                        tg.start_soon(self._commit_inflight, commit, idle)
+                    elif self._closed:
+                        pending = [*ready, *pending]
+        finally:
+            # A stopped run still commits every result already handed over, complete
+            # days or not, including a batch whose commit was interrupted (merging is
+            # idempotent).
+            pending = [*self._inflight, *pending, *self._arrived]
+            self._inflight = []
+            self._arrived = []
+            with anyio.CancelScope(shield=True):
+                await commit(pending, True)
 
     async def _commit_inflight(self, commit: Commit, idle: anyio.Event) -> None:
         await commit(self._inflight, False)
@@ -155,12 +164,3 @@ class Writer:
         async with self._lock:
             return await anyio.to_thread.run_sync(self.lake.commit, self.user_id, batch, removals)
 
-
-def _ready(recv: MemoryObjectReceiveStream[WorkoutResult]) -> list[WorkoutResult]:
-    """The results waiting in the stream, without waiting for more."""
-    ready: list[WorkoutResult] = []
-    while True:
-        try:
-            ready.append(recv.receive_nowait())
-        except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
-            return ready
