@@ -84,10 +84,12 @@ class AdaptiveLimiter:
         self._span_accepted = 0  # accepted requests sent inside the span
         self.measured_limit: float | None = None  # the server's limit, once 429s measured it
         # Release times of the last floor(rate) callers: the window check's memory.
-        self._released: deque[float] = deque(maxlen=max(1, math.floor(rate)))
+        self._window_size = max(1, math.floor(rate))
+        self._released: deque[float] = deque(maxlen=self._window_size)
         # asyncio's lock: uncontended (the usual case) it does not yield to the
         # event loop, where anyio's Lock always does, once per request.
         self._window_turn = asyncio.Lock()
+        self._window_users = 0  # callers holding or awaiting _window_turn
 
     @property
     def current_rate(self) -> float:
@@ -101,20 +103,26 @@ class AdaptiveLimiter:
         """Wait for this caller's slot, then for room in the last second's window.
 
         Returns the release time, for ``on_throttled`` to tell which pace a 429 answers."""
-        slot = await self._paced()
+        cuts = self._cuts
+        now = self._clock()
+        slot = max(now, self._next_slot)
+        self._next_slot = slot + 1.0 / self._rate
+        if slot > now:  # the usual case at a rate above the run's pace does not get here
+            slot = await self._paced(slot, now, cuts)
         return await self._within_window(slot)
 
-    async def _paced(self) -> float:
-        """Even pacing; take a new slot if the rate was cut while waiting. Returns the slot."""
+    async def _paced(self, slot: float, now: float, cuts: int) -> float:
+        """Sleep until ``slot``, taken at ``now``; take a new slot if the rate was cut
+        while waiting. Returns the slot."""
         while True:
+            await self._sleep(slot - now)
+            if self._cuts == cuts:
+                return slot
             cuts = self._cuts
             now = self._clock()
             slot = max(now, self._next_slot)
             self._next_slot = slot + 1.0 / self._rate
             if slot <= now:
-                return slot
-            await self._sleep(slot - now)
-            if self._cuts == cuts:
                 return slot
 
     async def _within_window(self, slot: float) -> float:
@@ -123,15 +131,33 @@ class AdaptiveLimiter:
         Pacing reserves slots ahead, so a caller that wakes late goes out close to
         the next one; checking release times (the later of slot and clock) keeps
         such bunching from ever putting more than a second's worth into a second.
+        While nobody holds or awaits the lock and the window has room, check and
+        record run without it: nothing else can run in between, as under a free lock.
         """
-        async with self._window_turn:  # one at a time: check and record are one step
-            released = max(self._clock(), slot)
-            if len(self._released) == self._released.maxlen:
-                room_at = self._released[0] + 1.0
-                if released < room_at:
-                    await self._sleep(room_at - released)
-                    released = max(self._clock(), room_at)
-            self._released.append(released)
+        if self._window_users:
+            return await self._window_turn_for(slot, None)
+        released = max(self._clock(), slot)
+        if len(self._released) == self._window_size and released < self._released[0] + 1.0:
+            return await self._window_turn_for(slot, released)  # the lock is free: no yield
+        self._released.append(released)
+        return released
+
+    async def _window_turn_for(self, slot: float, released: float | None) -> float:
+        """``_within_window`` under the lock, waiting for room; ``released``: the
+        release time already read by a caller that found the lock free."""
+        self._window_users += 1
+        try:
+            async with self._window_turn:  # one at a time: check and record are one step
+                if released is None:
+                    released = max(self._clock(), slot)
+                if len(self._released) == self._window_size:
+                    room_at = self._released[0] + 1.0
+                    if released < room_at:
+                        await self._sleep(room_at - released)
+                        released = max(self._clock(), room_at)
+                self._released.append(released)
+        finally:
+            self._window_users -= 1
         return released
 
     def on_throttled(self, sent_at: float | None = None) -> None:

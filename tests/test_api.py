@@ -12,6 +12,7 @@ import anyio
 import pytest
 from aiohttp import web
 from anyio.streams.memory import MemoryObjectReceiveStream
+from yarl import URL
 
 from harvester.api import (
     NULL_RIDE_ID,
@@ -112,6 +113,29 @@ async def test_invalid_ids_are_rejected_before_any_request(tmp_path: Path) -> No
         with pytest.raises(ValueError, match="all-zero ride id"):
             await api.ride_details(NULL_RIDE_ID)
     assert fake.srv.seen == []
+
+
+@pytest.mark.parametrize("base", [
+    "http://127.0.0.1:8080", "https://api.onepeloton.com/", "https://API.OnePeloton.com:443",
+    "http://[::1]:99/pre%20fix/", "https://bücher.example/p", "http://h/x/..", "http://h?x=1",
+    "http://h#f"])
+@pytest.mark.parametrize(("path", "params"), [
+    ("/api/me", None),
+    (f"/api/workout/{WORKOUT_ID}/performance_graph", {"every_n": "5"}),
+    (f"/api/user/{USER_ID}/workouts", {"joins": "ride,ride.instructor", "limit": "100",
+                                       "page": "3", "sort_by": "-created"}),
+    (f"/api/ride/{GYM_RIDE_ID}/details", None),
+    ("/api/ride/not plain", None),
+])
+def test_built_urls_are_the_ones_aiohttp_would_parse(base: str, path: str,
+                                                      params: dict[str, str] | None) -> None:
+    """The URL sent is what aiohttp made of base_url + path and ``params=`` before."""
+    api = PelotonApi(None, None, Config(api=ApiConfig(base_url=base)))  # type: ignore[arg-type]
+    parsed = URL(f"{base.rstrip('/')}{path}")
+    expected = parsed.extend_query(params) if params else parsed
+    built = api._url(path, params)
+    assert built == expected
+    assert str(built) == str(expected)
 
 
 async def test_workouts_page_sends_the_documented_query(tmp_path: Path) -> None:
