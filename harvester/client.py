@@ -57,6 +57,13 @@ from harvester.errors import (
 from harvester.limiter import AdaptiveLimiter
 
 JsonObject = dict[str, object]
+
+
+class Answer(NamedTuple):
+    """A JSON object answer and the body it was decoded from (to write it on as it came)."""
+
+    value: JsonObject
+    body: bytes
 log = logging.getLogger(__name__)
 
 DEFAULT_USER_AGENT = (
@@ -205,6 +212,25 @@ class HttpClient:
 
         ``target``: the URL to send, query included, already built (``params`` then
         None): aiohttp sends it without parsing ``url``, which messages still name."""
+        answer = await self.request_answer(
+            method, url, endpoint=endpoint, params=params, headers=headers, json=json, data=data,
+            follow_redirects=follow_redirects, target=target)
+        return answer.value
+
+    async def request_answer(
+        self,
+        method: str,
+        url: str,
+        *,
+        endpoint: str,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        json: object = None,
+        data: Mapping[str, str] | None = None,
+        follow_redirects: bool = False,
+        target: URL | None = None,
+    ) -> Answer:
+        """``request_json``, with the body the object was decoded from."""
         request = _Request(method, url, url if target is None else target, endpoint, params,
                            self._headers(headers), json, data, follow_redirects)
         attempt = 0
@@ -234,7 +260,7 @@ class HttpClient:
             self._merged[key] = merged
         return merged
 
-    async def _attempt(self, request: _Request) -> JsonObject:
+    async def _attempt(self, request: _Request) -> Answer:
         method, url, endpoint = request.method, request.url, request.endpoint
         sent_at = await self._limiter.acquire()  # what `async with` does, two coroutines fewer
         self.stats.requests += 1
@@ -251,7 +277,8 @@ class HttpClient:
                          urlsplit(url).hostname, self._limiter.current_rate)
         else:
             self._limiter.on_success(sent_at)  # any other answer passed the server's rate limit
-        return interpret(method, url, reply.status, reply.body, reply.retry_after, reply.location)
+        return Answer(interpret(method, url, reply.status, reply.body, reply.retry_after,
+                                reply.location), reply.body)
 
     async def _send(self, request: _Request) -> _Reply:
         try:

@@ -32,6 +32,7 @@ from bench import (
     Emulator,
     Harvester,
     _median,
+    files_floor,
     harvest_urls,
     measure,
 )
@@ -285,6 +286,11 @@ def scenario_accounts_zero(tmp: Path, accounts: int, workouts: int, *, extras: b
         reference = _rates(*_bare(emu, spec, BARE_REFERENCE_IN_FLIGHT)) if extras else None
     ratio = harvester["requests_per_s"] / bare["requests_per_s"]
     bare_cpu, bare_wall = bare["process"]["cpu_s"], bare["process"]["wall_s"]
+    # The floor: both sides are CPU-bound on one core here, so the best any harvester
+    # writing this lake could reach is the bare loop's wall plus the CPU of writing the
+    # same files the lake's way and decoding their JSON once.
+    files = files_floor(tmp / "lake", tmp / "floor")
+    floor = bare_wall / (bare_wall + files["write_cpu_s"] + files["decode_cpu_s"])
     also = (f"the bare loop at {BARE_REFERENCE_IN_FLIGHT} in flight: {reference['requests_per_s']:,.0f} "
             "req/s; " if reference else "")
     return {
@@ -300,7 +306,9 @@ def scenario_accounts_zero(tmp: Path, accounts: int, workouts: int, *, extras: b
                   f"req/s, {harvester['requests']:,} requests each; CPU {ours.cpu_s:.1f} s vs "
                   f"{bare_cpu:.1f} s, wall {ours.wall_s:.1f} s vs {bare_wall:.1f} s; harvester peak "
                   f"RSS {ours.maxrss_mb:.0f} MB; {also}load {_span(our_loads)} during ours, "
-                  f"{_span(bare_loads)} during the bare loop)"),
+                  f"{_span(bare_loads)} during the bare loop; the floor, the bare loop's wall + "
+                  f"writing the same lake's files + one decode: {floor:.2f})"),
+        "floor_ratio": round(floor, 3), "lake_files_alone": files,
         "harvester": harvester, "bare_loop": bare, f"bare_loop_{BARE_REFERENCE_IN_FLIGHT}": reference,
         "in_flight": in_flight, "load_average": {"harvester": our_loads, "bare_loop": bare_loads},
         "emulator": emu_info,
