@@ -18,12 +18,13 @@ they never hold request bodies, headers, cookies or tokens.
 from __future__ import annotations
 
 import email.utils
+import functools
 import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, ParamSpec
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -57,6 +58,7 @@ from harvester.errors import (
 from harvester.limiter import AdaptiveLimiter
 
 JsonObject = dict[str, object]
+P = ParamSpec("P")
 
 
 class Answer(NamedTuple):
@@ -155,6 +157,17 @@ class _Request(NamedTuple):
     follow_redirects: bool = False
 
 
+def _value_of(send: Callable[P, Awaitable[Answer]]) -> Callable[P, Awaitable[JsonObject]]:
+    """``send`` returning the object alone: the same parameters, no second signature to keep."""
+
+    @functools.wraps(send)
+    async def value(*args: P.args, **kwargs: P.kwargs) -> JsonObject:
+        return (await send(*args, **kwargs)).value
+
+    value.__name__ = value.__qualname__ = "request_json"
+    return value
+
+
 class HttpClient:
     """JSON over one shared ClientSession, with pacing, retries and error translation."""
 
@@ -195,28 +208,6 @@ class HttpClient:
     def timeout(self) -> aiohttp.ClientTimeout:
         return self._timeout
 
-    async def request_json(
-        self,
-        method: str,
-        url: str,
-        *,
-        endpoint: str,
-        params: Mapping[str, str] | None = None,
-        headers: Mapping[str, str] | None = None,
-        json: object = None,
-        data: Mapping[str, str] | None = None,
-        follow_redirects: bool = False,
-        target: URL | None = None,
-    ) -> JsonObject:
-        """Send until a JSON object comes back or the policy gives up.
-
-        ``target``: the URL to send, query included, already built (``params`` then
-        None): aiohttp sends it without parsing ``url``, which messages still name."""
-        answer = await self.request_answer(
-            method, url, endpoint=endpoint, params=params, headers=headers, json=json, data=data,
-            follow_redirects=follow_redirects, target=target)
-        return answer.value
-
     async def request_answer(
         self,
         method: str,
@@ -230,7 +221,11 @@ class HttpClient:
         follow_redirects: bool = False,
         target: URL | None = None,
     ) -> Answer:
-        """``request_json``, with the body the object was decoded from."""
+        """Send until a JSON object comes back or the policy gives up; the object and the
+        body it was decoded from (``request_json``: the object alone).
+
+        ``target``: the URL to send, query included, already built (``params`` then
+        None): aiohttp sends it without parsing ``url``, which messages still name."""
         request = _Request(method, url, url if target is None else target, endpoint, params,
                            self._headers(headers), json, data, follow_redirects)
         attempt = 0
@@ -248,6 +243,8 @@ class HttpClient:
                 log.debug("%s; retry %d of %d in %.2f s", exc, attempt,
                           self.policy.max_attempts - 1, delay)
                 await self._sleep(delay)
+
+    request_json = _value_of(request_answer)
 
     def _headers(self, headers: Mapping[str, str] | None) -> CIMultiDictProxy[str]:
         """BASE_HEADERS with ``headers`` over them (same names: theirs win)."""
