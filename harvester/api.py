@@ -22,7 +22,6 @@ from yarl import URL
 from harvester.auth import Authenticator, Paste, make_authenticator
 from harvester.client import (
     DEFAULT_BACKOFF_BASE_S,
-    Answer,
     HttpClient,
     JsonObject,
     RequestStats,
@@ -185,32 +184,21 @@ class PelotonApi:
                      "GET /api/user/{id}/workouts")
 
     async def workout(self, workout_id: str) -> JsonObject:
-        return (await self.workout_answer(workout_id)).value
+        wid = _require_id("a workout", workout_id)
+        return await self._get(f"/api/workout/{wid}", "workout")
 
     async def performance_graph(self, workout_id: str, every_n: int) -> JsonObject:
-        return (await self.performance_graph_answer(workout_id, every_n)).value
-
-    async def ride_details(self, ride_id: str) -> JsonObject:
-        return (await self.ride_details_answer(ride_id)).value
-
-    # The same three with the bodies they were decoded from (the harvest writes those on).
-
-    async def workout_answer(self, workout_id: str) -> Answer:
-        wid = _require_id("a workout", workout_id)
-        return await self._get_answer(f"/api/workout/{wid}", "workout")
-
-    async def performance_graph_answer(self, workout_id: str, every_n: int) -> Answer:
         wid = _require_id("a workout", workout_id)
         if not isinstance(every_n, int) or every_n < 1:
             raise ValueError(f"every_n must be a positive integer, got {every_n!r}")
-        return await self._get_answer(f"/api/workout/{wid}/performance_graph",
-                                      "performance_graph", {"every_n": str(every_n)})
+        return await self._get(f"/api/workout/{wid}/performance_graph", "performance_graph",
+                               {"every_n": str(every_n)})
 
-    async def ride_details_answer(self, ride_id: str) -> Answer:
+    async def ride_details(self, ride_id: str) -> JsonObject:
         if ride_id == NULL_RIDE_ID:
             raise ValueError("the all-zero ride id has no details; do not ask for it")
         rid = _require_id("a ride", ride_id, is_ride_id)
-        return await self._get_answer(f"/api/ride/{rid}/details", "ride_details")
+        return await self._get(f"/api/ride/{rid}/details", "ride_details")
 
     async def instructors_page(self, page: int, limit: int) -> WorkoutPage:
         params = {"limit": str(limit), "page": str(page)}
@@ -219,22 +207,18 @@ class PelotonApi:
 
     async def _get(self, path: str, endpoint: str,
                    params: Mapping[str, str] | None = None) -> JsonObject:
-        return (await self._get_answer(path, endpoint, params)).value
-
-    async def _get_answer(self, path: str, endpoint: str,
-                          params: Mapping[str, str] | None = None) -> Answer:
         """GET with auth; after a 401 one shared re-authentication and one more try."""
         url, target = f"{self._base}{path}", self._url(path, params)
         sent = await self._auth.headers()
         try:
-            return await self._http.request_answer("GET", url, endpoint=endpoint, headers=sent,
-                                                   target=target)
+            return await self._http.request_json("GET", url, endpoint=endpoint, headers=sent,
+                                                 target=target)
         except UnauthorizedError:
             await self._auth.handle_unauthorized(sent)
         sent = await self._auth.headers()
         try:
-            return await self._http.request_answer("GET", url, endpoint=endpoint, headers=sent,
-                                                   target=target)
+            return await self._http.request_json("GET", url, endpoint=endpoint, headers=sent,
+                                                 target=target)
         except UnauthorizedError as exc:
             raise AuthError(
                 "Peloton rejected the credentials again right after re-authenticating (HTTP 401); "

@@ -18,13 +18,12 @@ they never hold request bodies, headers, cookies or tokens.
 from __future__ import annotations
 
 import email.utils
-import functools
 import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple, ParamSpec
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -58,14 +57,6 @@ from harvester.errors import (
 from harvester.limiter import AdaptiveLimiter
 
 JsonObject = dict[str, object]
-P = ParamSpec("P")
-
-
-class Answer(NamedTuple):
-    """A JSON object answer and the body it was decoded from (to write it on as it came)."""
-
-    value: JsonObject
-    body: bytes
 log = logging.getLogger(__name__)
 
 DEFAULT_USER_AGENT = (
@@ -157,17 +148,6 @@ class _Request(NamedTuple):
     follow_redirects: bool = False
 
 
-def _value_of(send: Callable[P, Awaitable[Answer]]) -> Callable[P, Awaitable[JsonObject]]:
-    """``send`` returning the object alone: the same parameters, no second signature to keep."""
-
-    @functools.wraps(send)
-    async def value(*args: P.args, **kwargs: P.kwargs) -> JsonObject:
-        return (await send(*args, **kwargs)).value
-
-    value.__name__ = value.__qualname__ = "request_json"
-    return value
-
-
 class HttpClient:
     """JSON over one shared ClientSession, with pacing, retries and error translation."""
 
@@ -208,7 +188,7 @@ class HttpClient:
     def timeout(self) -> aiohttp.ClientTimeout:
         return self._timeout
 
-    async def request_answer(
+    async def request_json(
         self,
         method: str,
         url: str,
@@ -220,9 +200,8 @@ class HttpClient:
         data: Mapping[str, str] | None = None,
         follow_redirects: bool = False,
         target: URL | None = None,
-    ) -> Answer:
-        """Send until a JSON object comes back or the policy gives up; the object and the
-        body it was decoded from (``request_json``: the object alone).
+    ) -> JsonObject:
+        """Send until a JSON object comes back or the policy gives up.
 
         ``target``: the URL to send, query included, already built (``params`` then
         None): aiohttp sends it without parsing ``url``, which messages still name."""
@@ -244,8 +223,6 @@ class HttpClient:
                           self.policy.max_attempts - 1, delay)
                 await self._sleep(delay)
 
-    request_json = _value_of(request_answer)
-
     def _headers(self, headers: Mapping[str, str] | None) -> CIMultiDictProxy[str]:
         """BASE_HEADERS with ``headers`` over them (same names: theirs win)."""
         key = tuple(headers.items()) if headers else ()
@@ -257,7 +234,7 @@ class HttpClient:
             self._merged[key] = merged
         return merged
 
-    async def _attempt(self, request: _Request) -> Answer:
+    async def _attempt(self, request: _Request) -> JsonObject:
         method, url, endpoint = request.method, request.url, request.endpoint
         sent_at = await self._limiter.acquire()  # what `async with` does, two coroutines fewer
         self.stats.requests += 1
@@ -274,8 +251,7 @@ class HttpClient:
                          urlsplit(url).hostname, self._limiter.current_rate)
         else:
             self._limiter.on_success(sent_at)  # any other answer passed the server's rate limit
-        return Answer(interpret(method, url, reply.status, reply.body, reply.retry_after,
-                                reply.location), reply.body)
+        return interpret(method, url, reply.status, reply.body, reply.retry_after, reply.location)
 
     async def _send(self, request: _Request) -> _Reply:
         try:

@@ -67,7 +67,7 @@ from harvester.lakefile import (
 from harvester.storage import Batch, Entry, LocalStorage, Storage, open_storage
 
 __all__ = ["DATASETS", "Encoded", "Lake", "Row", "check_user_id", "encoded", "partition_date",
-           "passed_on", "primary_key", "row_problem", "utc_day", "workout_day"]
+           "primary_key", "row_problem", "utc_day", "workout_day"]
 
 # Workouts last: a workout row in the lake implies its graph and ride were committed before it.
 # Deletions first: a workout removed from the lake is recorded as deleted before it goes.
@@ -99,33 +99,6 @@ def encoded(dataset: str, row: Row) -> Encoded:
     """``row`` as the line ``Lake.commit`` would write; LakeError if it cannot be."""
     key = primary_key(dataset, row)
     return Encoded(key, partition_date(dataset, row), _line(dataset, key, row))
-
-
-def passed_on(dataset: str, value: Row, body: bytes, extra: Row) -> Encoded:
-    """``{**value, **extra}`` as its lake line, made from ``body``, the JSON text ``value`` was
-    just decoded from, when that is safe: ``extra``'s few keys are spliced in before the
-    closing brace instead of encoding the whole answer again (a performance graph's
-    thousands of numbers). Safe means one line, an object that is not empty and holds
-    none of ``extra``'s keys; otherwise the row is encoded as ``encoded`` does (LakeError
-    likewise). The line parses to the same object either way."""
-    row = {**value, **extra}  # shallow: the key and partition read it; its line is not made
-    key = primary_key(dataset, row)
-    part = partition_date(dataset, row)
-    line = _spliced(body, value, extra)
-    return Encoded(key, part, _line(dataset, key, row) if line is None else line)
-
-
-def _spliced(body: bytes, value: Row, extra: Row) -> bytes | None:
-    if not value or b"\n" in body or b"\r" in body or any(name in value for name in extra):
-        return None
-    text = body.strip(b" \t")
-    if text[:1] != b"{" or text[-1:] != b"}":  # a byte-order mark, say: leave it to orjson
-        return None
-    try:
-        tail = orjson.dumps(extra)
-    except (TypeError, orjson.JSONEncodeError):
-        return None
-    return b"".join((text[:-1], b",", tail[1:], b"\n"))
 
 
 def _line(dataset: str, key: str, row: Row) -> bytes:

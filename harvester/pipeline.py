@@ -48,7 +48,7 @@ from typing import Any, TypeVar
 import anyio
 
 from harvester.api import NULL_RIDE_ID, PelotonApi, WorkoutRef, is_ride_id, workout_ref
-from harvester.client import Answer, JsonObject
+from harvester.client import JsonObject
 from harvester.config import Config
 from harvester.errors import (
     ApiError,
@@ -60,7 +60,7 @@ from harvester.errors import (
 )
 from harvester.heal import LakeScan, heal, ride_ids, scan
 from harvester.jobs import Jobs
-from harvester.lake import Encoded, Lake, passed_on, workout_day
+from harvester.lake import Encoded, Lake, encoded, workout_day
 from harvester.listing import ListingGuard
 from harvester.reconcile import NEED_ALL, NEED_GRAPH, RECONCILE_PAGE_SIZE, MassDeleteError, Mirror
 from harvester.scancache import ScanCache
@@ -106,7 +106,7 @@ class Outcome:
 
 
 T = TypeVar("T")
-Call = Callable[[], Awaitable[Answer]]
+Call = Callable[[], Awaitable[JsonObject]]
 # Workouts open (requests queued or out) per request slot: enough that the listing's
 # next page arrives before the queue runs dry, few enough to bound memory.
 DEFAULT_OPEN_PER_SLOT = 3
@@ -119,7 +119,7 @@ class _Open:
     ref: WorkoutRef
     result: WorkoutResult
     graph_only: bool = False  # in the lake without its graph: only that is fetched
-    got: dict[str, Answer | ApiError] = field(default_factory=dict)
+    got: dict[str, JsonObject | ApiError] = field(default_factory=dict)
     due: int = 0
     ride_id: str | None = None  # the class the listing names, claimed for this workout
     late_ride: str | None = None  # the class the detail names, when another and new
@@ -445,18 +445,16 @@ class Harvest:
         unknown) asks for the detail first, so a still-running one costs one request."""
         ref = workout.ref
         if workout.graph_only:  # in the lake without its graph: fetch just that
-            return [("graph", self._graph_call(ref.id))]
-        calls: list[tuple[str, Call]] = [("detail", partial(self.api.workout_answer, ref.id))]
+            return [("graph", partial(self.api.performance_graph, ref.id, self.config.harvest.every_n))]
+        calls: list[tuple[str, Call]] = [("detail", partial(self.api.workout, ref.id))]
         listed = ref.created_at is not None
         if listed and self._wants_graph:
-            calls.append(("graph", self._graph_call(ref.id)))
+            calls.append(("graph", partial(self.api.performance_graph, ref.id,
+                                           self.config.harvest.every_n)))
         workout.ride_id = self._claim_ride(ref.ride_id) if listed else None
         if workout.ride_id is not None:
-            calls.append(("ride", partial(self.api.ride_details_answer, workout.ride_id)))
+            calls.append(("ride", partial(self.api.ride_details, workout.ride_id)))
         return calls
-
-    def _graph_call(self, workout_id: str) -> Call:
-        return partial(self.api.performance_graph_answer, workout_id, self.config.harvest.every_n)
 
     def _next_requests(self, workout: _Open) -> list[tuple[str, Call]]:
         """Turn the answers in into rows or recorded failures; the requests still needed."""
@@ -466,19 +464,19 @@ class Harvest:
             if isinstance(alone, ApiError):
                 self._workout_failed(result, alone)
             elif ref.created_at is not None:
-                result.graph = self._graph_line(ref.id, alone, ref.created_at, _utc_now_iso(self.now()))
+                result.graph = self._encoded("performance_graphs", self._graph_row(
+                    ref.id, alone, ref.created_at, _utc_now_iso(self.now())))
             return []
         if "ride" in got:
             assert workout.ride_id is not None
-            self._hold_ride(self._ride_line(workout.ride_id, got.pop("ride"), result))
+            self._hold_ride(self._ride_row(workout.ride_id, got.pop("ride"), result))
         if workout.late_ride is not None:  # the last request: the class the detail names
-            self._hold_ride(self._ride_line(workout.late_ride, got["late_ride"], result))
+            self._hold_ride(self._ride_row(workout.late_ride, got["late_ride"], result))
             return []
-        answer = got["detail"]
-        if isinstance(answer, ApiError):
-            self._workout_failed(result, answer)
+        detail = got["detail"]
+        if isinstance(detail, ApiError):
+            self._workout_failed(result, detail)
             return []
-        detail = answer.value
         if detail.get("status") == "IN_PROGRESS":
             result.in_progress = True
             return []
@@ -492,52 +490,44 @@ class Harvest:
             return []
         graph = got.get("graph")
         if graph is None and self._wants_graph:  # retried by id: the detail came alone
-            return [("graph", self._graph_call(ref.id))]
+            return [("graph", partial(self.api.performance_graph, ref.id, self.config.harvest.every_n))]
         if isinstance(graph, ApiError):
             self._workout_failed(result, graph)
             return []
-        self._settle_rows(result, answer, graph, created_at)
+        self._settle_rows(result, detail, graph, created_at)
         workout.late_ride = self._claim_ride(_ride_id(detail))
         if workout.late_ride is not None:  # retried by id, or the class changed since the listing
-            return [("late_ride", partial(self.api.ride_details_answer, workout.late_ride))]
+            return [("late_ride", partial(self.api.ride_details, workout.late_ride))]
         return []
 
-    def _settle_rows(self, result: WorkoutResult, detail: Answer, graph: Answer | None,
+    def _settle_rows(self, result: WorkoutResult, detail: JsonObject, graph: JsonObject | None,
                      created_at: int) -> None:
         """The workout's lake lines (and its graph's), both or neither: a workout in the lake
-        implies its graph. A row the lake cannot hold is quarantined (``_passed_on``)."""
+        implies its graph. A row the lake cannot hold is quarantined (``_encoded``)."""
         stamp = _utc_now_iso(self.now())
         graph_line = None
         if graph is not None:
-            graph_line = self._graph_line(result.ref.id, graph, created_at, stamp)
+            graph_line = self._encoded("performance_graphs",
+                                       self._graph_row(result.ref.id, graph, created_at, stamp))
             if graph_line is None:
                 return
-        workout_line = self._passed_on("workouts", detail, {"_harvested_at": stamp})
+        workout_line = self._encoded("workouts", {**detail, "_harvested_at": stamp})
         if workout_line is None:
             return
-        ride = detail.value.get("ride")
+        ride = detail.get("ride")
         ride_id = ride.get("id") if isinstance(ride, dict) else None
         result.workout, result.graph = workout_line, graph_line
         result.created_at, result.ride_id = created_at, ride_id if isinstance(ride_id, str) else None
 
-    def _hold_ride(self, line: Encoded | None) -> None:
+    def _hold_ride(self, row: Row | None) -> None:
         """A class's line waits in the writer for the day it aired (writer.py)."""
+        line = None if row is None else self._encoded("rides", row)
         if line is not None:
             self.writer.hold(line)
 
-    def _graph_line(self, workout_id: str, graph: Answer, created_at: int, stamp: str) -> Encoded | None:
-        return self._passed_on("performance_graphs", graph, {
-            "workout_id": workout_id, "user_id": self.user_id, "created_at": created_at,
-            "_harvested_at": stamp})
-
-    def _passed_on(self, dataset: str, answer: Answer, extra: Row) -> Encoded | None:
-        """The answer with ``extra`` as its lake line, made from the body as it came where safe
-        (lake.passed_on); None (the row quarantined alone) when the lake cannot hold it."""
-        try:
-            return passed_on(dataset, answer.value, answer.body, extra)
-        except LakeError as exc:
-            self._quarantine({**answer.value, **extra}, str(exc))
-            return None
+    def _graph_row(self, workout_id: str, graph: JsonObject, created_at: int, stamp: str) -> Row:
+        return {**graph, "workout_id": workout_id, "user_id": self.user_id,
+                "created_at": created_at, "_harvested_at": stamp}
 
     @property
     def _wants_graph(self) -> bool:
@@ -565,14 +555,14 @@ class Harvest:
         else:
             result.failures.append(_failure("workout", result.ref.id, exc))
 
-    async def _fetch_ride(self, ride_id: str, result: WorkoutResult) -> Encoded | None:
+    async def _fetch_ride(self, ride_id: str, result: WorkoutResult) -> Row | None:
         try:
-            got: Answer | ApiError = await self.api.ride_details_answer(ride_id)
+            got: JsonObject | ApiError = await self.api.ride_details(ride_id)
         except ApiError as exc:
             got = exc
-        return self._ride_line(ride_id, got, result)
+        return self._ride_row(ride_id, got, result)
 
-    def _ride_line(self, ride_id: str, got: Answer | ApiError, result: WorkoutResult) -> Encoded | None:
+    def _ride_row(self, ride_id: str, got: JsonObject | ApiError, result: WorkoutResult) -> Row | None:
         if isinstance(got, NotFoundError):
             # Gym classes (UUID ids) and retired classes have no details: remember, move on.
             self.outcome.rides_not_found.append(ride_id)
@@ -580,8 +570,7 @@ class Harvest:
         if isinstance(got, ApiError):
             result.failures.append(_failure("ride", ride_id, got))
             return None
-        return self._passed_on("rides", got, {"ride_id": ride_id,
-                                              "_harvested_at": _utc_now_iso(self.now())})
+        return {**got, "ride_id": ride_id, "_harvested_at": _utc_now_iso(self.now())}
 
     # -- committing (writer.py runs the loop) ---------------------------------
 
@@ -618,6 +607,15 @@ class Harvest:
         self.done += len(results)
         self._report()
 
+    def _encoded(self, dataset: str, row: Row) -> Encoded | None:
+        """The row as its lake line, serialised once; None (the row quarantined alone) when
+        the lake cannot hold it: no key, no partition, not JSON. The batch goes on."""
+        try:
+            return encoded(dataset, row)
+        except LakeError as exc:
+            self._quarantine(row, str(exc))
+            return None
+
     def _report(self) -> None:
         if self.on_progress is not None:
             self.on_progress(self.done, max(self.total, self.done))
@@ -645,7 +643,7 @@ class Harvest:
                 refused.append(exc)
                 return
             if ride is not None:
-                rows.append(ride)
+                rows.append(encoded("rides", ride))
 
         width = self.config.harvest.concurrency
         for start in range(0, len(todo), width):
