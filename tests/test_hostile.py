@@ -256,3 +256,26 @@ def test_rss_wrapper_measures_the_child() -> None:
                                       "[sys.executable, '-c', sys.argv[2]]")
         subprocess.run([sys.executable, "-c", wrapper, str(rss), code], check=True)
         assert int(rss.read_text()) / 1024 > 300
+
+
+async def test_answers_with_a_key_twice_are_written_with_it_once(
+    make_emulator: Any, tmp_path: Path
+) -> None:
+    """Details, graphs and classes that hold a key twice: every lake line holds it once (the
+    last value, as the harvester decoded it), so DuckDB, which refuses a line with a
+    duplicate key, reads the whole lake."""
+    import duckdb
+
+    emulator = await make_emulator(
+        workouts=12, hostile="duplicate_keys",
+        hostile_routes=frozenset({"workout", "performance_graph", "ride_details"}))
+    outcome = await harvest(emulator, tmp_path)
+    assert outcome.code == 0, outcome.stderr
+    for dataset in ("workouts", "performance_graphs", "rides"):
+        lines = [line for path in (tmp_path / "lake" / dataset).glob("date=*/*.jsonl")
+                 for line in path.read_bytes().splitlines()]
+        assert lines and all(line.count(b'"duplicated"') == 1 for line in lines), dataset
+        glob = str(tmp_path / "lake" / dataset / "**" / "*.jsonl")
+        seen = duckdb.sql("SELECT count(*), min(duplicated), max(duplicated) FROM "
+                          "read_json($glob, union_by_name = true)", params={"glob": glob}).fetchall()
+        assert seen == [(len(lines), 2, 2)], (dataset, seen)

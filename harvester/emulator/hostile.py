@@ -11,6 +11,9 @@ One mode at a time (``EmulatorSettings.hostile``), switched at runtime:
       endless_body      200, chunked, a JSON array that never ends
       drip              the real answer, one byte every ``drip_s`` seconds
       gzip_bomb         ``Content-Encoding: gzip``, about 1 MB on the wire, 1 GiB inflated
+      duplicate_keys    the real object answer with one key twice, ``"duplicated": 1``
+                        first and ``"duplicated": 2`` last (JSON parsers disagree:
+                        orjson keeps the last, DuckDB and pyarrow refuse the line)
 
 Each is what a broken proxy, a misconfigured base URL or a malicious endpoint can
 send; none of them is what Peloton does.
@@ -60,6 +63,8 @@ async def answer(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await _drip(request, handler, settings.drip_s)
     if mode == "gzip_bomb":
         return _bomb()
+    if mode == "duplicate_keys":
+        return await _duplicate_keys(request, handler)
     raise ValueError(f"unknown hostile mode {mode!r}")
 
 
@@ -112,6 +117,15 @@ async def _drip(request: web.Request, handler: Handler, every_s: float) -> web.S
             await asyncio.sleep(every_s)
         await response.write_eof()
     return response
+
+
+async def _duplicate_keys(request: web.Request, handler: Handler) -> web.StreamResponse:
+    real = await handler(request)
+    body = real.body if isinstance(real, web.Response) else None
+    if real.status != 200 or not isinstance(body, bytes) or not body.startswith(b"{") or body == b"{}":
+        return real
+    twice = b'{"duplicated":1,' + body[1:-1] + b',"duplicated":2}'
+    return web.Response(body=twice, content_type="application/json")
 
 
 def _bomb() -> web.Response:

@@ -26,7 +26,7 @@ LEGACY_LOGIN_MODES = ("ok", "gone")
 QUIRKS = frozenset({"bad_id", "missing_created_at", "null_numbers", "unknown_enum"})
 # Answers built to hang or exhaust a client (hostile.py describes each).
 HOSTILE_MODES = ("none", "repeat_page", "ignore_page", "lying_total", "lying_page_count",
-                 "endless_body", "drip", "gzip_bomb")
+                 "endless_body", "drip", "gzip_bomb", "duplicate_keys")
 ROUTES = frozenset({"me", "user", "overview", "workouts", "workout", "performance_graph",
                     "metadata_mappings", "ride", "ride_details", "instructors", "instructor"})
 
@@ -280,8 +280,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=HOSTILE_MODES,
         default=d.hostile,
         help="answer like a hostile server: repeat_page, ignore_page, lying_total, "
-        "lying_page_count (the workout list); endless_body, drip, gzip_bomb (bodies) "
-        "(default none)",
+        "lying_page_count (the workout list); endless_body, drip, gzip_bomb, duplicate_keys "
+        "(bodies) (default none)",
     )
     add(
         "--hostile-routes",
