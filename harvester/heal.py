@@ -36,7 +36,7 @@ from typing import Any, cast
 import orjson
 
 from harvester.errors import LakeError
-from harvester.lake import DATASETS, Lake, partition_date, primary_key
+from harvester.lake import DATASETS, SHARED_FILES, Lake, partition_date, primary_key
 from harvester.scancache import Facts, ScanCache
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,12 @@ class FileScan:
     @property
     def output(self) -> Output:
         return (self.dataset, self.part, self.stem)
+
+    @property
+    def moving(self) -> bool:
+        """An account's own file of a shared dataset, from before it was shared: its rows move
+        to the shared file and it goes."""
+        return self.dataset in SHARED_FILES and self.stem != SHARED_FILES[self.dataset]
 
 
 @dataclass(slots=True)
@@ -122,14 +128,15 @@ class LakeScan:
 
     def outputs_to_rewrite(self) -> set[Output]:
         """The files a heal rewrites: damaged, duplicated, misplaced, or receiving a row."""
-        outputs = {f.output for f in self.files if f.faults or f.no_final_newline}
+        outputs = {f.output for f in self.files if f.faults or f.no_final_newline or f.moving}
+        moving = {f.path for f in self.files if f.moving}
         stems = {f.path: f.stem for f in self.files}
         for dataset, keys in self.copies.items():
             for key, copies in keys.items():
-                if len(copies) == 1 and copies[0].home == copies[0].part:
+                if len(copies) == 1 and copies[0].home == copies[0].part and copies[0].path not in moving:
                     continue
                 kept = self.winner(dataset, key)
-                outputs.add((dataset, kept.home, stems[kept.path]))
+                outputs.add((dataset, kept.home, _home_stem(dataset, stems[kept.path])))
                 outputs.update((dataset, c.part, stems[c.path]) for c in copies)
         return outputs
 
@@ -266,6 +273,11 @@ def _split(data: bytes) -> Iterator[tuple[int, bytes, bool]]:
         start = len(data) if last_open else end + 1
 
 
+def _home_stem(dataset: str, stem: str) -> str:
+    """The file a row of ``stem``'s file is kept in: the shared one, for a shared dataset."""
+    return SHARED_FILES.get(dataset, stem)
+
+
 def _short(key: str) -> str:
     """``date=…/file`` of a key: the partition and file name."""
     return "/".join(key.split("/")[-2:])
@@ -297,6 +309,10 @@ def heal(lake: Lake, found: LakeScan) -> list[str]:
     if not outputs:
         return problems
     for f in found.files:
+        if f.moving:
+            log.info("lake file %s: its rows move to the %s file every account shares",
+                     f"{lake.url}/{f.path}", SHARED_FILES[f.dataset])
+    for f in found.files:
         if f.faults and f.output in outputs:
             kept = lake.quarantine(f.path, stamp)
             log.warning("lake file %s is damaged (%s): kept as %s, its whole lines re-committed",
@@ -307,8 +323,9 @@ def heal(lake: Lake, found: LakeScan) -> list[str]:
     gaining = {out for out, lines in contents.items() if lines.keys() - held[out]}
     for phase in (gaining, set(contents) - gaining):
         for dataset in DATASETS:
-            files = [(part, stem, contents[(ds, part, stem)])
-                     for ds, part, stem in sorted(phase, key=str) if ds == dataset]
+            # A shared file is merged, not replaced: the keys leaving it are named.
+            files = [(out[1], out[2], contents[out], frozenset(held[out] - contents[out].keys()))
+                     for out in sorted(phase, key=str) if out[0] == dataset]
             if files:
                 lake.replace_files(dataset, files)
     return problems
@@ -328,7 +345,7 @@ def _healed_contents(lake: Lake, found: LakeScan, outputs: set[Output]) -> dict[
             kept = found.winner(f.dataset, key)
             if (kept.path, kept.line) == (f.path, number):
                 line = orjson.dumps(row) + b"\n"
-                contents.setdefault((f.dataset, kept.home, f.stem), {})[key] = line
+                contents.setdefault((f.dataset, kept.home, _home_stem(f.dataset, f.stem)), {})[key] = line
     return contents
 
 

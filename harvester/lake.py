@@ -3,7 +3,8 @@
 Layout (SPEC "The lake")::
 
     <root>/<dataset>/date=YYYY-MM-DD/<user_id>.jsonl[.gz]
-    <root>/instructors/instructors.jsonl[.gz]   (shared by all accounts)
+    <root>/rides/date=YYYY-MM-DD/rides.jsonl[.gz]   (shared by all accounts)
+    <root>/instructors/instructors.jsonl[.gz]       (shared by all accounts)
     <root>/_harvester/                       state.py's; only quarantine is written here
 
 Every byte goes through ``harvester.storage`` (a local folder or an object
@@ -15,13 +16,16 @@ store). A commit rewrites only the partition files its rows touch:
  2. publish the batch: locally one ``syncfs`` barrier, the renames in order and
     a second barrier (storage/local.py); on an object store one whole PUT per
     file, the files of one dataset concurrently (storage/objects.py). Datasets
-    go in COMMIT_ORDER (graphs and rides before workouts), and within a dataset
-    the partitions gaining rows before those losing some.
+    go in COMMIT_ORDER (graphs before workouts), and within a dataset the
+    partitions gaining rows before those losing some.
 
-A file shared by all accounts (instructors, metadata_mappings) is not in the batch: it is merged
-with compare-and-swap (read with its version, merge, ``replace`` on that
-version or ``create`` if absent), retried on conflict, so runs of different
-accounts, on one machine or several, never lose each other's rows.
+A file shared by all accounts (classes, instructors, metadata_mappings) is not in
+the batch: before it, each is merged with compare-and-swap (read with its
+version, merge, ``replace`` on that version or ``create`` if absent), retried on
+conflict, so runs of different accounts, on one machine or several, never lose
+each other's rows, and a class two accounts took is one row. An account's own
+file of a shared dataset, which versions before 2026-12 wrote for classes, is
+read as the account's and moved into the shared file by heal.py.
 
 Which files exist is listed once per dataset per ``Lake`` (a run's lake), and
 kept up to date by its own commits: a new partition costs no lookup. This is
@@ -76,10 +80,12 @@ COMMIT_ORDER = ("deletions", "performance_graphs", "rides", "instructors", "prof
 STATE_DIR = "_harvester"
 
 _UNPARTITIONED = frozenset({"instructors"})
-# Instructors are the same for every account: one shared file keeps each id once
-# in a lake that several accounts share, merged with compare-and-swap; so is the
-# daily metadata_mappings row (one file per day, shared by every account).
-SHARED_FILES = {"instructors": "instructors", "metadata_mappings": "metadata_mappings"}
+# Instructors and classes are the same for every account: one shared file keeps each
+# id once in a lake that several accounts share (two accounts that took one class
+# would otherwise each write it), merged with compare-and-swap; so is the daily
+# metadata_mappings row (one file per day, shared by every account).
+SHARED_FILES = {"instructors": "instructors", "rides": "rides", "metadata_mappings": "metadata_mappings"}
+SHARED_MERGE_WORKERS = 8  # shared files merged at once on an object store
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +187,8 @@ class Lake:
             written = sum(len(rows) for rows in groups.values())
             if written:
                 counts[dataset] = written
+        # Shared files first (classes before the workouts naming them), each on its own.
+        self._merge_all_shared([p for p in plan if p[0] in SHARED_FILES])
         with self.storage.batch() as staged:
             changes: list[_Change] = []
             for dataset in COMMIT_ORDER:
@@ -195,9 +203,6 @@ class Lake:
                     staged.barrier()
             staged.commit()
         self._committed(changes)
-        for dataset, part, new, drop in plan:  # shared files: compare-and-swap, each on its own
-            if dataset in SHARED_FILES:
-                self._merge_shared(dataset, part, new, drop)
         return counts
 
     def workout_ids(self, user_id: str) -> dict[str, int]:
@@ -288,15 +293,27 @@ class Lake:
                 for entry in self._entries(dataset, check_user_id(user_id))]
 
     def other_accounts_files(self, dataset: str, user_id: str) -> list[Entry]:
-        """The listing entries of the dataset's files other accounts write (a shared file: none).
+        """The listing entries of the dataset's files other accounts write (of a shared dataset:
+        those an older version wrote per account, until that account's next run moves them).
 
         From this lake's last listing of the dataset (``account_files`` made one a moment ago).
         """
-        if dataset in SHARED_FILES:
-            return []
-        own = {f"{check_user_id(user_id)}{suffix}" for suffix in SUFFIXES.values()}
+        mine = _names(check_user_id(user_id), SHARED_FILES.get(dataset))
         return [entry for entry in self._entries(dataset, None, fresh=False)
-                if entry.key.rpartition("/")[2] not in own]
+                if entry.key.rpartition("/")[2] not in mine]
+
+    def unshared_files(self, dataset: str) -> list[str]:
+        """The files of a shared dataset that an older version wrote per account (each
+        account's next run moves their rows to the shared files); none for other datasets."""
+        if dataset not in SHARED_FILES:
+            return []
+        shared = _names(SHARED_FILES[dataset])
+        return [entry.key for entry in self._entries(dataset, None)
+                if entry.key.rpartition("/")[2] not in shared]
+
+    def keys_in(self, dataset: str, key: str) -> list[str]:
+        """The primary keys of one file's whole rows (tolerant: damage is heal's to report)."""
+        return list(keyed_lines(dataset, self.read_file(key)[0], self._where(key), tolerant=True))
 
     def read_file(self, key: str) -> tuple[bytes, str | None]:
         """The file's bytes (decompressed), and why they stop short (a damaged gzip), or None."""
@@ -304,19 +321,27 @@ class Lake:
         return (b"", None) if blob is None else inflate_partial(blob.data, key)
 
     def replace_files(
-        self, dataset: str, files: Sequence[tuple[str | None, str, Mapping[str, bytes]]],
+        self, dataset: str,
+        files: Sequence[tuple[str | None, str, Mapping[str, bytes], frozenset[str]]],
     ) -> None:
-        """Replace each ``(partition, stem)`` file whole with these lines (by key); none: removed.
+        """Replace each ``(partition, stem, lines by key, keys leaving)`` file whole with these
+        lines; none: removed.
 
-        A file shared by all accounts is merged instead (compare-and-swap), so a
-        row another account's run adds meanwhile is kept.
+        A file shared by all accounts is merged instead (compare-and-swap): the lines
+        replace theirs, the keys leaving go, and a row another account's run adds
+        meanwhile is kept.
         """
+        if dataset in SHARED_FILES:
+            shared = SHARED_FILES[dataset]
+            self._merge_all_shared([(dataset, part, content, drop)
+                                    for part, stem, content, drop in files if stem == shared],
+                                   tolerant=True)
+            # An account's own file of a shared dataset (written before the dataset was
+            # shared): heal moved its rows to the shared file above; it goes.
+            files = [(part, stem, {}, drop) for part, stem, _, drop in files if stem != shared]
         changes: list[_Change] = []
         with self.storage.batch() as staged:
-            for part, stem, content in files:
-                if dataset in SHARED_FILES:
-                    self._merge_shared(dataset, part, content, frozenset(), tolerant=True)
-                    continue
+            for part, stem, content, _ in files:
                 prefix = _prefix(dataset, part)
                 target = f"{prefix}/{stem}{self._suffix}"
                 variants = tuple(self._variants(dataset, prefix, stem))
@@ -390,6 +415,25 @@ class Lake:
             return _Change(target, None, tuple(variants))
         return _Change(target, encode(merged, self.compression),
                        tuple(v for v in variants if v != target))
+
+    def _merge_all_shared(
+        self, merges: Sequence[tuple[str, str | None, Mapping[str, bytes], frozenset[str]]],
+        *, tolerant: bool = False,
+    ) -> None:
+        """``_merge_shared`` each ``(dataset, partition, rows, keys to drop)``: one after another on
+        a local disk; on an object store concurrently (each is two round trips, and a backfill's
+        classes span hundreds of days). The first error is raised once all have ended."""
+        def merge(item: tuple[str, str | None, Mapping[str, bytes], frozenset[str]]) -> None:
+            self._merge_shared(*item, tolerant=tolerant)
+
+        if self.storage.is_local or len(merges) < 2:
+            for item in merges:
+                merge(item)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=SHARED_MERGE_WORKERS) as pool:
+            list(pool.map(merge, merges))
 
     def _merge_shared(
         self, dataset: str, part: str | None, new: Mapping[str, bytes], drop: frozenset[str],
@@ -477,8 +521,9 @@ class Lake:
                 self._known[dataset] = {entry.key: entry for entry in entries}
         else:
             entries = list(self._known_files(dataset).values())
-        stem = SHARED_FILES.get(dataset) or user_id
-        names = {f"{stem}{suffix}" for suffix in SUFFIXES.values()} if stem else None
+        # One account's files of a shared dataset: the shared one, and its own from before
+        # the dataset was shared (heal moves their rows to the shared file).
+        names = _names(user_id, SHARED_FILES.get(dataset)) if user_id is not None else None
         for entry in entries:
             prefix, _, name = entry.key.rpartition("/")
             if prefix != dataset if dataset in _UNPARTITIONED else (
@@ -500,6 +545,11 @@ class Lake:
 
 
 # -- file helpers --------------------------------------------------------------
+
+
+def _names(*stems: str | None) -> set[str]:
+    """The file names of these stems, in every compression."""
+    return {f"{stem}{suffix}" for stem in stems if stem for suffix in SUFFIXES.values()}
 
 
 def _prefix(dataset: str, part: str | None) -> str:

@@ -1,8 +1,9 @@
 """``verify``: check every invariant of SPEC "The lake"; ``--repair`` fixes what it finds.
 
-Checks, per account with state in the lake: each key once, each row in the
-partition it names, every file whole and parseable (heal.py's scan), a graph for
-every workout (when ``performance_graphs`` is enabled), the class of every class
+Checks, per account with state in the lake: each key once (the classes, which
+every account shares, once in the whole lake), each row in the partition it
+names, every file whole and parseable (heal.py's scan), a graph for every
+workout (when ``performance_graphs`` is enabled), the class of every class
 workout (when ``rides`` is), and no temporary file left by a killed run.
 
 Every file is read, whatever the runs' scan caches (scancache.py) say.
@@ -21,7 +22,7 @@ import anyio
 from harvester.api import NULL_RIDE_ID, is_ride_id
 from harvester.config import Config
 from harvester.heal import LakeScan, scan
-from harvester.lake import Lake
+from harvester.lake import SHARED_FILES, Lake
 from harvester.scancache import ScanCache
 from harvester.state import StateStore
 from harvester.storage import open_storage
@@ -66,7 +67,22 @@ def check_lake(config: Config) -> VerifyReport:
         missing = _missing(config, lake, store, user_id, found)
         report.problems += [f"account {user_id}: {p}" for p in missing]
     report.problems += sorted(temps)
+    report.problems += _held_by_two_accounts(lake)
     return report
+
+
+def _held_by_two_accounts(lake: Lake) -> list[str]:
+    """Keys of a shared dataset (classes) in the per-account files of two accounts: an older
+    version wrote them so. Each account's scan sees only its own such files."""
+    problems: list[str] = []
+    for dataset in SHARED_FILES:
+        where: dict[str, list[str]] = {}
+        for path in lake.unshared_files(dataset):
+            for key in lake.keys_in(dataset, path):
+                where.setdefault(key, []).append(path)
+        problems += [f"{dataset} key {key} is held {len(paths)} times ({', '.join(paths)})"
+                     for key, paths in sorted(where.items()) if len(paths) > 1]
+    return problems
 
 
 def _missing(

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import orjson
 import pytest
 
 from harvester.config import AccountConfig, load_config
@@ -230,3 +231,101 @@ async def test_login_signs_in_the_named_account_into_its_own_token_cache(
                                 no_password)  # the stored sign-in does: no password needed
     assert later.returncode == 0, later.stderr
     assert later.stdout.startswith("m2: refresh: ")
+
+
+# -- classes several accounts took: one row each in the lake -------------------------
+
+
+def ride_files(root: Path) -> dict[str, list[str]]:
+    """ride_id -> the rides files holding it (date=…/name)."""
+    held: dict[str, list[str]] = {}
+    for path in sorted((root / "rides").glob("date=*/*.jsonl")):
+        for line in path.read_bytes().splitlines():
+            held.setdefault(orjson.loads(line)["ride_id"], []).append(f"{path.parent.name}/{path.name}")
+    return held
+
+
+def classes_taken(emulator: Any) -> set[str]:
+    return {w.ride.id for a in emulator.state.accounts for w in a.workouts
+            if w.ride is not None and w.kind == "class"}
+
+
+async def test_accounts_sharing_a_class_keep_it_once(make_emulator: Any, tmp_path: Path) -> None:
+    """Three members of one run who took some of the same classes: each class is one row of
+    rides, in one shared file per day, and verify finds the lake whole."""
+    emulator = await make_emulator(workouts=40, accounts=3)
+    path, env = members_config(tmp_path, emulator.url, 3)
+    done = await run_cli_async(["backfill", "--config", str(path), "--no-progress"], env)
+    assert done.returncode == 0, done.stderr
+    held = ride_files(tmp_path / "lake")
+    twice = {ride: files for ride, files in held.items() if len(files) > 1}
+    assert twice == {}, twice
+    assert held.keys() >= classes_taken(emulator)
+    assert {Path(f).name for files in held.values() for f in files} == {"rides.jsonl"}
+    checked = await run_cli_async(["verify", "--config", str(path)], env)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+async def test_accounts_run_by_separate_processes_keep_a_shared_class_once(
+    make_emulator: Any, tmp_path: Path,
+) -> None:
+    """Two members harvested at the same time by two processes (two crontab lines, one lake):
+    a class both took is written by both runs and stays one row."""
+    emulator = await make_emulator(workouts=40, accounts=2, latency_ms=5.0)
+    path, env = members_config(tmp_path, emulator.url, 2, concurrency=2)
+    results: dict[str, Any] = {}
+
+    async def run(name: str) -> None:
+        results[name] = await run_cli_async(
+            ["backfill", "--config", str(path), "--account", name, "--no-progress"], env)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run, "m1")
+        tg.start_soon(run, "m2")
+    for name, done in results.items():
+        assert done.returncode == 0, (name, done.stderr)
+    both = [{w.ride.id for w in a.workouts if w.ride is not None and w.kind == "class"}
+            for a in emulator.state.accounts]
+    assert both[0] & both[1], "the emulator's members share no class"
+    held = ride_files(tmp_path / "lake")
+    assert {ride: files for ride, files in held.items() if len(files) > 1} == {}
+    assert held.keys() >= (both[0] | both[1])
+
+
+async def test_classes_an_older_version_wrote_per_account_move_to_the_shared_files(
+    make_emulator: Any, tmp_path: Path,
+) -> None:
+    """A lake where each account kept the classes it took in its own files (so a class two took
+    is there twice): verify names the duplicates; each account's next run moves its rows to the
+    shared files, fetching nothing again; after both, every class is there once."""
+    emulator = await make_emulator(workouts=40, accounts=2)
+    path, env = members_config(tmp_path, emulator.url, 2)
+    assert (await run_cli_async(["backfill", "--config", str(path), "--no-progress"], env)).returncode == 0
+    lake = tmp_path / "lake"
+    shared = {orjson.loads(line)["ride_id"]: (p.parent.name, line)
+              for p in (lake / "rides").glob("date=*/rides.jsonl") for line in p.read_bytes().splitlines()}
+    for p in (lake / "rides").glob("date=*/rides.jsonl"):
+        p.unlink()
+    for account in emulator.state.accounts:  # the old layout: rides/date=…/<user_id>.jsonl
+        for ride in {w.ride.id for w in account.workouts if w.ride is not None and w.kind == "class"}:
+            part, line = shared[ride]
+            with (lake / "rides" / part / f"{account.user_id}.jsonl").open("ab") as out:
+                out.write(line + b"\n")
+    before = ride_files(lake)
+    assert any(len(files) > 1 for files in before.values())
+    checked = await run_cli_async(["verify", "--config", str(path)], env)
+    assert checked.returncode == 3 and "rides key " in checked.stdout, checked.stdout
+
+    requests = int(emulator.stats_snapshot()["by_endpoint"].get("ride_details", 0))
+    first = await run_cli_async(["refresh", "--config", str(path), "--account", "m1", "--no-progress"], env)
+    assert first.returncode == 0, first.stderr
+    m1, m2 = (a.user_id for a in emulator.state.accounts)
+    assert not list((lake / "rides").glob(f"date=*/{m1}.jsonl"))  # m1's moved; m2's not yet
+    assert list((lake / "rides").glob(f"date=*/{m2}.jsonl"))
+    second = await run_cli_async(["refresh", "--config", str(path), "--account", "m2", "--no-progress"], env)
+    assert second.returncode == 0, second.stderr
+    assert int(emulator.stats_snapshot()["by_endpoint"].get("ride_details", 0)) == requests
+    after = ride_files(lake)
+    assert after.keys() == before.keys() and all(len(files) == 1 for files in after.values()), after
+    assert {Path(f).name for files in after.values() for f in files} == {"rides.jsonl"}
+    assert (await run_cli_async(["verify", "--config", str(path)], env)).returncode == 0

@@ -402,3 +402,34 @@ def test_quarantine_keeps_the_damaged_bytes_on_both_backends(storage: Storage) -
     assert blob is not None and blob.data == b'{"id": "cut'
     files = [(p, e.key) for p, e in lake.account_files("workouts", USER)]
     assert files == [("2024-01-01", key)]  # not a lake file twice
+
+
+def ride(n: int, aired: int, stamp: str = STAMP) -> Row:
+    return {"ride_id": wid(n), "ride": {"id": wid(n), "original_air_time": aired}, "_harvested_at": stamp}
+
+
+def test_classes_of_two_accounts_share_one_file_per_day(tmp_path: Path) -> None:
+    """A class two accounts committed is one row, in the day's shared rides file."""
+    lake = Lake(tmp_path)
+    lake.commit(USER, {"rides": [ride(1, MIDNIGHT), ride(2, MIDNIGHT)]})
+    lake.commit(OTHER, {"rides": [ride(2, MIDNIGHT, "2024-03-02T10:00:00Z"), ride(3, MIDNIGHT)]})
+    (path,) = lake_files(tmp_path, "rides")
+    assert path.name == "rides.jsonl"
+    assert [(r["ride_id"], r["_harvested_at"]) for r in read_rows(path)] == [
+        (wid(1), STAMP), (wid(2), "2024-03-02T10:00:00Z"), (wid(3), STAMP)]
+
+
+def test_heal_moves_a_shared_class_to_the_day_its_newest_copy_names(tmp_path: Path) -> None:
+    """A class in two days' shared files (its air time changed): heal keeps the newest copy,
+    in its day, and drops the old one while the old day's other classes stay."""
+    from harvester.heal import heal, scan
+
+    lake = Lake(tmp_path)
+    lake.commit(USER, {"rides": [ride(1, MIDNIGHT), ride(2, MIDNIGHT)]})
+    lake.commit(USER, {"rides": [ride(1, MIDNIGHT + 86_400, "2024-03-02T10:00:00Z")]})
+    found = scan(lake, USER)
+    assert any("held 2 times" in p for p in found.problems())
+    assert heal(lake, found)
+    held = {path.parent.name: [r["ride_id"] for r in read_rows(path)] for path in lake_files(tmp_path, "rides")}
+    assert held == {"date=2024-01-01": [wid(2)], "date=2024-01-02": [wid(1)]}
+    assert scan(lake, USER).problems() == []
