@@ -3,8 +3,9 @@
 ``lines`` is strict (a damaged file stops a commit with LakeError naming it);
 ``tolerant_lines`` keeps every whole, keyed line (heal has quarantined the
 rest). ``merge_shared`` is the compare-and-swap loop for a file every account
-writes (instructors): read with its version, merge, ``replace`` on that
-version (``create`` if absent), and on a conflict read and merge again.
+writes (classes, instructors): read with its version, merge, ``replace`` on that
+version (``create`` if absent), and on a conflict read and merge again; the
+merges of one file within a process take turns, each turn applying all that wait.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from __future__ import annotations
 import contextlib
 import gzip
 import random
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 
 import orjson
 
@@ -98,17 +101,94 @@ def stored_key(dataset: str, row: Row, where: str) -> str:
         raise LakeError(f"lake file {where}: {exc}") from None
 
 
+Change = Callable[[dict[str, bytes]], dict[str, bytes]]
+
+
+class _Merges:
+    """The merges of one shared file waiting in this process, and whether a thread is applying
+    some (that thread applies every one that arrives meanwhile, then leaves)."""
+
+    __slots__ = ("busy", "leader", "pending")
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[Change, Future[None]]] = []
+        self.busy = False
+        self.leader = 0  # the applying thread's ident
+
+
+_MERGES: dict[tuple[str, str, str, bool], _Merges] = {}
+_MERGES_LOCK = threading.Lock()
+
+
 def merge_shared(
     storage: Storage, dataset: str, target: str, variants: Sequence[str],
-    change: Callable[[dict[str, bytes]], dict[str, bytes]], compression: str,
-    *, tolerant: bool = False,
+    change: Change, compression: str, *, tolerant: bool = False,
 ) -> None:
     """Merge ``target`` (and its other compression ``variants``) with compare-and-swap.
 
     ``change`` turns the current key -> line map into the new one. A conflict
     (another writer in between) reads and merges again, up to
     DEFAULT_CAS_ATTEMPTS times, then StorageConflictError (exit 75).
+
+    Within one process the merges of one file form a group: the first thread to
+    arrive applies its change and every change that arrives while it works, each
+    round in one read and one write, and the others wait for their round's result
+    (its error, if it failed). The accounts of one run, which share the classes'
+    files, so never conflict with each other, and many changes cost one write.
     """
+    group_key = (storage.url, target, compression, tolerant)
+    mine: Future[None] = Future()
+    me = threading.get_ident()
+    with _MERGES_LOCK:
+        group = _MERGES.get(group_key)
+        if group is None:
+            group = _MERGES[group_key] = _Merges()
+        nested = group.busy and group.leader == me
+        if not nested:
+            group.pending.append((change, mine))
+            leads = not group.busy
+            group.busy = True
+            group.leader = me if leads else group.leader
+    if nested:  # the applying thread itself, from inside a write: it cannot wait for itself
+        _merge_once(storage, dataset, target, variants, change, compression, tolerant=tolerant)
+        return
+    if not leads:
+        mine.result()  # the leading thread's round: done, or its error
+        return
+    while True:
+        with _MERGES_LOCK:
+            round_, group.pending = group.pending, []
+            if not round_:
+                group.busy = False
+                del _MERGES[group_key]
+                break
+        changes = [c for c, _ in round_]
+        try:
+            _merge_once(storage, dataset, target, variants, _composed(changes), compression,
+                        tolerant=tolerant)
+        except BaseException as exc:  # each waiting thread raises it, the leader too
+            for _, done in round_:
+                done.set_exception(exc)
+        else:
+            for _, done in round_:
+                done.set_result(None)
+    mine.result()
+
+
+def _composed(changes: Sequence[Change]) -> Change:
+    def change(merged: dict[str, bytes]) -> dict[str, bytes]:
+        for one in changes:
+            merged = one(merged)
+        return merged
+
+    return change
+
+
+def _merge_once(
+    storage: Storage, dataset: str, target: str, variants: Sequence[str],
+    change: Change, compression: str, *, tolerant: bool,
+) -> None:
+    """One compare-and-swap merge of ``target``, retried on conflict (``merge_shared``)."""
     keys = [target, *(v for v in variants if v != target)]
     for attempt in range(DEFAULT_CAS_ATTEMPTS):
         blobs = {key: storage.read(key) for key in keys}

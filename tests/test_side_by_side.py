@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,54 @@ def test_concurrent_commits_to_the_shared_instructors_file_lose_nothing(tmp_path
         thread.join(timeout=120)
     lines = (tmp_path / "instructors" / "instructors.jsonl").read_bytes().splitlines()
     assert len(lines) == 80 and len(set(lines)) == 80
+
+
+def test_one_processes_merges_of_a_shared_file_take_turns_and_never_conflict(
+    tmp_path: Path, monkeypatch: Any,
+) -> None:
+    """24 accounts' commits of one day's classes at once in one process (threads, each its own
+    Lake): every row lands, no merge loses a compare-and-swap to another of the process (each
+    write made slow, so racing merges would), and the waiting merges share writes."""
+    from harvester.errors import StorageConflictError
+    from harvester.storage.local import LocalStorage
+
+    counts = {"writes": 0, "conflicts": 0}
+    lock = threading.Lock()
+    real_create, real_replace = LocalStorage.create, LocalStorage.replace
+
+    def counted(real: Any) -> Any:
+        def write(self: LocalStorage, *args: Any, **kwargs: Any) -> str:
+            time.sleep(0.005)  # a slow disk: the window another merge would fall into
+            try:
+                version: str = real(self, *args, **kwargs)
+            except StorageConflictError:
+                with lock:
+                    counts["conflicts"] += 1
+                raise
+            with lock:
+                counts["writes"] += 1
+            return version
+        return write
+
+    monkeypatch.setattr(LocalStorage, "create", counted(real_create))
+    monkeypatch.setattr(LocalStorage, "replace", counted(real_replace))
+    start = threading.Barrier(24)
+
+    def commit(index: int) -> None:
+        lake = Lake(tmp_path)
+        row = {"ride_id": f"{index:032x}", "ride": {"original_air_time": 1_704_067_200},
+               "_harvested_at": STAMP}
+        start.wait()
+        lake.commit(f"{index + 1:032x}", {"rides": [row]})
+
+    threads = [threading.Thread(target=commit, args=(i,)) for i in range(24)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    lines = (tmp_path / "rides" / "date=2024-01-01" / "rides.jsonl").read_bytes().splitlines()
+    assert len(set(lines)) == len(lines) == 24
+    assert counts["conflicts"] == 0 and counts["writes"] < 24, counts
 
 
 def accounts_config(tmp_path: Path, url: str) -> Path:
