@@ -36,7 +36,7 @@ from typing import Any, cast
 import orjson
 
 from harvester.errors import LakeError
-from harvester.lake import DATASETS, SHARED_FILES, Lake, partition_date, primary_key
+from harvester.lake import DATASETS, SHARED_FILES, Lake, class_of, partition_date, primary_key
 from harvester.scancache import Facts, ScanCache
 
 log = logging.getLogger(__name__)
@@ -175,7 +175,7 @@ def ride_ids(lake: Lake, user_id: str, found: LakeScan, cache: ScanCache) -> set
     for entry in lake.other_accounts_files("rides", user_id):
         held = cache.get(entry)
         if held is None or not all(isinstance(ride, str) for ride in held):
-            held = [*lake.ride_ids_in(entry.key)]
+            held = [*lake.keys_in("rides", entry.key)]
             cache.put(entry, held)
         ids.update(str(ride) for ride in held)
     return ids
@@ -290,10 +290,8 @@ def _stamp(row: Row) -> str:
 
 def _workout_facts(row: Row) -> tuple[int | None, str | None]:
     created = row.get("created_at")
-    ride = row.get("ride")
-    ride_id = ride.get("id") if isinstance(ride, dict) else None
     return (created if isinstance(created, int) and not isinstance(created, bool) else None,
-            ride_id if isinstance(ride_id, str) else None)
+            class_of(row))
 
 
 # -- heal -----------------------------------------------------------------------

@@ -52,6 +52,7 @@ from harvester.files import TEMP_NAME
 from harvester.keys import (
     DATASETS,
     check_user_id,
+    class_of,
     partition_date,
     primary_key,
     row_problem,
@@ -70,7 +71,7 @@ from harvester.lakefile import (
 )
 from harvester.storage import Batch, Entry, LocalStorage, Storage, open_storage
 
-__all__ = ["DATASETS", "Encoded", "Lake", "Row", "check_user_id", "encoded", "partition_date",
+__all__ = ["DATASETS", "Encoded", "Lake", "Row", "check_user_id", "class_of", "encoded", "partition_date",
            "primary_key", "row_problem", "utc_day", "workout_day"]
 
 # Workouts last: a workout row in the lake implies its graph and ride were committed before it.
@@ -217,11 +218,10 @@ class Lake:
         for key in self._files("workouts", user_id):
             # One file (one day of one account) in memory at a time; rows are dropped at once.
             for _, row in lines(self._read(key), self._where(key)):
-                workout_id, created, ride = row.get("id"), row.get("created_at"), row.get("ride")
+                workout_id, created, ride_id = row.get("id"), row.get("created_at"), class_of(row)
                 if isinstance(workout_id, str) and isinstance(created, int | float):
                     ids[workout_id] = int(created)
-                ride_id = ride.get("id") if isinstance(ride, dict) else None
-                if isinstance(ride_id, str):
+                if ride_id is not None:
                     rides.add(ride_id)
         return ids, rides
 
@@ -229,21 +229,21 @@ class Lake:
         """Every ``ride_id`` in the lake, whichever account wrote it."""
         found: set[str] = set()
         for key in self._files("rides", None):
-            found.update(self.ride_ids_in(key))
+            found.update(self.keys_in("rides", key))
         return found
 
-    def ride_ids_in(self, key: str) -> list[str]:
-        """The ``ride_id`` of each row of one rides file, in file order.
+    def keys_in(self, dataset: str, key: str) -> list[str]:
+        """The primary key of each row of one file, in file order.
 
-        Tolerant: another account's damaged file costs at most a refetch of its rides.
+        Tolerant (damage is heal's to report): another account's damaged rides file
+        costs at most a refetch of its classes.
         """
         found: list[str] = []
         for line in self.read_file(key)[0].splitlines():
-            with contextlib.suppress(orjson.JSONDecodeError):
+            with contextlib.suppress(orjson.JSONDecodeError, LakeError):
                 row = orjson.loads(line)
-                ride_id = row.get("ride_id") if isinstance(row, dict) else None
-                if isinstance(ride_id, str):
-                    found.append(ride_id)
+                if isinstance(row, dict):
+                    found.append(primary_key(dataset, row))
         return found
 
     def row_counts(self, user_id: str | None = None) -> dict[str, int]:
@@ -310,10 +310,6 @@ class Lake:
         shared = _names(SHARED_FILES[dataset])
         return [entry.key for entry in self._entries(dataset, None)
                 if entry.key.rpartition("/")[2] not in shared]
-
-    def keys_in(self, dataset: str, key: str) -> list[str]:
-        """The primary keys of one file's whole rows (tolerant: damage is heal's to report)."""
-        return list(keyed_lines(dataset, self.read_file(key)[0], self._where(key), tolerant=True))
 
     def read_file(self, key: str) -> tuple[bytes, str | None]:
         """The file's bytes (decompressed), and why they stop short (a damaged gzip), or None."""
