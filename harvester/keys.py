@@ -79,6 +79,13 @@ def _day_name(day: int) -> str:
     return date.fromordinal(_EPOCH_ORDINAL + day).isoformat()
 
 
+def class_of(workout: Row) -> str | None:
+    """The id of the class a workout row (the API's detail) names under ``ride``, as given."""
+    ride = workout.get("ride")
+    ride_id = ride.get("id") if isinstance(ride, dict) else None
+    return ride_id if isinstance(ride_id, str) else None
+
+
 def row_problem(dataset: str, row: Row) -> str | None:
     """Why the lake cannot hold ``row`` (no key, no partition, not JSON), or None."""
     try:

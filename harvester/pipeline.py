@@ -60,7 +60,7 @@ from harvester.errors import (
 )
 from harvester.heal import LakeScan, heal, ride_ids, scan
 from harvester.jobs import Jobs
-from harvester.lake import Encoded, Lake, encoded, workout_day
+from harvester.lake import Encoded, Lake, class_of, encoded, workout_day
 from harvester.listing import ListingGuard
 from harvester.reconcile import NEED_ALL, NEED_GRAPH, RECONCILE_PAGE_SIZE, MassDeleteError, Mirror
 from harvester.scancache import ScanCache
@@ -514,10 +514,8 @@ class Harvest:
         workout_line = self._encoded("workouts", {**detail, "_harvested_at": stamp})
         if workout_line is None:
             return
-        ride = detail.get("ride")
-        ride_id = ride.get("id") if isinstance(ride, dict) else None
         result.workout, result.graph = workout_line, graph_line
-        result.created_at, result.ride_id = created_at, ride_id if isinstance(ride_id, str) else None
+        result.created_at, result.ride_id = created_at, class_of(detail)
 
     def _hold_ride(self, row: Row | None) -> None:
         """A class's line waits in the writer for the day it aired (writer.py)."""
@@ -721,11 +719,8 @@ class Harvest:
 
 
 def _ride_id(detail: JsonObject) -> str | None:
-    ride = detail.get("ride")
-    ride_id = ride.get("id") if isinstance(ride, dict) else None
-    if not isinstance(ride_id, str) or ride_id == NULL_RIDE_ID:
-        return None
-    return ride_id
+    ride_id = class_of(detail)
+    return None if ride_id == NULL_RIDE_ID else ride_id
 
 
 def _failure(kind: str, item_id: str, exc: ApiError) -> FailedItem:
