@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import os
 import random
 import threading
 import time
@@ -118,6 +119,15 @@ class _Merges:
 
 _MERGES: dict[tuple[str, str, str, bool], _Merges] = {}
 _MERGES_LOCK = threading.Lock()
+
+
+def _forget_merges() -> None:  # a forked child has one thread: no lock or turn another holds
+    global _MERGES_LOCK
+    _MERGES.clear()
+    _MERGES_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_merges)
 
 
 def merge_shared(
