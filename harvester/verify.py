@@ -56,7 +56,13 @@ def check_lake(config: Config) -> VerifyReport:
     store = StateStore(storage)
     report = VerifyReport()
     temps: set[str] = set()
-    for user_id in store.accounts():
+    accounts = store.accounts()
+    # The classes the lake holds, and those the API has no details for (a 404, remembered by
+    # whichever account asked): the same for every account, so learnt once.
+    classes: set[str] = set()
+    if "rides" in config.harvest.datasets:
+        classes = lake.ride_ids().union(*(store.load(u).missing_rides for u in accounts))
+    for user_id in accounts:
         report.accounts += 1
         found = scan(lake, user_id, temp_files=True)
         for problem in found.problems(lake.url):
@@ -64,7 +70,7 @@ def check_lake(config: Config) -> VerifyReport:
                 temps.add(problem)  # lake-wide: the same for every account
             else:
                 report.problems.append(f"account {user_id}: {problem}")
-        missing = _missing(config, lake, store, user_id, found)
+        missing = _missing(config, classes, found)
         report.problems += [f"account {user_id}: {p}" for p in missing]
     report.problems += sorted(temps)
     report.problems += _held_by_two_accounts(lake)
@@ -85,10 +91,9 @@ def _held_by_two_accounts(lake: Lake) -> list[str]:
     return problems
 
 
-def _missing(
-    config: Config, lake: Lake, store: StateStore, user_id: str, found: LakeScan,
-) -> list[str]:
-    """Graphs and classes the account's workouts need and the lake lacks."""
+def _missing(config: Config, classes: set[str], found: LakeScan) -> list[str]:
+    """Graphs and classes (not among ``classes``: in the lake, or without details) the
+    account's workouts need and the lake lacks."""
     datasets = set(config.harvest.datasets)
     workouts = found.index("workouts")
     problems: list[str] = []
@@ -97,11 +102,9 @@ def _missing(
         problems += [f"workout {key} has no performance graph"
                      for key in sorted(workouts.keys() - graphs.keys())]
     if "rides" in datasets:
-        absent = set(store.load(user_id).missing_rides)  # the API answered 404: no details exist
-        rides = lake.ride_ids()
         for key, copy in sorted(workouts.items()):
             ride = copy.ride_id
-            if ride and ride != NULL_RIDE_ID and is_ride_id(ride) and ride not in rides | absent:
+            if ride and ride != NULL_RIDE_ID and is_ride_id(ride) and ride not in classes:
                 problems.append(f"workout {key}: its class {ride} is not in rides")
     return problems
 
