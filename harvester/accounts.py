@@ -88,6 +88,7 @@ async def harvest_accounts(
         progress = None  # one bar per account would garble the terminal; summaries follow
     outcomes = [AccountOutcome(account.name) for account in accounts]
     stop_requested = anyio.Event()
+    claimed_classes: set[str] = set()  # a class is the same for every account: one asks for it
     pool = open_session(config.harvest.concurrency * len(accounts))
     async with pool as session, anyio.create_task_group() as watcher:
         await watcher.start(_set_on_signal, stop_requested)
@@ -95,7 +96,7 @@ async def harvest_accounts(
             for outcome, account in zip(outcomes, accounts, strict=True):
                 runs.start_soon(_harvest_one, config.for_account(account), account, command, outcome,
                                 _RunOptions(progress, backoff_base, allow_mass_delete,
-                                            stop_requested, session))
+                                            stop_requested, session, claimed_classes))
         watcher.cancel_scope.cancel()
     return outcomes
 
@@ -107,6 +108,7 @@ class _RunOptions:
     allow_mass_delete: bool
     stop_requested: anyio.Event
     session: aiohttp.ClientSession
+    claimed_classes: set[str]
 
 
 async def _harvest_one(
@@ -119,7 +121,7 @@ async def _harvest_one(
         outcome.report = await run_harvest(
             config, command, progress=options.progress, backoff_base=options.backoff_base,
             allow_mass_delete=options.allow_mass_delete, stop_requested=options.stop_requested,
-            session=options.session,
+            session=options.session, claimed_classes=options.claimed_classes,
         )
     except HarvesterError as exc:
         log.error("account %s failed: %s", account.name, exc)

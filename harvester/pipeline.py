@@ -166,6 +166,7 @@ class Harvest:
         flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S,
         allow_mass_delete: bool = False,
         held_ride_bytes: int = DEFAULT_HELD_RIDE_BYTES,
+        claimed_classes: set[str] | None = None,
     ) -> None:
         self.config = config
         self.api = api
@@ -186,6 +187,9 @@ class Harvest:
         self._full_pass = False  # a listing of the whole history finished (deletions may follow)
         self.committed: dict[str, int] = {}  # workout id -> created_at, in the lake
         self.known_rides: set[str] = set()  # in the lake, fetched this run, or known 404
+        # The classes the accounts of this run (one set for all of one process) have set out
+        # to fetch: a class is the same for everyone, so one account asks for it.
+        self.claimed_classes = set() if claimed_classes is None else claimed_classes
         self._orphan_rides: list[str] = []  # named by committed workouts, absent from the lake
         self.done = 0
         self.writer = Writer(lake, self.user_id, batch_size=batch_size,
@@ -532,10 +536,14 @@ class Harvest:
         return "performance_graphs" in self.datasets
 
     def _claim_ride(self, ride_id: str | None) -> str | None:
-        """The ride to fetch, claimed before any await so each is fetched once per run."""
-        if "rides" not in self.datasets or not ride_id or ride_id in self.known_rides:
+        """The ride to fetch, claimed before any await so each is fetched once per run, by one
+        of the run's accounts. (If that account then fails, the class is missing until a
+        later run of any account naming it fetches it: reconcile.py's orphans.)"""
+        if ("rides" not in self.datasets or not ride_id or ride_id in self.known_rides
+                or ride_id in self.claimed_classes):
             return None
         self.known_rides.add(ride_id)
+        self.claimed_classes.add(ride_id)
         return ride_id
 
     async def _in_slot(self, call: Callable[[], Awaitable[T]]) -> T:
@@ -629,8 +637,7 @@ class Harvest:
             return
         holder = WorkoutResult(WorkoutRef("", None, None, None))
         wanted = [item.id for item in self.state.failures if item.kind == "ride"]
-        todo = list(dict.fromkeys(r for r in [*wanted, *self._orphan_rides] if r not in self.known_rides))
-        self.known_rides.update(todo)
+        todo = [r for r in dict.fromkeys([*wanted, *self._orphan_rides]) if self._claim_ride(r)]
         rows: list[Encoded] = []
         refused: list[AuthError] = []
 

@@ -145,6 +145,7 @@ async def run_harvest(
     allow_mass_delete: bool = False,
     stop_requested: anyio.Event | None = None,
     session: aiohttp.ClientSession | None = None,
+    claimed_classes: set[str] | None = None,
 ) -> RunReport:
     """Run ``backfill`` or ``refresh`` to the end, or until SIGINT/SIGTERM.
 
@@ -155,13 +156,14 @@ async def run_harvest(
     error goes on to the CLI.
     ``backoff_base`` scales retry back-off; tests shrink it so no test sleeps for seconds.
     Several accounts' runs in one process pass ``stop_requested`` (set by the one
-    signal watcher of them all) and ``session`` (one connection pool for all).
+    signal watcher of them all), ``session`` (one connection pool for all) and
+    ``claimed_classes`` (one set: each class is fetched by one of them).
     """
     attempt = _Attempt(command, time.time())
     store = StateStore(open_storage(config.output.root))
     try:
         return await _run(config, attempt, store, _Options(
-            progress, backoff_base, allow_mass_delete, stop_requested, session))
+            progress, backoff_base, allow_mass_delete, stop_requested, session, claimed_classes))
     except (Exception, KeyboardInterrupt) as exc:  # recorded, then re-raised
         if not attempt.recorded:
             _record_failed(store, config, attempt, exc)
@@ -175,6 +177,7 @@ class _Options:
     allow_mass_delete: bool
     stop_requested: anyio.Event | None
     session: aiohttp.ClientSession | None
+    claimed_classes: set[str] | None
 
 
 async def _run(config: Config, attempt: _Attempt, store: StateStore, options: _Options) -> RunReport:
@@ -224,7 +227,8 @@ async def _run_locked(
             attempt.user_id = await api.user_id()
             state = _load_state(store, lake, attempt)
             harvest = Harvest(config, api, lake, state, mode=attempt.command, on_progress=hook,
-                              allow_mass_delete=options.allow_mass_delete)
+                              allow_mass_delete=options.allow_mass_delete,
+                              claimed_classes=options.claimed_classes)
             await harvest.run()
     if harvest is None:  # stopped before the account was known: nothing to record for it
         report = _report(attempt, Outcome(interrupted=True), EXIT_INTERRUPTED, None, None)

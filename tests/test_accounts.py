@@ -250,18 +250,48 @@ def classes_taken(emulator: Any) -> set[str]:
             if w.ride is not None and w.kind == "class"}
 
 
+def classes_named(emulator: Any) -> set[str]:
+    """Every class id the members' workouts name (gym classes too, which answer 404)."""
+    return {w.ride.id for a in emulator.state.accounts for w in a.workouts
+            if w.ride is not None and w.ride.id != "0" * 32}
+
+
 async def test_accounts_sharing_a_class_keep_it_once(make_emulator: Any, tmp_path: Path) -> None:
-    """Three members of one run who took some of the same classes: each class is one row of
-    rides, in one shared file per day, and verify finds the lake whole."""
+    """Three members of one run who took some of the same classes: each class is asked for
+    once (by one of them) and is one row of rides, in one shared file per day; verify finds
+    the lake whole."""
     emulator = await make_emulator(workouts=40, accounts=3)
     path, env = members_config(tmp_path, emulator.url, 3)
     done = await run_cli_async(["backfill", "--config", str(path), "--no-progress"], env)
     assert done.returncode == 0, done.stderr
+    asked = emulator.stats_snapshot()["by_endpoint"]["ride_details"]
+    assert asked == len(classes_named(emulator)) < sum(
+        len({w.ride.id for w in a.workouts if w.ride is not None and w.ride.id != "0" * 32})
+        for a in emulator.state.accounts)
     held = ride_files(tmp_path / "lake")
     twice = {ride: files for ride, files in held.items() if len(files) > 1}
     assert twice == {}, twice
     assert held.keys() >= classes_taken(emulator)
     assert {Path(f).name for files in held.values() for f in files} == {"rides.jsonl"}
+    checked = await run_cli_async(["verify", "--config", str(path)], env)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+async def test_a_shared_class_without_details_is_asked_for_once_and_absent_for_all(
+    make_emulator: Any, tmp_path: Path,
+) -> None:
+    """A class two members took answers 404 (retired): one of them asks, once; the run
+    exits 0 and verify counts the class as without details for both members."""
+    emulator = await make_emulator(workouts=40, accounts=2)
+    first, second = ({w.ride.id for w in a.workouts if w.ride is not None and w.kind == "class"}
+                     for a in emulator.state.accounts)
+    retired = sorted(first & second)[0]
+    del emulator.state.account.rides[retired]
+    path, env = members_config(tmp_path, emulator.url, 2)
+    done = await run_cli_async(["backfill", "--config", str(path), "--no-progress"], env)
+    assert done.returncode == 0, done.stderr
+    assert emulator.stats_snapshot()["by_endpoint"]["ride_details"] == len(classes_named(emulator))
+    assert retired not in ride_files(tmp_path / "lake")
     checked = await run_cli_async(["verify", "--config", str(path)], env)
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
