@@ -230,18 +230,24 @@ def _logins(accounts: int) -> list[tuple[str, str]]:
 
 def _bare_spec(tmp: Path, emu: Emulator, accounts: int) -> tuple[Path, int]:
     """Every account's backfill URLs, interleaved account by account, and the logins: a JSON
-    file; and how many distinct classes the accounts took (the fewest class requests: the
-    bare loop asks for each account's, the harvester skips those another account's run has
-    already committed, and the lake holds each once)."""
+    file; and how many distinct classes the accounts took. A class is asked for once, by the
+    first account naming it, as the accounts of one harvester run do."""
     logins = _logins(accounts)
     per_account: list[list[tuple[int, str]]] = []
     for k, (username, password) in enumerate(logins):
         uid, items = emu.listing(emu.token(username, password))
         per_account.append([(k, url) for url in harvest_urls(emu.url, uid, items)])
-    urls = [pair for row in zip_longest(*per_account) for pair in row if pair is not None]
+    urls: list[tuple[int, str]] = []
+    classes: set[str] = set()
+    for pair in (pair for row in zip_longest(*per_account) for pair in row if pair is not None):
+        if "/api/ride/" in pair[1] and pair[1].endswith("/details"):
+            if pair[1] in classes:
+                continue
+            classes.add(pair[1])
+        urls.append(pair)
     spec = tmp / "bare-accounts.json"
     spec.write_text(json.dumps({"logins": logins, "urls": urls}), encoding="utf-8")
-    return spec, len({url for _, url in urls if "/api/ride/" in url and url.endswith("/details")})
+    return spec, len(classes)
 
 
 def _bare(emu: Emulator, spec: Path, in_flight: int) -> tuple[Child, dict[str, Any]]:
