@@ -23,6 +23,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from harvester.api import open_session
+from harvester.classes import RunClasses
 from harvester.client import DEFAULT_BACKOFF_BASE_S
 from harvester.config import DEFAULT_ACCOUNT, AccountConfig, Config, require_credentials
 from harvester.errors import ConfigError, HarvesterError
@@ -88,7 +89,7 @@ async def harvest_accounts(
         progress = None  # one bar per account would garble the terminal; summaries follow
     outcomes = [AccountOutcome(account.name) for account in accounts]
     stop_requested = anyio.Event()
-    claimed_classes: set[str] = set()  # a class is the same for every account: one asks for it
+    classes = RunClasses()  # a class is the same for every account: one asks for it
     pool = open_session(config.harvest.concurrency * len(accounts))
     async with pool as session, anyio.create_task_group() as watcher:
         await watcher.start(_set_on_signal, stop_requested)
@@ -96,7 +97,7 @@ async def harvest_accounts(
             for outcome, account in zip(outcomes, accounts, strict=True):
                 runs.start_soon(_harvest_one, config.for_account(account), account, command, outcome,
                                 _RunOptions(progress, backoff_base, allow_mass_delete,
-                                            stop_requested, session, claimed_classes))
+                                            stop_requested, session, classes))
         watcher.cancel_scope.cancel()
     return outcomes
 
@@ -108,7 +109,7 @@ class _RunOptions:
     allow_mass_delete: bool
     stop_requested: anyio.Event
     session: aiohttp.ClientSession
-    claimed_classes: set[str]
+    classes: RunClasses
 
 
 async def _harvest_one(
@@ -121,7 +122,7 @@ async def _harvest_one(
         outcome.report = await run_harvest(
             config, command, progress=options.progress, backoff_base=options.backoff_base,
             allow_mass_delete=options.allow_mass_delete, stop_requested=options.stop_requested,
-            session=options.session, claimed_classes=options.claimed_classes,
+            session=options.session, classes=options.classes,
         )
     except HarvesterError as exc:
         log.error("account %s failed: %s", account.name, exc)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import date
 
 from harvester.keys import DEFAULT_RIDE_DATE, workout_day
@@ -72,9 +72,10 @@ class Frontier:
 class HeldRides:
     """Classes (as lake lines) waiting for their ``rides`` day to complete.
 
-    ``release`` gives the newest days while they are complete; ``release_largest``
-    the days holding the most bytes, when too much is held: those are the nearest
-    to complete, so writing them early costs the fewest rewrites.
+    ``release`` gives the newest days while they are complete; ``release_days``
+    the days asked for; ``release_largest`` the days holding the most bytes, when
+    too much is held: those are the nearest to complete, so writing them early
+    costs the fewest rewrites.
     """
 
     def __init__(self) -> None:
@@ -96,7 +97,7 @@ class HeldRides:
 
     def newest_day(self) -> str | None:
         while self._days and self._days[0][1] not in self._by_day:
-            heapq.heappop(self._days)  # released by release_largest
+            heapq.heappop(self._days)  # released by release_days or release_largest
         return self._days[0][1] if self._days else None
 
     def release(self, passed: Callable[[str], bool]) -> list[Encoded]:
@@ -106,6 +107,14 @@ class HeldRides:
             heapq.heappop(self._days)
             out.extend(self._pop(day))
         return out
+
+    def days(self) -> Iterator[tuple[str, list[Encoded]]]:
+        """Each day held, with its classes."""
+        return iter(self._by_day.items())
+
+    def release_days(self, days: Iterable[str]) -> list[Encoded]:
+        """The held classes of ``days``."""
+        return [ride for day in days if day in self._by_day for ride in self._pop(day)]
 
     def release_largest(self, keep: int) -> list[Encoded]:
         """The held classes of the days holding the most bytes, until at most ``keep`` are held."""

@@ -48,6 +48,7 @@ from typing import Any, TypeVar
 import anyio
 
 from harvester.api import NULL_RIDE_ID, PelotonApi, WorkoutRef, is_ride_id, workout_ref
+from harvester.classes import RunClasses
 from harvester.client import JsonObject
 from harvester.config import Config
 from harvester.errors import (
@@ -65,14 +66,7 @@ from harvester.listing import ListingGuard
 from harvester.reconcile import NEED_ALL, NEED_GRAPH, RECONCILE_PAGE_SIZE, MassDeleteError, Mirror
 from harvester.scancache import ScanCache
 from harvester.state import AccountState, FailedItem
-from harvester.writer import (
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_FLUSH_INTERVAL_S,
-    DEFAULT_HELD_RIDE_BYTES,
-    Row,
-    WorkoutResult,
-    Writer,
-)
+from harvester.writer import DEFAULT_BATCH_SIZE, DEFAULT_FLUSH_INTERVAL_S, Row, WorkoutResult, Writer
 
 log = logging.getLogger(__name__)
 
@@ -165,8 +159,7 @@ class Harvest:
         batch_size: int = DEFAULT_BATCH_SIZE,
         flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S,
         allow_mass_delete: bool = False,
-        held_ride_bytes: int = DEFAULT_HELD_RIDE_BYTES,
-        claimed_classes: set[str] | None = None,
+        classes: RunClasses | None = None,
     ) -> None:
         self.config = config
         self.api = api
@@ -187,13 +180,13 @@ class Harvest:
         self._full_pass = False  # a listing of the whole history finished (deletions may follow)
         self.committed: dict[str, int] = {}  # workout id -> created_at, in the lake
         self.known_rides: set[str] = set()  # in the lake, fetched this run, or known 404
-        # The classes the accounts of this run (one set for all of one process) have set out
-        # to fetch: a class is the same for everyone, so one account asks for it.
-        self.claimed_classes = set() if claimed_classes is None else claimed_classes
         self._orphan_rides: list[str] = []  # named by committed workouts, absent from the lake
         self.done = 0
+        # ``classes``: one for all the accounts of a process (classes.py), which claim each
+        # class once and hold the classes for their day together.
         self.writer = Writer(lake, self.user_id, batch_size=batch_size,
-                             flush_interval_s=flush_interval_s, held_ride_bytes=held_ride_bytes)
+                             flush_interval_s=flush_interval_s, classes=classes,
+                             rows=self.outcome.rows)
         self.total = 0
         # Every request of the run: `concurrency` workers send them, one each at a time,
         # so no more are ever in flight (the listing's and daily datasets' too: _in_slot).
@@ -540,10 +533,9 @@ class Harvest:
         of the run's accounts. (If that account then fails, the class is missing until a
         later run of any account naming it fetches it: reconcile.py's orphans.)"""
         if ("rides" not in self.datasets or not ride_id or ride_id in self.known_rides
-                or ride_id in self.claimed_classes):
+                or not self.writer.classes.claim(ride_id)):
             return None
         self.known_rides.add(ride_id)
-        self.claimed_classes.add(ride_id)
         return ride_id
 
     async def _in_slot(self, call: Callable[[], Awaitable[T]]) -> T:
@@ -603,11 +595,12 @@ class Harvest:
             try:
                 counts = await self.writer.commit({**lines, "rides": rides}, removals)
             except BaseException:
-                for ride in rides:  # the final commit takes them
-                    self.writer.hold(ride)
+                self.writer.classes.put_back(rides)  # a later commit (a final one) takes them
                 raise
             self.mirror.landed(lines, named)
             self.outcome.moved = self.mirror.moved
+            counts.pop("rides", None)  # each counts for the account that fetched it
+            self.writer.classes.credit(rides)
             self.outcome.add_rows(counts)
             self.committed.update(landed)
         self.done += len(results)
@@ -631,7 +624,7 @@ class Harvest:
         and that no workout of this run fetched: ``concurrency`` at a time, committed together.
 
         After a SIGKILL these are the classes the killed run held for their day (up to
-        DEFAULT_HELD_RIDE_BYTES of them), so they go side by side, like the workers' requests.
+        classes.DEFAULT_HELD_RIDE_BYTES of them), so they go side by side, like the workers' requests.
         """
         if "rides" not in self.datasets:
             return

@@ -24,6 +24,7 @@ from anyio.abc import TaskStatus
 from harvester import __version__
 from harvester.api import open_api
 from harvester.auth import Paste
+from harvester.classes import RunClasses
 from harvester.client import DEFAULT_BACKOFF_BASE_S, RequestStats
 from harvester.config import DEFAULT_ACCOUNT, Config
 from harvester.errors import (
@@ -145,7 +146,7 @@ async def run_harvest(
     allow_mass_delete: bool = False,
     stop_requested: anyio.Event | None = None,
     session: aiohttp.ClientSession | None = None,
-    claimed_classes: set[str] | None = None,
+    classes: RunClasses | None = None,
 ) -> RunReport:
     """Run ``backfill`` or ``refresh`` to the end, or until SIGINT/SIGTERM.
 
@@ -157,13 +158,14 @@ async def run_harvest(
     ``backoff_base`` scales retry back-off; tests shrink it so no test sleeps for seconds.
     Several accounts' runs in one process pass ``stop_requested`` (set by the one
     signal watcher of them all), ``session`` (one connection pool for all) and
-    ``claimed_classes`` (one set: each class is fetched by one of them).
+    ``classes`` (classes.py: each class is fetched by one of them, and held for its day
+    with the others').
     """
     attempt = _Attempt(command, time.time())
     store = StateStore(open_storage(config.output.root))
     try:
         return await _run(config, attempt, store, _Options(
-            progress, backoff_base, allow_mass_delete, stop_requested, session, claimed_classes))
+            progress, backoff_base, allow_mass_delete, stop_requested, session, classes))
     except (Exception, KeyboardInterrupt) as exc:  # recorded, then re-raised
         if not attempt.recorded:
             _record_failed(store, config, attempt, exc)
@@ -177,7 +179,7 @@ class _Options:
     allow_mass_delete: bool
     stop_requested: anyio.Event | None
     session: aiohttp.ClientSession | None
-    claimed_classes: set[str] | None
+    classes: RunClasses | None
 
 
 async def _run(config: Config, attempt: _Attempt, store: StateStore, options: _Options) -> RunReport:
@@ -228,7 +230,7 @@ async def _run_locked(
             state = _load_state(store, lake, attempt)
             harvest = Harvest(config, api, lake, state, mode=attempt.command, on_progress=hook,
                               allow_mass_delete=options.allow_mass_delete,
-                              claimed_classes=options.claimed_classes)
+                              classes=options.classes)
             await harvest.run()
     if harvest is None:  # stopped before the account was known: nothing to record for it
         report = _report(attempt, Outcome(interrupted=True), EXIT_INTERRUPTED, None, None)

@@ -9,9 +9,9 @@ the others wait for their day. So a backfill writes each day's ``workouts`` and
 ``performance_graphs`` files once, together (a committed workout implies its
 graph), instead of rewriting them per batch.
 
-Classes (``rides``, partitioned by the day they aired) wait here as JSON lines
-until the listing passes that day (``hold``/``release_rides``), at most
-``held_ride_bytes`` of them; past that the fullest days go first.
+Classes (``rides``, partitioned by the day they aired) wait as JSON lines until
+every account of the run has listed past that day (classes.py: one hold for all
+the accounts of a process, so each day's file is merged about once).
 
 ``commit`` is the run's only way into the lake: one commit at a time (a lock),
 each in a worker thread, so two merges of one file never overlap. A stopped
@@ -26,16 +26,14 @@ from dataclasses import dataclass, field
 import anyio
 
 from harvester.api import WorkoutRef
-from harvester.frontier import Frontier, HeldRides
+from harvester.classes import RunClasses
+from harvester.frontier import Frontier
 from harvester.lake import Encoded, Lake
 from harvester.state import FailedItem
 
 Row = dict[str, object]
 DEFAULT_BATCH_SIZE = 32  # results between two looks for complete days to commit
 DEFAULT_FLUSH_INTERVAL_S = 0.5  # look at least this often while results arrive
-# Classes held for their day to complete (frontier.py), as JSON lines, at most this many
-# bytes: past it the days holding most (the nearest to complete) are written early.
-DEFAULT_HELD_RIDE_BYTES = 32 * 2**20
 
 
 @dataclass(slots=True)
@@ -64,16 +62,18 @@ class Writer:
     def __init__(
         self, lake: Lake, user_id: str, *, batch_size: int = DEFAULT_BATCH_SIZE,
         flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S,
-        held_ride_bytes: int = DEFAULT_HELD_RIDE_BYTES,
+        classes: RunClasses | None = None, rows: dict[str, int] | None = None,
     ) -> None:
         self.lake = lake
         self.user_id = user_id
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_s
-        self.held_ride_bytes = held_ride_bytes
         self.frontier = Frontier()  # which partitions are complete (written once)
         self._inflight: list[WorkoutResult] = []  # the results a background commit holds
-        self._held = HeldRides()  # classes whose rides day is not yet complete
+        # Classes waiting for their rides day, with those of the run's other accounts, and
+        # the account's tally each class it fetched counts in once written.
+        self.classes = RunClasses() if classes is None else classes
+        self._rows: dict[str, int] = {} if rows is None else rows
         self._lock = anyio.Lock()  # one lake commit at a time: merges of one file never race
         self._arrived: list[WorkoutResult] = []  # handed over since the last round
         self._wake = anyio.Event()  # a batch's worth arrived, or closed
@@ -96,6 +96,7 @@ class Writer:
         pending: list[WorkoutResult] = []  # received, their day not yet complete
         idle = anyio.Event()
         idle.set()
+        self.classes.join(self.frontier)
         try:
             async with anyio.create_task_group() as tg:
                 while not self._closed:
@@ -119,6 +120,7 @@ class Writer:
             pending = [*self._inflight, *pending, *self._arrived]
             self._inflight = []
             self._arrived = []
+            self.classes.leave(self.frontier)  # this last commit takes the days of its classes
             with anyio.CancelScope(shield=True):
                 await commit(pending, True)
 
@@ -139,25 +141,18 @@ class Writer:
         return ready, waiting
 
     def _rides_due(self) -> bool:
-        newest = self._held.newest_day()
-        return newest is not None and self.frontier.passed(newest)
+        return self.classes.due()
 
     # -- classes waiting for their day ---------------------------------------------
 
     def hold(self, ride: Encoded) -> None:
-        self._held.add(ride)
+        """A class this account fetched: it waits for its day with the run's other classes."""
+        self.classes.hold(ride, self._rows)
 
     def release_rides(self, final: bool) -> list[Encoded]:
-        """The held classes to commit now: all in the last commit; else those whose rides day
-        is complete, and when more than ``held_ride_bytes`` are held (a history naming many
-        classes aired long before) the fullest days down to 3/4 of it: each such file is
-        merged again when the rest of its day comes."""
-        if final:
-            return self._held.release(lambda _: True)
-        released = self._held.release(self.frontier.passed)
-        if self._held.size > self.held_ride_bytes:
-            released += self._held.release_largest(self.held_ride_bytes * 3 // 4)
-        return released
+        """The held classes to commit now (classes.py): in the last commit every day holding
+        one of this account's classes; else the days every running account has passed."""
+        return self.classes.release(self._rows if final else None)
 
     # -- the way into the lake -----------------------------------------------------
 
