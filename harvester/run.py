@@ -238,10 +238,19 @@ async def _run_locked(
         attempt.recorded = True
         return report
     harvest.outcome.interrupted = harvest.outcome.interrupted or stop.cancelled_caught
+    # In a thread: fsyncs (or an object store's round trips) of one account's end must not
+    # stall the other accounts of the run on the event loop.
+    report = await anyio.to_thread.run_sync(_finish, store, config, harvest, attempt, lake)
+    attempt.recorded = True
+    return report
+
+
+def _finish(store: StateStore, config: Config, harvest: Harvest, attempt: _Attempt,
+            lake: Lake) -> RunReport:
+    """State, failures and manifest of a harvest that ran; its report. Blocking."""
     report = _record(store, harvest, attempt)
     report.tally = {k: dict(v) for k, v in lake.tally.items()}
     _write_manifest(store, config, report)
-    attempt.recorded = True
     return report
 
 
