@@ -13,6 +13,7 @@ import pytest
 
 from harvester.config import AccountConfig, load_config
 from harvester.errors import ConfigError
+from harvester.keys import class_of
 from tests.harness import PASSWORD, USERNAME, cli_env, run_cli_async, write_config
 from tests.procs import start_cli, wait_until, whole_files
 
@@ -359,3 +360,35 @@ async def test_classes_an_older_version_wrote_per_account_move_to_the_shared_fil
     assert after.keys() == before.keys() and all(len(files) == 1 for files in after.values()), after
     assert {Path(f).name for files in after.values() for f in files} == {"rides.jsonl"}
     assert (await run_cli_async(["verify", "--config", str(path)], env)).returncode == 0
+
+
+async def test_a_run_of_three_accounts_killed_midway_ends_with_every_class_once(
+    make_emulator: Any, tmp_path: Path,
+) -> None:
+    """SIGKILL a run of three members while their classes wait in the run's one hold: the next
+    run fetches the classes their committed workouts name and the lake lacks, each once by one
+    member, and verify finds the lake whole."""
+    emulator = await make_emulator(workouts=60, accounts=3, latency_ms=4.0)
+    path, env = members_config(tmp_path, emulator.url, 3, concurrency=2)
+    args = ["backfill", "--config", str(path), "--no-progress"]
+    root = tmp_path / "lake"
+    cli = await start_cli(args, env, tmp_path / "logs", "killed")
+    await wait_until(lambda: len(list(root.glob("workouts/date=*/*.jsonl"))) >= 30)
+    cli.process.send_signal(signal.SIGKILL)
+    assert await cli.wait() == -signal.SIGKILL, cli.stderr()
+    await anyio.sleep(0.05)
+    whole_files(root)
+    named = {class_of(orjson.loads(line)) for p in root.glob("workouts/date=*/*.jsonl")
+             for line in p.read_bytes().splitlines()}
+    missing = (named & classes_taken(emulator)) - ride_files(root).keys()
+    assert missing, "the kill should leave classes of committed workouts unwritten"
+    emulator.reset_stats()
+    done = await run_cli_async(args, env)
+    assert done.returncode == 0, done.stderr
+    held = ride_files(root)
+    assert {ride: files for ride, files in held.items() if len(files) > 1} == {}
+    assert held.keys() >= classes_taken(emulator)
+    asked = emulator.stats_snapshot()["by_id"].get("ride_details", {})
+    assert set(asked) >= missing and max(asked.values()) == 1, asked
+    checked = await run_cli_async(["verify", "--config", str(path)], env)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
