@@ -404,6 +404,7 @@ class Harvest:
         self._jobs.open()
         self._request(workout, self._first_requests(workout))
         await self._jobs.room()
+        await self.writer.room()  # a disk slower than the fetching holds the listing back
 
     # -- workers --------------------------------------------------------------
 

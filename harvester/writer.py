@@ -7,7 +7,9 @@ listing has passed the day and all its listed workouts are back) and hands them
 to the pipeline's commit, which runs in a thread while more results arrive;
 the others wait for their day. So a backfill writes each day's ``workouts`` and
 ``performance_graphs`` files once, together (a committed workout implies its
-graph), instead of rewriting them per batch.
+graph), instead of rewriting them per batch. While a commit runs and
+``backlog_limit`` results wait for one, the listing waits (``room``): a disk
+slower than the network holds the fetching back instead of filling memory.
 
 Classes (``rides``, partitioned by the day they aired) wait as JSON lines until
 every account of the run has listed past that day (classes.py: one hold for all
@@ -34,6 +36,9 @@ from harvester.state import FailedItem
 Row = dict[str, object]
 DEFAULT_BATCH_SIZE = 32  # results between two looks for complete days to commit
 DEFAULT_FLUSH_INTERVAL_S = 0.5  # look at least this often while results arrive
+# Results handed over and not yet committed past which the listing waits, while a commit
+# runs: a disk slower than the network holds the listing back instead of filling memory.
+DEFAULT_BACKLOG = 256
 
 
 @dataclass(slots=True)
@@ -63,11 +68,16 @@ class Writer:
         self, lake: Lake, user_id: str, *, batch_size: int = DEFAULT_BATCH_SIZE,
         flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S,
         classes: RunClasses | None = None, rows: dict[str, int] | None = None,
+        backlog_limit: int | None = None,
     ) -> None:
         self.lake = lake
         self.user_id = user_id
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_s
+        self.backlog_limit = DEFAULT_BACKLOG if backlog_limit is None else backlog_limit
+        self.backlog = 0  # results handed over and not yet committed
+        self._committing = False  # a background commit is running
+        self._committed = anyio.Event()  # set (and replaced) when one ends
         self.frontier = Frontier()  # which partitions are complete (written once)
         self._inflight: list[WorkoutResult] = []  # the results a background commit holds
         # Classes waiting for their rides day, with those of the run's other accounts, and
@@ -82,9 +92,17 @@ class Writer:
     def add(self, result: WorkoutResult) -> None:
         """A worker's finished workout (no await: the writer looks at it on its next round)."""
         self.frontier.returned(result.ref.created_at)
+        self.backlog += 1
         self._arrived.append(result)
         if len(self._arrived) >= self.batch_size:
             self._wake.set()
+
+    async def room(self) -> None:
+        """Return when fewer than ``backlog_limit`` results wait for a commit, or when no commit
+        is running: then what waits is of days not yet complete, which only the listing can
+        complete, so waiting for it would never end."""
+        while self.backlog >= self.backlog_limit and self._committing:
+            await self._committed.wait()
 
     def close(self) -> None:
         """No more results: the writer commits what it holds and returns."""
@@ -110,6 +128,7 @@ class Writer:
                         await idle.wait()  # commits stay in order, one at a time
                         idle = anyio.Event()
                         self._inflight = ready
+                        self._committing = True
                         tg.start_soon(self._commit_inflight, commit, idle)
                     elif self._closed:
                         pending = [*ready, *pending]
@@ -126,7 +145,11 @@ class Writer:
 
     async def _commit_inflight(self, commit: Commit, idle: anyio.Event) -> None:
         await commit(self._inflight, False)
+        self.backlog -= len(self._inflight)
         self._inflight = []
+        self._committing = False
+        self._committed.set()
+        self._committed = anyio.Event()
         idle.set()
 
     def _complete(self, results: list[WorkoutResult]) -> tuple[list[WorkoutResult], list[WorkoutResult]]:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
+from harvester import writer as writer_module
 from harvester.accounts import harvest_accounts
 from harvester.classes import RunClasses
 from harvester.config import load_config
@@ -16,6 +19,7 @@ from harvester.frontier import Frontier, HeldRides
 from harvester.lake import encoded
 from harvester.run import run_harvest
 from harvester.storage.local import LocalBatch, LocalStorage
+from harvester.writer import DEFAULT_BATCH_SIZE, Writer
 from tests.harness import comparable, harvest_config, lake_files, stats
 from tests.test_accounts import members_config
 
@@ -226,3 +230,62 @@ async def test_the_accounts_of_a_run_write_each_classes_day_about_once(
     # classes, a later one the days holding classes fetched since (1.16-1.34 a file).
     assert writes <= 1.5 * len(files), (writes, len(files))
     assert sum(o.report.outcome.rows.get("rides", 0) for o in outcomes if o.report) == rows
+
+
+@pytest.fixture
+def slow_disk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each local commit takes 30 ms longer (a disk slower than the network); it still writes."""
+    real = LocalBatch.commit
+
+    def commit(self: LocalBatch) -> None:
+        time.sleep(0.03)
+        real(self)
+
+    monkeypatch.setattr(LocalBatch, "commit", commit)
+
+
+def peak_backlog(monkeypatch: pytest.MonkeyPatch, limit: int) -> list[int]:
+    """Every writer gets ``limit``; the most results any held uncommitted, as the run goes."""
+    monkeypatch.setattr(writer_module, "DEFAULT_BACKLOG", limit)
+    peak = [0]
+    real_add = Writer.add
+
+    def add(self: Writer, result: Any) -> None:
+        real_add(self, result)
+        peak[0] = max(peak[0], self.backlog)
+
+    monkeypatch.setattr(Writer, "add", add)
+    return peak
+
+
+async def test_a_disk_slower_than_the_fetching_holds_the_listing_back_not_memory(
+    make_emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slow_disk: None,
+) -> None:
+    """Commits slower than the answers: the listing waits while the limit of results wait for a
+    commit, so the writer never holds many more (the open workouts and one round on top)."""
+    emulator = await make_emulator(workouts=400)
+    peak = peak_backlog(monkeypatch, 40)
+    config = harvest_config(emulator.url, tmp_path, harvest__concurrency=8)
+    report = await run_harvest(config, "backfill")
+    assert report.exit_code == 0, report.manifest
+    complete = {w["id"] for w in emulator.account.workouts if w["status"] == "COMPLETE"}
+    assert set(comparable(tmp_path / "lake")["workouts"]) == complete
+    # 40, plus up to 3 x 8 open workouts finishing, plus what arrives while the writer's
+    # next round begins. Without the wait it holds most of the 400.
+    assert peak[0] <= 40 + 3 * 8 + DEFAULT_BATCH_SIZE, peak
+
+
+async def test_a_day_with_more_workouts_than_the_backlog_limit_still_completes(
+    make_emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slow_disk: None,
+) -> None:
+    """Results of a day the listing has not passed cannot be committed; waiting for them to be
+    would never end, so the listing goes on while no commit runs."""
+    emulator = await make_emulator(workouts=150, history_days=1)
+    peak = peak_backlog(monkeypatch, 20)
+    config = harvest_config(emulator.url, tmp_path, harvest__concurrency=8)
+    with anyio.fail_after(60):
+        report = await run_harvest(config, "backfill")
+    assert report.exit_code == 0, report.manifest
+    assert peak[0] > 20, "the day's results outgrew the limit"
+    complete = {w["id"] for w in emulator.account.workouts if w["status"] == "COMPLETE"}
+    assert set(comparable(tmp_path / "lake")["workouts"]) == complete
