@@ -42,6 +42,7 @@ import os
 import threading
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,7 +75,9 @@ from harvester.storage import Batch, Entry, LocalStorage, Storage, open_storage
 __all__ = ["DATASETS", "Encoded", "Lake", "Row", "check_user_id", "class_of", "encoded", "partition_date",
            "primary_key", "row_problem", "utc_day", "workout_day"]
 
-# Workouts last: a workout row in the lake implies its graph and ride were committed before it.
+# Workouts last: a workout row in the lake implies its graph was committed before it. (Its
+# class may come later: classes wait for their day, classes.py; a missing one is fetched
+# by the account's next run.)
 # Deletions first: a workout removed from the lake is recorded as deleted before it goes.
 COMMIT_ORDER = ("deletions", "performance_graphs", "rides", "instructors", "profiles",
                 "metadata_mappings", "workouts")
@@ -188,7 +191,7 @@ class Lake:
             written = sum(len(rows) for rows in groups.values())
             if written:
                 counts[dataset] = written
-        # Shared files first (classes before the workouts naming them), each on its own.
+        # Shared files first (a commit's classes before the workouts naming them), each on its own.
         self._merge_all_shared([p for p in plan if p[0] in SHARED_FILES])
         with self.storage.batch() as staged:
             changes: list[_Change] = []
@@ -426,8 +429,6 @@ class Lake:
             for item in merges:
                 merge(item)
             return
-        from concurrent.futures import ThreadPoolExecutor
-
         with ThreadPoolExecutor(max_workers=SHARED_MERGE_WORKERS) as pool:
             list(pool.map(merge, merges))
 
