@@ -59,8 +59,10 @@ async def test_login_then_cron_runs_need_no_password_until_the_session_ends(
 
 async def test_a_config_of_method_and_two_urls_plus_two_variables_backfills(
         make_emulator: MakeEmulator, tmp_path: Path) -> None:
-    """Only method "login", base_url and auth_url (a name, not the IP) and the two variables."""
-    emulator = await make_emulator(workouts=20, orca_host="127.0.0.1")
+    """Only method "login", base_url and auth_url (a name, not the IP) and the two variables.
+
+    At the default 5 requests a second: a few workouts keep it to a few seconds."""
+    emulator = await make_emulator(workouts=4, orca_host="127.0.0.1")
     url = emulator.url.replace("127.0.0.1", "localhost")
     config = tmp_path / "minimal.toml"
     config.write_text(f'[auth]\nmethod = "login"\n[api]\nbase_url = "{url}"\n'
@@ -69,7 +71,7 @@ async def test_a_config_of_method_and_two_urls_plus_two_variables_backfills(
     done = await run_cli_async(["backfill", "--config", str(config), "--out",
                                 str(tmp_path / "lake")], env)
     assert done.returncode == 0, done.stderr
-    assert "20 new workouts" in done.stdout
+    assert "4 new workouts" in done.stdout
     assert (tmp_path / "home" / ".cache" / "peloton-harvester" / "tokens.json").is_file()
     assert emulator.stats_snapshot()["token_grants"]["authorization_code"] == 1
 
