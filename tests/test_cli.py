@@ -126,7 +126,7 @@ def test_demo_backfills_a_small_account(tmp_path: Path) -> None:
 
 
 def test_process_entry_raises_the_young_collection_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`python -m harvester` collects young objects every 10,000 allocations, not 700."""
+    """`python -m harvester` collects young objects every 50,000 allocations, not 700."""
     seen: list[tuple[int, int, int]] = []
 
     def fake_entry() -> NoReturn:
@@ -141,4 +141,4 @@ def test_process_entry_raises_the_young_collection_threshold(monkeypatch: pytest
     finally:
         gc.set_threshold(*before)
         gc.unfreeze()
-    assert seen == [(10_000, before[1], before[2])]
+    assert seen == [(50_000, before[1], before[2])]
