@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark the harvester against the emulator's limits and an existing client.
 
-    scripts/bench [--quick] [--json PATH] [--only SCENARIO ...] [--peers]
+    scripts/bench [--quick] [--json PATH] [--only SCENARIO ...] [--peers] [--settle SECONDS]
 
 Every figure comes from separate processes: the emulator on one core, and the
 measured process (the harvester CLI, a bare aiohttp loop, pylotoncycle, or a dlt
@@ -15,6 +15,16 @@ The hidden modes ``_bare``, ``_pyloton``, ``_files``, ``_dlt``, ``_tables`` and 
 are the measured processes other than the harvester CLI. The scale rows (bytes
 written per byte of lake, CPU per record at 100k vs 2k, many accounts at zero
 latency) live in scripts/bench_scale.py.
+
+The file system's state moves the CPU figures. ext4 without a journal (this
+project's test machine) skips every inode freed in the last minute (the last six
+while its inode-table block is unwritten) when it allocates a new one, checking
+each in the buffer cache. After 50,000 files were deleted here, creating a folder
+and a file in it cost up to 540 us of CPU over the next six minutes, then 83-111
+us (38 us on tmpfs); a test suite or an earlier bench deletes that many. So on
+such a file system a full run syncs and waits ``--settle`` seconds (default six
+minutes) before its first scenario, and each scenario records ``fs_probe_us``:
+that cost, measured just before it.
 """
 
 from __future__ import annotations
@@ -56,6 +66,8 @@ FULL = {"inflight": 300, "peers": 1000, "rate": 2000, "latency": 1000, "versus":
 QUICK = {"inflight": 30, "peers": 20, "rate": 30, "latency": 50, "versus": 20, "cpu": 50, "mem_small": 50,
          "mem_large": 200, "refresh": 50, "tables": 50, "s3": 30, "repeats": 1,
          "lake_bytes": 200, "scale_small": 50, "scale_large": 200, "accounts": 3, "account_workouts": 20}
+SETTLE_S = 360  # a full run's wait after sync: how long ext4 without a journal skips freed inodes
+FS_PROBE_FILES = 500
 INCREMENTAL_SHARE = 0.2  # target: a refresh's table update costs at most this share of a full build
 S3_RPS = 100.0
 
@@ -962,6 +974,45 @@ def bare_main(base: str, url_file: str, concurrency: int) -> int:
 # -- report ---------------------------------------------------------------------------
 
 
+def fs_probe(parent: Path, count: int = FS_PROBE_FILES) -> float:
+    """Microseconds of this thread's CPU to create a folder and a file renamed into it (a lake
+    partition's first file), over ``count`` of them in a fresh folder under ``parent``: what
+    the file system's state adds to every scenario that writes a lake. Nothing is deleted."""
+    top = Path(tempfile.mkdtemp(prefix="fs-probe-", dir=parent))
+    started = time.thread_time()
+    for i in range(count):
+        folder = top / f"date={i}"
+        folder.mkdir()
+        fd = os.open(folder / ".part.tmp", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            os.write(fd, b"{}\n")
+        finally:
+            os.close(fd)
+        os.rename(folder / ".part.tmp", folder / "part.jsonl")
+    return (time.thread_time() - started) / count * 1e6
+
+
+def scratch_fs(path: Path) -> dict[str, Any]:
+    """The file system holding ``path`` (Linux: from /proc/self/mountinfo), and for ext4
+    whether it has a journal (a journal-less ext4 pays for recently freed inodes)."""
+    best: tuple[str, str, str] | None = None
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            fields = line.split()
+            mount, rest = fields[4], fields[fields.index("-") + 1:]
+            if (str(path).startswith(mount.rstrip("/") + "/") or str(path) == mount) and (
+                    best is None or len(mount) > len(best[0])):
+                best = (mount, rest[0], rest[1])
+    if best is None:
+        return {"type": None}
+    mount, fstype, device = best
+    info: dict[str, Any] = {"mount": mount, "type": fstype, "device": device}
+    if fstype == "ext4":
+        name = Path(device).name
+        info["journal"] = any(Path("/proc/fs/jbd2").glob(f"{name}-*"))
+    return info
+
+
 def machine() -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
@@ -976,7 +1027,8 @@ def machine() -> dict[str, Any]:
             "python": platform.python_version(),
             "pinning": f"emulator on cores {sorted(EMULATOR_CORES)}, measured process on "
                        f"{sorted(CLIENT_CORES)}" if hasattr(os, "sched_setaffinity") else "none",
-            "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None}
+            "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
+            "scratch_fs": scratch_fs(Path(tempfile.gettempdir()))}  # where the lakes go
 
 
 TITLES = {"rate": "rate-bound", "rate_2x": "rate-bound, 2 x the limit",
@@ -1020,6 +1072,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--json", type=Path, metavar="PATH", help="where to write the raw figures")
     parser.add_argument("--only", action="append", choices=sorted(TITLES),
                         help="run only this scenario (repeatable)")
+    parser.add_argument("--settle", type=float, metavar="SECONDS",
+                        help=f"sync, then wait this long before the first scenario (default "
+                             f"{SETTLE_S:g} on ext4 without a journal, else 0; 0 with --quick): "
+                             "see the module's docstring")
     parser.add_argument("--peers", action="store_true",
                         help="also run the comparison with a dlt rest_api pipeline (installs dlt "
                              "into .bench-venv-dlt/ on first use); alone: `--only peers`")
@@ -1058,20 +1114,34 @@ def main(argv: list[str]) -> int:
         "accounts_zero": lambda tmp: bench_scale.scenario_accounts_zero(
             tmp, sizes["accounts"], sizes["account_workouts"], extras=not args.quick),
     }
+    scratch = scratch_fs(Path(tempfile.gettempdir()))
+    forgets_slowly = scratch.get("type") == "ext4" and scratch.get("journal") is False
+    settle = args.settle if args.settle is not None else (
+        SETTLE_S if forgets_slowly and not args.quick else 0.0)
+    probe_files = FS_PROBE_FILES // 5 if args.quick else FS_PROBE_FILES
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="harvester-bench-") as tmp:
+        if settle > 0:
+            print(f"-- settling the file system: sync, then {settle:g} s "
+                  f"(creating a file costs {fs_probe(Path(tmp), probe_files):.0f} us of CPU now)",
+                  file=sys.stderr, flush=True)
+            os.sync()
+            time.sleep(settle)
         for key, run in plan.items():
             if (args.only and key not in args.only) or (key == "peers" and not (args.only or args.peers)):
                 continue  # the dlt peer needs its own venv: only on request
             t0 = time.perf_counter()
-            print(f"-- {TITLES[key]} ...", file=sys.stderr, flush=True)
+            probe = fs_probe(Path(tmp), probe_files)
+            print(f"-- {TITLES[key]} (creating a file: {probe:.0f} us of CPU) ...",
+                  file=sys.stderr, flush=True)
             try:
                 results[key] = run(Path(tmp) / key)
             except Exception as exc:  # one broken scenario must not hide the others
                 results[key] = {"error": f"{type(exc).__name__}: {exc}"[:500], "holds": False}
             results[key]["scenario_s"] = round(time.perf_counter() - t0, 2)
+            results[key]["fs_probe_us"] = round(probe, 1)
     report = {
-        "command": " ".join(["scripts/bench", *argv]),
+        "command": " ".join(["scripts/bench", *argv]), "settle_s": settle,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "duration_s": round(time.time() - started, 1),
         "quick": args.quick, "machine": machine(), "sizes": sizes, "scenarios": results,
