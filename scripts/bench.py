@@ -1013,7 +1013,8 @@ def scratch_fs(path: Path) -> dict[str, Any]:
     return info
 
 
-def machine() -> dict[str, Any]:
+def machine(scratch: dict[str, Any]) -> dict[str, Any]:
+    """This machine, and ``scratch``: the file system the lakes go to (``scratch_fs``)."""
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -1028,7 +1029,7 @@ def machine() -> dict[str, Any]:
             "pinning": f"emulator on cores {sorted(EMULATOR_CORES)}, measured process on "
                        f"{sorted(CLIENT_CORES)}" if hasattr(os, "sched_setaffinity") else "none",
             "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
-            "scratch_fs": scratch_fs(Path(tempfile.gettempdir()))}  # where the lakes go
+            "scratch_fs": scratch}
 
 
 TITLES = {"rate": "rate-bound", "rate_2x": "rate-bound, 2 x the limit",
@@ -1144,7 +1145,7 @@ def main(argv: list[str]) -> int:
         "command": " ".join(["scripts/bench", *argv]), "settle_s": settle,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "duration_s": round(time.time() - started, 1),
-        "quick": args.quick, "machine": machine(), "sizes": sizes, "scenarios": results,
+        "quick": args.quick, "machine": machine(scratch), "sizes": sizes, "scenarios": results,
     }
     path = args.json or ROOT / "bench-results" / time.strftime("bench-%Y%m%d-%H%M%S.json")
     path.parent.mkdir(parents=True, exist_ok=True)
