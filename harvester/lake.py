@@ -19,11 +19,15 @@ store). A commit rewrites only the partition files its rows touch:
     go in COMMIT_ORDER (graphs before workouts), and within a dataset the
     partitions gaining rows before those losing some.
 
-A file shared by all accounts (classes, instructors, metadata_mappings) is not in
-the batch: before it, each is merged with compare-and-swap (read with its
-version, merge, ``replace`` on that version or ``create`` if absent), retried on
-conflict, so runs of different accounts, on one machine or several, never lose
-each other's rows, and a class two accounts took is one row. An account's own
+A file shared by all accounts (classes, instructors, metadata_mappings) is merged
+with compare-and-swap (read with its version, merge, write only if the file is
+still at that version, else read and merge again), so runs of different
+accounts, on one machine or several, never lose each other's rows, and a class
+two accounts took is one row. On a local disk that merge is staged first in the
+commit's batch (lakefile.stage_shared: checked and renamed under the directory's
+lock after the first barrier), so the batch's barriers make it durable and no
+shared file costs an fsync of its own; on an object store, where each PUT is
+durable alone, the shared files are merged before the batch, concurrently. An account's own
 file of a shared dataset, which versions before 2026-12 wrote for classes, is
 read as the account's and moved into the shared file by heal.py.
 
@@ -41,7 +45,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,8 +73,10 @@ from harvester.lakefile import (
     keyed_lines,
     lines,
     merge_shared,
+    stage_shared,
 )
 from harvester.storage import Batch, Entry, LocalStorage, Storage, open_storage
+from harvester.storage.local import LocalBatch
 
 __all__ = ["DATASETS", "Encoded", "Lake", "Row", "check_user_id", "class_of", "encoded", "partition_date",
            "primary_key", "row_problem", "utc_day", "workout_day"]
@@ -191,9 +197,14 @@ class Lake:
             written = sum(len(rows) for rows in groups.values())
             if written:
                 counts[dataset] = written
-        # Shared files first (a commit's classes before the workouts naming them), each on its own.
-        self._merge_all_shared([p for p in plan if p[0] in SHARED_FILES])
+        # Shared files first (a commit's classes before the workouts naming them).
+        shared = [p for p in plan if p[0] in SHARED_FILES]
+        if not self.storage.is_local:
+            self._merge_all_shared(shared)
         with self.storage.batch() as staged:
+            if isinstance(staged, LocalBatch):
+                for item in shared:
+                    self._stage_shared(staged, *item)
             changes: list[_Change] = []
             for dataset in COMMIT_ORDER:
                 steps = [p for p in plan if p[0] == dataset and dataset not in SHARED_FILES]
@@ -437,8 +448,34 @@ class Lake:
         *, tolerant: bool = False,
     ) -> None:
         """Merge ``new`` into the shared file with compare-and-swap (lakefile.merge_shared)."""
-        prefix, stem = _prefix(dataset, part), SHARED_FILES[dataset]
+        target, variants = self._shared_keys(dataset, part)
+        merge_shared(self.storage, dataset, target, variants,
+                     self._shared_change(dataset, new, drop, tolerant=tolerant),
+                     self.compression, tolerant=tolerant)
 
+    def _stage_shared(
+        self, staged: LocalBatch, dataset: str, part: str | None, new: Mapping[str, bytes],
+        drop: frozenset[str],
+    ) -> None:
+        """The same merge staged in a local commit's batch (lakefile.stage_shared), or, when
+        the partition holds both compression variants, done on its own first."""
+        assert isinstance(self.storage, LocalStorage)
+        target, variants = self._shared_keys(dataset, part)
+        if not stage_shared(self.storage, staged, dataset, target, variants,
+                            self._shared_change(dataset, new, drop), self.compression):
+            self._merge_shared(dataset, part, new, drop)
+
+    def _shared_keys(self, dataset: str, part: str | None) -> tuple[str, list[str]]:
+        """The shared file's key in the configured compression, and every variant's."""
+        prefix, stem = _prefix(dataset, part), SHARED_FILES[dataset]
+        return (f"{prefix}/{stem}{self._suffix}",
+                [f"{prefix}/{stem}{suffix}" for suffix in SUFFIXES.values()])
+
+    def _shared_change(
+        self, dataset: str, new: Mapping[str, bytes], drop: frozenset[str], *,
+        tolerant: bool = False,
+    ) -> Callable[[dict[str, bytes]], dict[str, bytes]]:
+        """``new`` merged in (and counted, unless ``tolerant``), ``drop`` taken out."""
         def change(merged: dict[str, bytes]) -> dict[str, bytes]:
             if not tolerant:
                 self._count(dataset, merged, new)
@@ -447,9 +484,7 @@ class Lake:
                 merged.pop(key, None)
             return merged
 
-        merge_shared(self.storage, dataset, f"{prefix}/{stem}{self._suffix}",
-                     [f"{prefix}/{stem}{suffix}" for suffix in SUFFIXES.values()], change,
-                     self.compression, tolerant=tolerant)
+        return change
 
     def _count(self, dataset: str, stored: Mapping[str, bytes], new: Mapping[str, bytes]) -> None:
         """Add ``new``'s rows to the tally: new keys, and known keys whose content changed."""

@@ -6,6 +6,8 @@ rest). ``merge_shared`` is the compare-and-swap loop for a file every account
 writes (classes, instructors): read with its version, merge, ``replace`` on that
 version (``create`` if absent), and on a conflict read and merge again; the
 merges of one file within a process take turns, each turn applying all that wait.
+``stage_shared`` is the same merge on a local disk, staged in a commit's batch:
+checked and renamed at the commit, made durable by its barriers.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import orjson
 from harvester.errors import LakeError, StorageConflictError
 from harvester.keys import primary_key
 from harvester.storage import Storage
+from harvester.storage.local import LocalBatch, LocalStorage
 
 Row = dict[str, object]
 SUFFIXES = {"none": ".jsonl", "gzip": ".jsonl.gz"}
@@ -183,6 +186,34 @@ def merge_shared(
             for _, done in round_:
                 done.set_result(None)
     mine.result()
+
+
+def stage_shared(
+    storage: LocalStorage, staged: LocalBatch, dataset: str, target: str,
+    variants: Sequence[str], change: Change, compression: str,
+) -> bool:
+    """Stage the merge of the shared file ``target`` in ``staged``; False (nothing staged) when
+    another compression variant of it exists, which ``merge_shared`` settles instead.
+
+    Read now, merged now and written to a temporary file; at the commit, under the
+    directory's lock, renamed if the file is unchanged, or merged again from what
+    another writer left (``LocalBatch.put_if``). One barrier pair makes every
+    shared file of a commit durable with the rest: no fsync per file.
+    """
+    if any(storage.stat(key) is not None for key in variants if key != target):
+        return False
+    blob = storage.read(target)
+    where = f"{storage.url}/{target}"
+
+    def merged(data: bytes | None) -> bytes:
+        rows = {} if data is None else keyed_lines(dataset, inflate(data, where), where)
+        return encode(change(rows), compression)
+
+    data = merged(None if blob is None else blob.data)
+    if blob is not None and data == blob.data:
+        return True  # nothing new for it
+    staged.put_if(target, data, None if blob is None else blob.version, merged)
+    return True
 
 
 def _composed(changes: Sequence[Change]) -> Change:

@@ -141,14 +141,15 @@ def test_too_many_held_rides_leave_fullest_day_first() -> None:
 
 @pytest.fixture
 def puts(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
-    """Every key the local store writes, counted: in batches (an account's files) and by
-    compare-and-swap (the shared files: classes, instructors). The real store still writes it."""
+    """Every key the local store writes, counted: in batches (an account's files, and the
+    shared files' merges, ``put_if``) and by compare-and-swap on its own (a shared file whose
+    partition holds both compression variants). The real store still writes it."""
     counted: Counter[str] = Counter()
-    real_put, real_create, real_replace = LocalBatch.put, LocalStorage.create, LocalStorage.replace
+    real_put, real_create, real_replace = LocalBatch._put, LocalStorage.create, LocalStorage.replace
 
-    def put(self: LocalBatch, key: str, data: bytes, *, replaces: Sequence[str] = ()) -> None:
+    def put(self: LocalBatch, key: str, data: bytes, replaces: Sequence[str], unless: Any) -> None:
         counted[key] += 1
-        real_put(self, key, data, replaces=replaces)
+        real_put(self, key, data, replaces, unless)
 
     def create(self: LocalStorage, key: str, data: bytes, *, private: bool = False) -> str:
         counted[key] += 1
@@ -158,7 +159,7 @@ def puts(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
         counted[key] += 1
         return real_replace(self, key, data, version, private=private)
 
-    monkeypatch.setattr(LocalBatch, "put", put)
+    monkeypatch.setattr(LocalBatch, "_put", put)
     monkeypatch.setattr(LocalStorage, "create", create)
     monkeypatch.setattr(LocalStorage, "replace", replace)
     return counted

@@ -8,11 +8,12 @@ a ``batch`` is made durable with one ``syncfs`` barrier before its renames and
 one after, as the lake's commit does today.
 
 ``create`` is ``link(2)`` of a complete temporary file, which fails if the
-name exists: atomic without a lock. ``replace`` holds an ``flock`` on the
-file's directory while it compares the current content's hash with the
-version it was given and renames, so compare-and-swap writers of one
-directory take turns. ``RunFileLock`` is the per-account run lock: an
-``flock`` the kernel frees when its holder dies.
+name exists. ``replace`` compares the current content's hash with the
+version it was given and renames. Both hold an ``flock`` on the file's
+directory while they do, and so does a batch's ``put_if`` while it checks and
+renames, so compare-and-swap writers of one directory take turns.
+``RunFileLock`` is the per-account run lock: an ``flock`` the kernel frees
+when its holder dies.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -106,7 +107,8 @@ class LocalStorage:
             self.ensure_parent(path, private)
             temp = _durable_temp(path, data, private)
             try:
-                os.link(temp, path)  # fails if the name exists, atomically
+                with locked_dir(path.parent):  # a batch's put_if checks, then renames
+                    os.link(temp, path)  # fails if the name exists, atomically
             except FileExistsError:
                 raise StorageConflictError(f"{path} already exists") from None
             finally:
@@ -225,25 +227,52 @@ class LocalStorage:
         self._made.add(str(parent))
 
 
+class _Unless:
+    """A ``put_if`` entry's condition: the version its data was merged from, and how to
+    merge again from what another writer left there instead."""
+
+    __slots__ = ("remerge", "version")
+
+    def __init__(self, version: str | None, remerge: Callable[[bytes | None], bytes]) -> None:
+        self.version = version
+        self.remerge = remerge
+
+
 class LocalBatch:
     """Temporary files staged now, made durable and renamed into place by ``commit``."""
 
     def __init__(self, storage: LocalStorage) -> None:
         self._storage = storage
-        # (temp or None to remove target, target, removed after): in staging order
-        self._staged: list[tuple[Path | None, Path, list[Path]]] = []
+        # (temp or None to remove target, target, removed after, put_if's condition):
+        # in staging order
+        self._staged: list[tuple[Path | None, Path, list[Path], _Unless | None]] = []
 
     def put(self, key: str, data: bytes, *, replaces: Sequence[str] = ()) -> None:
+        self._put(key, data, replaces, None)
+
+    def put_if(self, key: str, data: bytes, version: str | None,
+               remerge: Callable[[bytes | None], bytes]) -> None:
+        """Stage ``data`` for a file other processes write too (compare-and-swap in the batch).
+
+        ``data`` was merged from the file at ``version`` (None: absent). At commit,
+        after the first barrier, the file's directory is locked (as ``create`` and
+        ``replace`` lock it), and if the file changed since, ``remerge(what it holds
+        now)`` is written instead of ``data``, made durable before its rename. So no
+        writer's update is lost, and the usual case costs no fsync of its own.
+        """
+        self._put(key, data, (), _Unless(version, remerge))
+
+    def _put(self, key: str, data: bytes, replaces: Sequence[str], unless: _Unless | None) -> None:
         target = self._storage.path(key)
         stale = [self._storage.path(k) for k in replaces if k != key]
         try:
             self._storage.ensure_parent(target, private=False)
-            self._staged.append((write_temp(target, data, PUBLIC_MODE), target, stale))
+            self._staged.append((write_temp(target, data, PUBLIC_MODE), target, stale, unless))
         except OSError as exc:
             raise _error("write", target, exc) from None
 
     def remove(self, key: str) -> None:
-        self._staged.append((None, self._storage.path(key), []))
+        self._staged.append((None, self._storage.path(key), [], None))
 
     def barrier(self) -> None:
         """Renames happen in staging order: nothing to do."""
@@ -256,8 +285,10 @@ class LocalBatch:
         try:
             sync_filesystem(root)
             while self._staged:
-                temp, target, stale = self._staged[0]
-                if temp is not None:
+                temp, target, stale, unless = self._staged[0]
+                if unless is not None and temp is not None:
+                    _replace_unless_changed(temp, target, unless)
+                elif temp is not None:
                     os.replace(temp, target)
                 else:
                     with contextlib.suppress(FileNotFoundError, NotADirectoryError):
@@ -326,6 +357,26 @@ class RunFileLock:
             fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
+
+
+def _replace_unless_changed(temp: Path, target: Path, unless: _Unless) -> None:
+    """``temp`` over ``target`` if ``target`` still holds ``unless.version``, else what
+    ``unless.remerge`` makes of its content now (fsynced: it was not in the barrier)."""
+    with locked_dir(target.parent):
+        try:
+            current: bytes | None = target.read_bytes()
+        except FileNotFoundError:
+            current = None
+        if (None if current is None else content_version(current)) == unless.version:
+            os.replace(temp, target)
+            return
+        fresh = _durable_temp(target, unless.remerge(current), private=False)
+        try:
+            os.replace(fresh, target)
+        except BaseException:
+            _unlink(fresh)
+            raise
+    _unlink(temp)
 
 
 def _put_durably(path: Path, data: bytes, private: bool) -> None:
