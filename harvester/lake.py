@@ -146,6 +146,7 @@ class Lake:
         self.compression = compression
         self._suffix = SUFFIXES[compression]
         self._known: dict[str, dict[str, Entry]] = {}  # dataset -> its files, listed once
+        self._shared_written: set[str] = set()  # shared files this lake wrote that the listing lacked
         self._lock = threading.Lock()
         # dataset -> {"new": rows whose key the file lacked, "changed": rows that differ
         # from the stored version beyond _harvested_at}: what the summary reports.
@@ -449,9 +450,18 @@ class Lake:
     ) -> None:
         """Merge ``new`` into the shared file with compare-and-swap (lakefile.merge_shared)."""
         target, variants = self._shared_keys(dataset, part)
+        # On an object store a read is a round trip: a file the dataset's listing (taken
+        # once) did not show, and this lake has not written since, is created unread.
+        absent = not self.storage.is_local and target not in self._known_files(dataset)
+        if absent:
+            with self._lock:
+                absent = target not in self._shared_written
         merge_shared(self.storage, dataset, target, variants,
                      self._shared_change(dataset, new, drop, tolerant=tolerant),
-                     self.compression, tolerant=tolerant)
+                     self.compression, tolerant=tolerant, absent=absent)
+        if absent:
+            with self._lock:
+                self._shared_written.add(target)
 
     def _stage_shared(
         self, staged: LocalBatch, dataset: str, part: str | None, new: Mapping[str, bytes],

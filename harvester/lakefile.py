@@ -135,13 +135,18 @@ os.register_at_fork(after_in_child=_forget_merges)
 
 def merge_shared(
     storage: Storage, dataset: str, target: str, variants: Sequence[str],
-    change: Change, compression: str, *, tolerant: bool = False,
+    change: Change, compression: str, *, tolerant: bool = False, absent: bool = False,
 ) -> None:
     """Merge ``target`` (and its other compression ``variants``) with compare-and-swap.
 
     ``change`` turns the current key -> line map into the new one. A conflict
     (another writer in between) reads and merges again, up to
     DEFAULT_CAS_ATTEMPTS times, then StorageConflictError (exit 75).
+
+    ``absent``: a listing did not show ``target``, so the first attempt creates it
+    without reading it first (an object store's GET saved); if it exists after
+    all, the create conflicts and the next attempt reads it. The other variants
+    are read either way: a create cannot tell that one of them appeared.
 
     Within one process the merges of one file form a group: the first thread to
     arrive applies its change and every change that arrives while it works, each
@@ -163,7 +168,8 @@ def merge_shared(
             group.busy = True
             group.leader = me if leads else group.leader
     if nested:  # the applying thread itself, from inside a write: it cannot wait for itself
-        _merge_once(storage, dataset, target, variants, change, compression, tolerant=tolerant)
+        _merge_once(storage, dataset, target, variants, change, compression, tolerant=tolerant,
+                    absent=absent)
         return
     if not leads:
         mine.result()  # the leading thread's round: done, or its error
@@ -178,7 +184,7 @@ def merge_shared(
         changes = [c for c, _ in round_]
         try:
             _merge_once(storage, dataset, target, variants, _composed(changes), compression,
-                        tolerant=tolerant)
+                        tolerant=tolerant, absent=absent)
         except BaseException as exc:  # each waiting thread raises it, the leader too
             for _, done in round_:
                 done.set_exception(exc)
@@ -227,12 +233,13 @@ def _composed(changes: Sequence[Change]) -> Change:
 
 def _merge_once(
     storage: Storage, dataset: str, target: str, variants: Sequence[str],
-    change: Change, compression: str, *, tolerant: bool,
+    change: Change, compression: str, *, tolerant: bool, absent: bool = False,
 ) -> None:
     """One compare-and-swap merge of ``target``, retried on conflict (``merge_shared``)."""
     keys = [target, *(v for v in variants if v != target)]
     for attempt in range(DEFAULT_CAS_ATTEMPTS):
-        blobs = {key: storage.read(key) for key in keys}
+        blobs = {key: None if absent and attempt == 0 and key == target else storage.read(key)
+                 for key in keys}
         merged: dict[str, bytes] = {}
         for key in reversed(keys):  # the configured variant last: it wins
             blob = blobs[key]

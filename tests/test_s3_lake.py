@@ -166,6 +166,48 @@ def test_a_cas_conflict_on_the_shared_instructors_object_loses_no_update(s3_root
         "0" * 32, "1" * 32, "f" * 32]
 
 
+def test_a_shared_object_the_listing_lacks_is_created_unread_and_a_rivals_copy_is_kept(
+    s3_root: str,
+) -> None:
+    """A class file of a day the lake's listing did not show is created without reading it
+    first (a GET saved per file); one a rival created after that listing makes the create
+    conflict, is read and keeps both rows; one this lake wrote is read before it changes."""
+    storage = open_storage(s3_root)
+    reads: list[str] = []
+    real_read = storage.read
+
+    def read(key: str) -> Any:
+        reads.append(key)
+        return real_read(key)
+
+    storage.read = read  # type: ignore[method-assign]
+
+    def ride(ride_id: str, day: int) -> dict[str, Any]:
+        return {"ride_id": ride_id, "ride": {"original_air_time": 1_704_067_200 + day * 86_400},
+                "_harvested_at": STAMP}
+
+    lake = Lake(storage)
+    lake.commit("a" * 32, {"rides": [ride("0" * 32, 0), ride("1" * 32, 1)]})
+    targets = {"rides/date=2024-01-01/rides.jsonl", "rides/date=2024-01-02/rides.jsonl"}
+    assert not targets & set(reads)  # only the .gz variants were looked for
+    assert {f"{key}.gz" for key in targets} <= set(reads)
+
+    Lake(open_storage(s3_root)).commit("b" * 32, {"rides": [ride("2" * 32, 2)]})  # after the listing
+    reads.clear()
+    lake.commit("a" * 32, {"rides": [ride("3" * 32, 2), ride("4" * 32, 0)]})
+    assert "rides/date=2024-01-03/rides.jsonl" in reads  # the create conflicted: read, merged
+    assert "rides/date=2024-01-01/rides.jsonl" in reads  # its own earlier file: read first
+
+    def ids(day: str) -> list[str]:
+        blob = real_read(f"rides/date={day}/rides.jsonl")
+        assert blob is not None
+        return sorted(orjson.loads(line)["ride_id"] for line in blob.data.splitlines())
+
+    assert ids("2024-01-01") == ["0" * 32, "4" * 32]
+    assert ids("2024-01-02") == ["1" * 32]
+    assert ids("2024-01-03") == ["2" * 32, "3" * 32]
+
+
 def test_racing_writers_of_the_shared_instructors_object_lose_nothing(s3_root: str) -> None:
     """Two accounts' lakes (threads, separate clients) merging instructors into one bucket: every id stays."""
     users = ["a" * 32, "b" * 32]
