@@ -200,12 +200,12 @@ class Lake:
                 counts[dataset] = written
         # Shared files first (a commit's classes before the workouts naming them).
         shared = [p for p in plan if p[0] in SHARED_FILES]
-        if not self.storage.is_local:
-            self._merge_all_shared(shared)
         with self.storage.batch() as staged:
-            if isinstance(staged, LocalBatch):
+            if isinstance(staged, LocalBatch):  # durable with the batch: staged in it
                 for item in shared:
                     self._stage_shared(staged, *item)
+            else:  # each PUT durable alone: merged now, before the batch publishes anything
+                self._merge_all_shared(shared)
             changes: list[_Change] = []
             for dataset in COMMIT_ORDER:
                 steps = [p for p in plan if p[0] == dataset and dataset not in SHARED_FILES]
@@ -469,7 +469,6 @@ class Lake:
     ) -> None:
         """The same merge staged in a local commit's batch (lakefile.stage_shared), or, when
         the partition holds both compression variants, done on its own first."""
-        assert isinstance(self.storage, LocalStorage)
         target, variants = self._shared_keys(dataset, part)
         if not stage_shared(self.storage, staged, dataset, target, variants,
                             self._shared_change(dataset, new, drop), self.compression):

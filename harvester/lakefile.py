@@ -27,7 +27,7 @@ import orjson
 from harvester.errors import LakeError, StorageConflictError
 from harvester.keys import primary_key
 from harvester.storage import Storage
-from harvester.storage.local import LocalBatch, LocalStorage
+from harvester.storage.local import LocalBatch
 
 Row = dict[str, object]
 SUFFIXES = {"none": ".jsonl", "gzip": ".jsonl.gz"}
@@ -195,7 +195,7 @@ def merge_shared(
 
 
 def stage_shared(
-    storage: LocalStorage, staged: LocalBatch, dataset: str, target: str,
+    storage: Storage, staged: LocalBatch, dataset: str, target: str,
     variants: Sequence[str], change: Change, compression: str,
 ) -> bool:
     """Stage the merge of the shared file ``target`` in ``staged``; False (nothing staged) when
