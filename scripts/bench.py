@@ -474,6 +474,7 @@ def scenario_cpu(tmp: Path, n: int, repeats: int) -> dict[str, Any]:
     ``repeats`` times in turn (fresh lake each); the median of the per-pair ratios counts."""
     ours: list[Child] = []
     bares: list[Child] = []
+    coders: list[Child] = []  # the bare loop decoding the answers and encoding lines
     with emulator(n) as emu:
         uid, items = emu.listing(emu.token())
         tmp.mkdir(parents=True, exist_ok=True)
@@ -495,10 +496,20 @@ def scenario_cpu(tmp: Path, n: int, repeats: int) -> dict[str, Any]:
             if bares[-1].returncode != 0:
                 raise RuntimeError(f"bare loop failed: {bares[-1].stderr[-2000:]}")
             bare_stats = emu.stats()
+            # The same loop decoding every answer and encoding its line in the process, as
+            # a harvester must: the floor with the JSON work where it really happens.
+            emu.reset()
+            coders.append(measure([PYTHON, str(Path(__file__).resolve()), "_bare", emu.url,
+                                   str(url_file), "32", "rows"]))
+            if coders[-1].returncode != 0:
+                raise RuntimeError(f"bare loop with rows failed: {coders[-1].stderr[-2000:]}")
     ratios = [o.cpu_s / b.cpu_s for o, b in zip(ours, bares, strict=True)]
     # What any harvester writing this lake must spend on top of the bare loop, per pair.
     floor_ratios = [(b.cpu_s + f["write_cpu_s"] + f["decode_cpu_s"]) / b.cpu_s
                     for b, f in zip(bares, floors, strict=True)]
+    # The same with the decoding and the lines' encoding done inside the fetching loop.
+    row_floors = [(c.cpu_s + f["write_cpu_s"]) / b.cpu_s
+                  for b, c, f in zip(bares, coders, floors, strict=True)]
     ratio = _median(ratios)
     pair = ratios.index(ratio)
     bare = bares[pair]
@@ -515,10 +526,14 @@ def scenario_cpu(tmp: Path, n: int, repeats: int) -> dict[str, Any]:
                  f"(median of {repeats}, {min(ratios):.2f}-{max(ratios):.2f}; the floor beside it, "
                  f"bare loop + writing the lake's files + one decode of the JSON: {floor_ratio:.2f} "
                  f"({min(floor_ratios):.2f}-{max(floor_ratios):.2f}); above the floor: "
-                 f"{_median(above):.2f} ({min(above):.2f}-{max(above):.2f}))",
+                 f"{_median(above):.2f} ({min(above):.2f}-{max(above):.2f}); the floor with the "
+                 f"decoding and the lines' encoding inside the loop: {_median(row_floors):.2f} "
+                 f"({min(row_floors):.2f}-{max(row_floors):.2f}))",
         "ratios": [round(r, 3) for r in ratios],
         "floor_ratio": round(floor_ratio, 3),
         "floor_ratios": [round(r, 3) for r in floor_ratios],
+        "row_floor_ratios": [round(r, 3) for r in row_floors],
+        "bare_loop_with_rows": {"runs": [c.figures() for c in coders]},
         "above_floor": [round(r, 3) for r in above],
         "harvester_cpu_s_per_1000": round(per_k_ours, 3),
         "bare_cpu_s_per_1000": round(per_k_bare, 3),
@@ -939,13 +954,19 @@ def files_main(lake: str, out: str) -> int:
     return 0
 
 
-def bare_main(base: str, url_file: str, concurrency: int) -> int:
-    """The floor: fetch every URL with aiohttp at the same concurrency, discard the bodies."""
+def bare_main(base: str, url_file: str, concurrency: int, rows: bool = False) -> int:
+    """The floor: fetch every URL with aiohttp at the same concurrency, discard the bodies.
+
+    ``rows``: also decode each body and encode it as a lake line with a harvest stamp
+    added (the harvester's least work per answer), the line dropped once made."""
     import asyncio
 
     import aiohttp
+    import orjson
 
     urls = json.loads(Path(url_file).read_text(encoding="utf-8"))
+    encoded = 0  # bytes of lines made (a harvester writes each line, and holds it only till then)
+    stamp = "2026-01-01T00:00:00.000000Z"
 
     async def run() -> int:
         connector = aiohttp.TCPConnector(limit=concurrency)
@@ -959,11 +980,14 @@ def bare_main(base: str, url_file: str, concurrency: int) -> int:
             errors = 0
 
             async def worker() -> None:
-                nonlocal errors
+                nonlocal errors, encoded
                 for url in queue:
                     async with http.get(url, headers=headers) as resp:
-                        await resp.read()
+                        body = await resp.read()
                         errors += resp.status >= 500
+                    if rows and resp.status == 200:
+                        encoded += len(orjson.dumps({**orjson.loads(body), "_harvested_at": stamp},
+                                                    option=orjson.OPT_APPEND_NEWLINE))
 
             await asyncio.gather(*(worker() for _ in range(concurrency)))
             return errors
@@ -1067,7 +1091,7 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["_dlt"]:
         return dlt_main(argv[1], argv[2])
     if argv[:1] == ["_bare"]:
-        return bare_main(argv[1], argv[2], int(argv[3]))
+        return bare_main(argv[1], argv[2], int(argv[3]), rows=argv[4:5] == ["rows"])
     parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes: proves the harness works")
     parser.add_argument("--json", type=Path, metavar="PATH", help="where to write the raw figures")
@@ -1113,7 +1137,7 @@ def main(argv: list[str]) -> int:
         "cpu_scale": lambda tmp: bench_scale.scenario_cpu_scale(tmp, sizes["scale_small"],
                                                                 sizes["scale_large"], sizes["repeats"]),
         "accounts_zero": lambda tmp: bench_scale.scenario_accounts_zero(
-            tmp, sizes["accounts"], sizes["account_workouts"], extras=not args.quick),
+            tmp, sizes["accounts"], sizes["account_workouts"], sizes["repeats"], extras=not args.quick),
     }
     scratch = scratch_fs(Path(tempfile.gettempdir()))
     forgets_slowly = scratch.get("type") == "ext4" and scratch.get("journal") is False

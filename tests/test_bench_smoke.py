@@ -58,7 +58,13 @@ def test_quick_bench_prints_a_table_and_writes_every_figure(tmp_path: Path) -> N
     lake = report["scenarios"]["lake_bytes"]["io"]
     assert lake["written_bytes"] >= lake["lake_bytes"] > 0  # every byte of the lake was written once
     accounts = report["scenarios"]["accounts_zero"]
-    # Each class once, by one of the accounts: the bare loop's URLs are the same.
-    assert accounts["bare_loop"]["by_endpoint"] == accounts["harvester"]["by_endpoint"]
-    assert accounts["harvester"]["by_endpoint"]["ride_details"] == accounts["distinct_classes"]
-    assert accounts["harvester"]["by_endpoint"]["token"] == report["sizes"]["accounts"]  # one grant each
+    assert [pair["ratio"] for pair in accounts["pairs"]] == accounts["ratios"] and accounts["pairs"]
+    # Each pair has its floor with the JSON work inside the loop, as has each CPU pair.
+    assert len(accounts["row_floor_ratios"]) == len(accounts["pairs"])
+    cpu = report["scenarios"]["cpu"]
+    assert len(cpu["row_floor_ratios"]) == len(cpu["ratios"]) == len(cpu["bare_loop_with_rows"]["runs"])
+    for pair in accounts["pairs"]:
+        # Each class once, by one of the accounts: the bare loop's URLs are the same.
+        assert pair["bare_loop"]["by_endpoint"] == pair["harvester"]["by_endpoint"]
+        assert pair["harvester"]["by_endpoint"]["ride_details"] == accounts["distinct_classes"]
+        assert pair["harvester"]["by_endpoint"]["token"] == report["sizes"]["accounts"]  # one grant each
