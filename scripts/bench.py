@@ -1131,7 +1131,7 @@ def main(argv: list[str]) -> int:
         "tables": lambda tmp: scenario_tables(tmp, sizes["tables"]),
         "inflight": lambda tmp: scenario_inflight(tmp, sizes["inflight"]),
         "peers": lambda tmp: scenario_peers(tmp, sizes["peers"], sizes["repeats"]),
-        "s3": lambda tmp: scenario_s3(tmp, sizes["s3"], max(2, sizes["repeats"])),
+        "s3": lambda tmp: scenario_s3(tmp, sizes["s3"], sizes["repeats"]),
         "lake_bytes": lambda tmp: bench_scale.scenario_lake_bytes(tmp, sizes["lake_bytes"],
                                                                   fixed_run=not args.quick),
         "cpu_scale": lambda tmp: bench_scale.scenario_cpu_scale(tmp, sizes["scale_small"],
