@@ -188,7 +188,11 @@ async def test_concurrency_and_rate_stay_within_limits(
     skews = [a - r for a, r in zip(arrivals, sorted(released), strict=True)]
     spread = max(skews) - min(skews)
     assert busiest_second(arrivals) <= busiest_second(sorted(released), 1.0 + spread), (spread, skews[:5])
-    assert spread < 0.1, spread  # stamps follow releases closely: the skew is lag, not bursts
+    # The bound above means something only while the spread stays well under the 1 s
+    # window. It is usually 3-6 ms here, but a stall of the shared loop, or of this machine,
+    # has measured 0.18 s; a client sending released requests in bursts would spread them
+    # by whole seconds.
+    assert spread < 0.5, spread
 
 
 async def test_unknown_shapes_are_kept_raw(make_emulator: Any, tmp_path: Path) -> None:
