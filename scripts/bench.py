@@ -954,19 +954,28 @@ def files_main(lake: str, out: str) -> int:
     return 0
 
 
+ROW_STAMP = "2026-01-01T00:00:00.000000Z"
+
+
+def lake_line(body: bytes) -> bytes:
+    """The least a harvester does with an answer: decode it, add a harvest stamp, encode the
+    line (the bare loops' ``rows`` mode; the line is dropped once made, as a harvester
+    holds a line only until it is written)."""
+    import orjson
+
+    return orjson.dumps({**orjson.loads(body), "_harvested_at": ROW_STAMP},
+                        option=orjson.OPT_APPEND_NEWLINE)
+
+
 def bare_main(base: str, url_file: str, concurrency: int, rows: bool = False) -> int:
     """The floor: fetch every URL with aiohttp at the same concurrency, discard the bodies.
 
-    ``rows``: also decode each body and encode it as a lake line with a harvest stamp
-    added (the harvester's least work per answer), the line dropped once made."""
+    ``rows``: also make each body's lake line (``lake_line``)."""
     import asyncio
 
     import aiohttp
-    import orjson
 
     urls = json.loads(Path(url_file).read_text(encoding="utf-8"))
-    encoded = 0  # bytes of lines made (a harvester writes each line, and holds it only till then)
-    stamp = "2026-01-01T00:00:00.000000Z"
 
     async def run() -> int:
         connector = aiohttp.TCPConnector(limit=concurrency)
@@ -980,14 +989,13 @@ def bare_main(base: str, url_file: str, concurrency: int, rows: bool = False) ->
             errors = 0
 
             async def worker() -> None:
-                nonlocal errors, encoded
+                nonlocal errors
                 for url in queue:
                     async with http.get(url, headers=headers) as resp:
                         body = await resp.read()
                         errors += resp.status >= 500
                     if rows and resp.status == 200:
-                        encoded += len(orjson.dumps({**orjson.loads(body), "_harvested_at": stamp},
-                                                    option=orjson.OPT_APPEND_NEWLINE))
+                        lake_line(body)
 
             await asyncio.gather(*(worker() for _ in range(concurrency)))
             return errors

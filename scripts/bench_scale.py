@@ -34,6 +34,7 @@ from bench import (
     _median,
     files_floor,
     harvest_urls,
+    lake_line,
     measure,
 )
 from bench_accounts import write_config
@@ -364,16 +365,13 @@ def scenario_accounts_zero(tmp: Path, accounts: int, workouts: int, repeats: int
 
 def bare_accounts_main(base: str, spec_file: str, in_flight: int, rows: bool = False) -> int:
     """Sign every account in (password grant), then fetch every URL with its account's token,
-    ``in_flight`` at a time over one pool, discarding the bodies; ``rows``: also decode each
-    body and encode it as a lake line with a harvest stamp, the line dropped once made."""
+    ``in_flight`` at a time over one pool, discarding the bodies; ``rows``: also make each
+    body's lake line (bench.lake_line)."""
     import asyncio
 
     import aiohttp
-    import orjson
 
     spec = json.loads(Path(spec_file).read_text(encoding="utf-8"))
-    encoded = 0  # bytes of lines made (a harvester writes each line, and holds it only till then)
-    stamp = "2026-01-01T00:00:00.000000Z"
     client_id = "mgsmWCD0A8Qn6uz6mmqI6qeBNHH9IPwS"
 
     async def run() -> int:
@@ -391,14 +389,13 @@ def bare_accounts_main(base: str, spec_file: str, in_flight: int, rows: bool = F
             errors = 0
 
             async def worker() -> None:
-                nonlocal errors, encoded
+                nonlocal errors
                 for account, url in queue:
                     async with http.get(url, headers=headers[account]) as resp:
                         body = await resp.read()
                         errors += resp.status >= 500  # a few ride ids 404, for the harvester too
                     if rows and resp.status == 200:
-                        encoded += len(orjson.dumps({**orjson.loads(body), "_harvested_at": stamp},
-                                                    option=orjson.OPT_APPEND_NEWLINE))
+                        lake_line(body)
 
             await asyncio.gather(*(worker() for _ in range(in_flight)))
             return errors
