@@ -475,11 +475,23 @@ def scenario_cpu(tmp: Path, n: int, repeats: int) -> dict[str, Any]:
     ours: list[Child] = []
     bares: list[Child] = []
     coders: list[Child] = []  # the bare loop decoding the answers and encoding lines
+    writers: dict[str, list[Child]] = {"thread": [], "inline": []}  # ... and writing the lake
+    lake_files: list[int] = []  # files it wrote
     with emulator(n) as emu:
         uid, items = emu.listing(emu.token())
         tmp.mkdir(parents=True, exist_ok=True)
+        urls = harvest_urls(emu.url, uid, items)
         url_file = tmp / "urls.json"
-        url_file.write_text(json.dumps(harvest_urls(emu.url, uid, items)), encoding="utf-8")
+        url_file.write_text(json.dumps(urls), encoding="utf-8")
+
+        def bare(*mode: str) -> Child:
+            emu.reset()
+            child = measure([PYTHON, str(Path(__file__).resolve()), "_bare", emu.url,
+                             str(url_file), "32", *mode])
+            if child.returncode != 0:
+                raise RuntimeError(f"bare loop {' '.join(mode)} failed: {child.stderr[-2000:]}")
+            return child
+
         floors: list[dict[str, Any]] = []
         for i in range(repeats):
             emu.reset()
@@ -490,19 +502,24 @@ def scenario_cpu(tmp: Path, n: int, repeats: int) -> dict[str, Any]:
             # same lake files (mkdir, temp file, one syncfs, rename, one syncfs) and decoding
             # their JSON once, with nothing else.
             floors.append(files_floor(tmp / f"cpu-{i}" / "lake", tmp / f"floor-{i}"))
-            emu.reset()
-            bares.append(measure([PYTHON, str(Path(__file__).resolve()), "_bare", emu.url,
-                                  str(url_file), "32"]))
-            if bares[-1].returncode != 0:
-                raise RuntimeError(f"bare loop failed: {bares[-1].stderr[-2000:]}")
+            bares.append(bare())
             bare_stats = emu.stats()
             # The same loop decoding every answer and encoding its line in the process, as
             # a harvester must: the floor with the JSON work where it really happens.
-            emu.reset()
-            coders.append(measure([PYTHON, str(Path(__file__).resolve()), "_bare", emu.url,
-                                   str(url_file), "32", "rows"]))
-            if coders[-1].returncode != 0:
-                raise RuntimeError(f"bare loop with rows failed: {coders[-1].stderr[-2000:]}")
+            coders.append(bare("rows"))
+            # ... and writing each line into the file the harvester's lake has it in, as it
+            # goes: the JSON work and the files' writing where a harvester does them.
+            routes = lake_routes(tmp / f"cpu-{i}" / "lake", urls)
+            route_file = tmp / f"routes-{i}.json"
+            route_file.write_text(json.dumps(routes), encoding="utf-8")
+            for how, runs in writers.items():
+                out = tmp / f"least-{how}-{i}"
+                runs.append(bare("lake", str(route_file), str(out), how))
+                written = sum(1 for _ in out.rglob("*.jsonl"))
+                if written != len(set(routes) - {None}):
+                    raise RuntimeError(f"bare loop writing the lake wrote {written} files, not "
+                                       f"{len(set(routes) - {None})}")
+            lake_files.append(len(set(routes) - {None}))
     ratios = [o.cpu_s / b.cpu_s for o, b in zip(ours, bares, strict=True)]
     # What any harvester writing this lake must spend on top of the bare loop, per pair.
     floor_ratios = [(b.cpu_s + f["write_cpu_s"] + f["decode_cpu_s"]) / b.cpu_s
@@ -510,13 +527,16 @@ def scenario_cpu(tmp: Path, n: int, repeats: int) -> dict[str, Any]:
     # The same with the decoding and the lines' encoding done inside the fetching loop.
     row_floors = [(c.cpu_s + f["write_cpu_s"]) / b.cpu_s
                   for b, c, f in zip(bares, coders, floors, strict=True)]
+    # ... with the files written as it goes, in the loop or from a thread: the cheaper counts.
+    lake_floors = [min(t.cpu_s, i.cpu_s) / b.cpu_s
+                   for b, t, i in zip(bares, writers["thread"], writers["inline"], strict=True)]
     ratio = _median(ratios)
     pair = ratios.index(ratio)
-    bare = bares[pair]
+    bare_run = bares[pair]
     files = floors[pair]
     floor_ratio = floor_ratios[pair]
     per_k_ours = ours[pair].cpu_s / n * 1000
-    per_k_bare = bare.cpu_s / n * 1000
+    per_k_bare = bare_run.cpu_s / n * 1000
     above = [r - f for r, f in zip(ratios, floor_ratios, strict=True)]
     return {
         "setup": f"{n} workouts, zero latency, no limit, concurrency 32",
@@ -528,19 +548,24 @@ def scenario_cpu(tmp: Path, n: int, repeats: int) -> dict[str, Any]:
                  f"({min(floor_ratios):.2f}-{max(floor_ratios):.2f}); above the floor: "
                  f"{_median(above):.2f} ({min(above):.2f}-{max(above):.2f}); the floor with the "
                  f"decoding and the lines' encoding inside the loop: {_median(row_floors):.2f} "
-                 f"({min(row_floors):.2f}-{max(row_floors):.2f}))",
+                 f"({min(row_floors):.2f}-{max(row_floors):.2f}); and writing the lake's "
+                 f"files as it goes: {_median(lake_floors):.2f} "
+                 f"({min(lake_floors):.2f}-{max(lake_floors):.2f}))",
         "ratios": [round(r, 3) for r in ratios],
         "floor_ratio": round(floor_ratio, 3),
         "floor_ratios": [round(r, 3) for r in floor_ratios],
         "row_floor_ratios": [round(r, 3) for r in row_floors],
         "bare_loop_with_rows": {"runs": [c.figures() for c in coders]},
+        "lake_floor_ratios": [round(r, 3) for r in lake_floors],
+        "bare_loop_writing_lake": {"files": lake_files,
+                                   **{how: [c.figures() for c in runs] for how, runs in writers.items()}},
         "above_floor": [round(r, 3) for r in above],
         "harvester_cpu_s_per_1000": round(per_k_ours, 3),
         "bare_cpu_s_per_1000": round(per_k_bare, 3),
         "harvester": {"requests": our_stats["requests"], "by_endpoint": our_stats["by_endpoint"],
                       "process": ours[pair].figures(), "runs": [c.figures() for c in ours]},
         "bare_loop": {"requests": bare_stats["requests"], "by_endpoint": bare_stats["by_endpoint"],
-                      "process": bare.figures(), "runs": [c.figures() for c in bares]},
+                      "process": bare_run.figures(), "runs": [c.figures() for c in bares]},
         "lake_files_alone": files,
     }
 
@@ -920,23 +945,13 @@ def pyloton_main(base: str, n: int) -> int:
 def files_main(lake: str, out: str) -> int:
     """Rewrite every file of ``lake`` under ``out`` the way the lake commits them: temporary
     files, one syncfs barrier, renames, another barrier (harvester.files does the syncing)."""
-    from harvester.files import sync_filesystem
-
     files = [p for p in Path(lake).rglob("*.jsonl") if "_harvester" not in p.parts]
     blobs = [(p.relative_to(lake), p.read_bytes()) for p in files]
     started = time.process_time()
-    staged: list[tuple[Path, Path]] = []
+    writer = FileWriter(Path(out))
     for rel, data in blobs:
-        target = Path(out) / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        staged.append((tmp, target))
-    sync_filesystem(Path(out))
-    for tmp, target in staged:
-        os.replace(tmp, target)
-    sync_filesystem(Path(out))
+        writer.write(rel, data)
+    writer.flush()
     write_cpu = time.process_time() - started
     # Decoding the same JSON once, row by row, as the harvester must decode each body
     # to know it is whole and to read created_at and the ride id.
@@ -954,6 +969,44 @@ def files_main(lake: str, out: str) -> int:
     return 0
 
 
+class FileWriter:
+    """Writes whole lake files the way the lake commits them: each to a temporary file, then
+    per ``batch`` files (0: at ``flush`` only) one syncfs barrier, the renames, another
+    barrier. Plain ``os`` calls and each folder made once: the least that work costs."""
+
+    def __init__(self, out: Path, batch: int = 0) -> None:
+        self.out, self.batch = str(out), batch
+        self.folders: set[str] = set()
+        self.staged: list[tuple[str, str]] = []
+
+    def write(self, rel: Path | str, data: bytes) -> None:
+        target = os.path.join(self.out, rel)
+        folder, name = os.path.split(target)
+        if folder not in self.folders:
+            os.makedirs(folder, exist_ok=True)
+            self.folders.add(folder)
+        tmp = os.path.join(folder, f".{name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+        self.staged.append((tmp, target))
+        if self.batch and len(self.staged) >= self.batch:
+            self.flush()
+
+    def flush(self) -> None:
+        from harvester.files import sync_filesystem
+
+        sync_filesystem(Path(self.out))
+        for tmp, target in self.staged:
+            os.replace(tmp, target)
+        sync_filesystem(Path(self.out))
+        self.staged.clear()
+
+
 ROW_STAMP = "2026-01-01T00:00:00.000000Z"
 
 
@@ -967,15 +1020,72 @@ def lake_line(body: bytes) -> bytes:
                         option=orjson.OPT_APPEND_NEWLINE)
 
 
-def bare_main(base: str, url_file: str, concurrency: int, rows: bool = False) -> int:
+def lake_routes(lake: Path, urls: list[str]) -> list[str | None]:
+    """For each URL, the file of ``lake`` (relative) holding the row its answer became; None
+    for the answers that are no single row of a per-day file (sign-in, listing pages and
+    the four account-wide answers, 4 of 3,400 files at 2,000 workouts)."""
+    import re
+
+    where: dict[tuple[str, str], str] = {}
+    ids = {"workouts": lambda row: row["id"], "performance_graphs": lambda row: row["workout_id"],
+           "rides": lambda row: row["ride"]["id"]}
+    for path in lake.rglob("*.jsonl"):
+        rel = path.relative_to(lake)
+        key = ids.get(rel.parts[0])
+        if key is not None:
+            for line in path.read_bytes().splitlines():
+                where[(rel.parts[0], key(json.loads(line)))] = str(rel)
+    pattern = re.compile(r"/api/(workout|ride)/([0-9a-f]+)(/performance_graph|/details)?(?:\?|$)")
+    datasets = {("workout", None): "workouts", ("workout", "/performance_graph"): "performance_graphs",
+                ("ride", "/details"): "rides"}
+    routes: list[str | None] = []
+    for url in urls:
+        match = pattern.search(url)
+        dataset = datasets.get((match[1], match[3])) if match else None
+        routes.append(where.get((dataset, match[2])) if match and dataset else None)
+    return routes
+
+
+LAKE_BATCH_FILES = 256  # the bare loop's lake mode: files per pair of syncfs barriers
+
+
+def bare_main(base: str, url_file: str, concurrency: int, mode: list[str]) -> int:
     """The floor: fetch every URL with aiohttp at the same concurrency, discard the bodies.
 
-    ``rows``: also make each body's lake line (``lake_line``)."""
+    ``mode``: ``[]``; ``["rows"]``, also make each body's lake line (``lake_line``); or
+    ``["lake", ROUTES, OUT, "thread"|"inline"]``, also write each line into the file
+    ``ROUTES`` (``lake_routes``, JSON) names for its URL, under OUT: a file once all its
+    lines are in, written by ``FileWriter`` from a thread (as the harvester writes) or
+    from the loop itself; the least a harvester writing this lake as it goes can do."""
     import asyncio
+    import collections
+    import queue
+    import threading
 
     import aiohttp
 
     urls = json.loads(Path(url_file).read_text(encoding="utf-8"))
+    rows = bool(mode)
+    routes: list[str | None] = [None] * len(urls)
+    deliver: Any = None
+    if mode[:1] == ["lake"]:
+        routes = json.loads(Path(mode[1]).read_text(encoding="utf-8"))
+        writer = FileWriter(Path(mode[2]), LAKE_BATCH_FILES)
+        if mode[3] == "thread":
+            handoff: queue.SimpleQueue[tuple[str, bytes] | None] = queue.SimpleQueue()
+
+            def drain() -> None:
+                while (item := handoff.get()) is not None:
+                    writer.write(*item)
+                writer.flush()
+
+            thread = threading.Thread(target=drain)
+            thread.start()
+            deliver = handoff.put
+        else:
+            deliver = lambda item: writer.write(*item)  # noqa: E731
+    expected = collections.Counter(route for route in routes if route)
+    pending: dict[str, list[bytes]] = {}
 
     async def run() -> int:
         connector = aiohttp.TCPConnector(limit=concurrency)
@@ -985,22 +1095,35 @@ def bare_main(base: str, url_file: str, concurrency: int, rows: bool = False) ->
             async with http.post(f"{base}/oauth/token", json=body) as resp:
                 token = (await resp.json())["access_token"]
             headers = {"Authorization": f"Bearer {token}", "Peloton-Platform": "web"}
-            queue = iter(urls)
+            queue = iter(enumerate(urls))
             errors = 0
 
             async def worker() -> None:
                 nonlocal errors
-                for url in queue:
+                for i, url in queue:
                     async with http.get(url, headers=headers) as resp:
                         body = await resp.read()
                         errors += resp.status >= 500
                     if rows and resp.status == 200:
-                        lake_line(body)
+                        line = lake_line(body)
+                        route = routes[i]
+                        if route is not None:
+                            lines = pending.setdefault(route, [])
+                            lines.append(line)
+                            if len(lines) == expected[route]:
+                                deliver((route, b"".join(pending.pop(route))))
 
             await asyncio.gather(*(worker() for _ in range(concurrency)))
             return errors
 
-    return 1 if asyncio.run(run()) else 0
+    errors = asyncio.run(run())
+    if deliver is not None:
+        if mode[3] == "thread":
+            handoff.put(None)
+            thread.join()
+        else:
+            writer.flush()
+    return 1 if errors or pending else 0
 
 
 # -- report ---------------------------------------------------------------------------
@@ -1099,7 +1222,7 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["_dlt"]:
         return dlt_main(argv[1], argv[2])
     if argv[:1] == ["_bare"]:
-        return bare_main(argv[1], argv[2], int(argv[3]), rows=argv[4:5] == ["rows"])
+        return bare_main(argv[1], argv[2], int(argv[3]), argv[4:])
     parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes: proves the harness works")
     parser.add_argument("--json", type=Path, metavar="PATH", help="where to write the raw figures")

@@ -63,6 +63,11 @@ def test_quick_bench_prints_a_table_and_writes_every_figure(tmp_path: Path) -> N
     assert len(accounts["row_floor_ratios"]) == len(accounts["pairs"])
     cpu = report["scenarios"]["cpu"]
     assert len(cpu["row_floor_ratios"]) == len(cpu["ratios"]) == len(cpu["bare_loop_with_rows"]["runs"])
+    # ... and the floor writing the lake's files as it goes, from a thread and from the loop
+    # (the bench checks it wrote as many files as the harvester's lake has per-day rows in).
+    assert len(cpu["lake_floor_ratios"]) == len(cpu["ratios"]) == len(cpu["bare_loop_writing_lake"]["thread"])
+    assert len(cpu["bare_loop_writing_lake"]["inline"]) == len(cpu["ratios"])
+    assert min(cpu["bare_loop_writing_lake"]["files"]) > 0
     for pair in accounts["pairs"]:
         # Each class once, by one of the accounts: the bare loop's URLs are the same.
         assert pair["bare_loop"]["by_endpoint"] == pair["harvester"]["by_endpoint"]
