@@ -1095,12 +1095,12 @@ def bare_main(base: str, url_file: str, concurrency: int, mode: list[str]) -> in
             async with http.post(f"{base}/oauth/token", json=body) as resp:
                 token = (await resp.json())["access_token"]
             headers = {"Authorization": f"Bearer {token}", "Peloton-Platform": "web"}
-            queue = iter(enumerate(urls))
+            todo = iter(enumerate(urls))
             errors = 0
 
             async def worker() -> None:
                 nonlocal errors
-                for i, url in queue:
+                for i, url in todo:
                     async with http.get(url, headers=headers) as resp:
                         body = await resp.read()
                         errors += resp.status >= 500
